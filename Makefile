@@ -1,0 +1,28 @@
+# Two commands a user needs: `make demo` and `make test`. Each sets up .venv on first run.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench bench-smoke clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/genrecedit demo --run-dir runs/demo
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+bench-smoke: $(STAMP)
+	$(PY) bench/run.py --smoke
+
+bench: $(STAMP)
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) runs .cache

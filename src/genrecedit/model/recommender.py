@@ -1,0 +1,58 @@
+"""``Recommender``: a trained backbone plus its catalog, the one entry point for top-K recommendations."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from genrecedit.model.beam import Beams, EditSchedule, beam_search
+from genrecedit.model.decoder import SteppedDecoder
+from genrecedit.model.tokens import TokenLayout
+from genrecedit.model.trie import PrefixTrie
+
+
+@dataclass
+class DecodeConfig:
+    beam: int = 20
+    k: int = 50
+    batch_size: int = 256
+    constrained: bool = True
+
+
+class Recommender:
+    """Backbone + catalog SIDs [n_items, P]. The catalog can grow (``set_catalog``) without touching the model."""
+
+    def __init__(self, model: torch.nn.Module, layout: TokenLayout, codes: np.ndarray) -> None:
+        self.model = model.eval()
+        self.layout = layout
+        self.decoder = SteppedDecoder(model, layout.n_positions)
+        self.set_catalog(codes)
+
+    @property
+    def device(self) -> torch.device:
+        return self.decoder.device
+
+    def set_catalog(self, codes: np.ndarray) -> None:
+        """Replace the catalog SIDs (e.g. after adding items); rebuilds the trie."""
+        self.codes = np.asarray(codes, dtype=np.int64)
+        self.trie = PrefixTrie(self.codes, self.layout.sizes).to(self.device)
+
+    @torch.no_grad()
+    def recommend(self, histories: np.ndarray, cfg: DecodeConfig, edits: EditSchedule | None = None,
+                  progress: bool | str = False) -> Beams:
+        """[n, L] item-index histories (left-padded with PAD_ITEM) -> top-``cfg.k`` items for each."""
+        parts: list[Beams] = []
+        starts = range(0, len(histories), cfg.batch_size)
+        bar = tqdm(starts, desc=progress if isinstance(progress, str) else "recommend", disable=not progress,
+                   unit="batch")
+        for start in bar:
+            ids, mask = self.layout.encoder_inputs(histories[start : start + cfg.batch_size], self.codes)
+            parts.append(beam_search(self.decoder, self.layout, self.trie, ids, mask, cfg.beam, cfg.k,
+                                     cfg.constrained, edits))
+        if not parts:
+            empty = torch.zeros((0, cfg.k), dtype=torch.long)
+            return Beams(empty, empty.float(), torch.zeros((0, cfg.k, self.layout.n_positions), dtype=torch.long))
+        return Beams(torch.cat([p.items for p in parts]).cpu(), torch.cat([p.scores for p in parts]).cpu(),
+                     torch.cat([p.sids for p in parts]).cpu())
