@@ -51,7 +51,7 @@ class TigerConfig:
 
 
 def _t5_config(cfg: TigerConfig, layout: TokenLayout) -> T5Config:
-    return T5Config(
+    t5 = T5Config(
         vocab_size=layout.vocab_size,
         d_model=cfg.d_model,
         d_kv=cfg.d_kv,
@@ -68,6 +68,10 @@ def _t5_config(cfg: TigerConfig, layout: TokenLayout) -> T5Config:
         eos_token_id=EOS,
         decoder_start_token_id=PAD,
     )
+    # T5Config turns the tie_word_embeddings kwarg into "no output scaling" but still ties the head by default;
+    # an untied head is what we ask for (and what the checkpoint format stores).
+    t5.tie_word_embeddings = False
+    return t5
 
 
 def build_tiger(cfg: TigerConfig, layout: TokenLayout, seed: int = 0) -> T5ForConditionalGeneration:
@@ -80,7 +84,8 @@ def build_tiger(cfg: TigerConfig, layout: TokenLayout, seed: int = 0) -> T5ForCo
         dec_cfg = copy.deepcopy(model.decoder.config)
         dec_cfg.d_ff = cfg.decoder_d_ff
         model.decoder = T5Stack(dec_cfg)
-        model.decoder.set_input_embeddings(model.shared)
+    # one token embedding for encoder and decoder (untying the head must not untie these)
+    model.set_input_embeddings(model.shared)
     return model
 
 

@@ -1,0 +1,131 @@
+"""Edit artifacts: ΔW per position and batch, the layer map and metadata; apply (as a decoding schedule),
+save/load (safetensors + JSON, atomic), remove the newest batch exactly, refuse a mismatched base model."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from genrecedit.errors import ArtifactMismatchError
+from genrecedit.model.beam import EditSchedule
+from genrecedit.model.decoder import FFNEdit, StepEdits
+
+TriggerMode = Literal["one_one", "all"]
+MANIFEST = "edits.json"
+
+
+@dataclass
+class EditBatch:
+    """One batch of injected items. delta_w[p]: [d_model, d_ff] float64; key_cov[p]: K1 K1ᵀ [d_ff, d_ff] float64
+    of this batch (what later batches add to their solve)."""
+
+    batch_id: str
+    item_ids: list[str]
+    sids: np.ndarray
+    delta_w: dict[int, torch.Tensor]
+    key_cov: dict[int, torch.Tensor]
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class EditArtifact:
+    """All edit batches applied to one base model (identified by its weights hash); layers[p] = l_p."""
+
+    base_hash: str
+    layers: list[int]
+    batches: list[EditBatch] = field(default_factory=list)
+
+    def check_base(self, base_hash: str) -> None:
+        if base_hash != self.base_hash:
+            raise ArtifactMismatchError(
+                f"edit artifact was computed on base model {self.base_hash[:12]}, not on {base_hash[:12]}; "
+                "recompute the edit for this model"
+            )
+
+    def total_delta(self, p: int) -> torch.Tensor | None:
+        """Σ over batches of ΔW_p, summed in float64 in batch order (so removing the newest batch restores the
+        previous sum bit for bit) and returned as float32 [d_model, d_ff]; None if no batch edits position p."""
+        parts = [b.delta_w[p] for b in self.batches if p in b.delta_w]
+        if not parts:
+            return None
+        total = parts[0].to(torch.float64).clone()
+        for part in parts[1:]:
+            total += part.to(torch.float64)
+        return total.to(torch.float32)
+
+    def previous_cov(self, p: int) -> torch.Tensor | None:
+        parts = [b.key_cov[p] for b in self.batches if p in b.key_cov]
+        return torch.stack(parts).sum(0) if parts else None
+
+    def schedule(self, mode: TriggerMode = "one_one", device: torch.device | str = "cpu") -> EditSchedule | None:
+        """The decoding schedule: ``one_one`` fires ΔW_t at step t only; ``all`` fires every ΔW at every step and
+        caches the edited stream (the paper's w/o one-one triggering ablation)."""
+        edits = {p: FFNEdit(self.layers[p], d.to(device)) for p in range(len(self.layers))
+                 if (d := self.total_delta(p)) is not None}
+        if not edits:
+            return None
+        if mode == "all":
+            every = StepEdits(list(edits.values()), cache_edited=True)
+            return lambda t: every
+        per_step = {p: StepEdits([e]) for p, e in edits.items()}
+        return lambda t: per_step.get(t)
+
+    def remove_newest(self) -> EditBatch:
+        """Exact rollback of the newest batch. Removing an older one would change what later batches solved
+        against: that means recomputing them (the service does it), not subtracting."""
+        if not self.batches:
+            raise ArtifactMismatchError("no edit batch to remove")
+        return self.batches.pop()
+
+    def item_ids(self) -> list[str]:
+        return [i for b in self.batches for i in b.item_ids]
+
+    def save(self, out_dir: Path) -> None:
+        """Write the manifest and one safetensors file per batch into a temp dir, then swap it in."""
+        out_dir = Path(out_dir)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+        try:
+            manifest = {"base_hash": self.base_hash, "layers": self.layers, "batches": []}
+            for i, b in enumerate(self.batches):
+                tensors = {f"delta_w.{p}": d.contiguous() for p, d in b.delta_w.items()}
+                tensors.update({f"key_cov.{p}": c.contiguous() for p, c in b.key_cov.items()})
+                tensors["sids"] = torch.from_numpy(np.ascontiguousarray(b.sids))
+                save_file(tensors, str(tmp / f"batch-{i:04d}.safetensors"))
+                manifest["batches"].append({"batch_id": b.batch_id, "item_ids": b.item_ids, "meta": b.meta})
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+            if out_dir.exists():
+                old = out_dir.with_name(f".{out_dir.name}.old")
+                os.replace(out_dir, old)
+                os.replace(tmp, out_dir)
+                shutil.rmtree(old)
+            else:
+                os.replace(tmp, out_dir)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+
+    @staticmethod
+    def load(path: Path, base_hash: str | None = None) -> "EditArtifact":
+        path = Path(path)
+        if not (path / MANIFEST).exists():
+            raise ArtifactMismatchError(f"{path} is not an edit artifact (no {MANIFEST})")
+        manifest = json.loads((path / MANIFEST).read_text())
+        batches = []
+        for i, b in enumerate(manifest["batches"]):
+            tensors = load_file(str(path / f"batch-{i:04d}.safetensors"))
+            delta = {int(k.split(".")[1]): v for k, v in tensors.items() if k.startswith("delta_w.")}
+            cov = {int(k.split(".")[1]): v for k, v in tensors.items() if k.startswith("key_cov.")}
+            batches.append(EditBatch(b["batch_id"], b["item_ids"], tensors["sids"].numpy(), delta, cov, b["meta"]))
+        artifact = EditArtifact(manifest["base_hash"], manifest["layers"], batches)
+        if base_hash is not None:
+            artifact.check_base(base_hash)
+        return artifact

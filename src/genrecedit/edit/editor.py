@@ -1,0 +1,193 @@
+"""``ColdItemEditor``: GenRecEdit end to end on a trained backbone (METHOD §5), the one entry point that the CLI,
+experiments, service and tests call."""
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from genrecedit.data.dataset import CaseSet
+from genrecedit.edit.artifact import EditArtifact, EditBatch
+from genrecedit.edit.keys import collect_keys, second_moments, teacher_force, train_fingerprint
+from genrecedit.edit.knowledge import EditRequests
+from genrecedit.edit.memory import DeltaConfig, optimise_deltas, upper_logits
+from genrecedit.edit.probe import LayerPolicy, ProbeTable, locate_layers, probe_accuracy
+from genrecedit.edit.update import closed_form_update
+from genrecedit.errors import EmptyInputError
+from genrecedit.model.recommender import Recommender
+
+
+@dataclass
+class EditConfig:
+    lam: float = 1000.0  # λ: preservation vs injection
+    layer_policy: LayerPolicy = "probe"
+    delta: DeltaConfig = field(default_factory=DeltaConfig)
+    c0_samples: int = 20000  # N0 training keys for C0 (≥ several × d_ff)
+    probe_samples: int = 2000  # per class and position
+    efficacy_samples: int = 2000  # requests re-scored teacher-forced before/after the update
+    chunk_size: int = 1024
+    seed: int = 0
+
+
+@dataclass
+class EditReport:
+    layers: list[int]
+    probe: dict | None
+    n_requests: int
+    n_items: int
+    converged: list[int]  # per position: requests whose δ reached the argmax
+    efficacy: dict  # {"base"|"delta"|"edited": [per-position share of target = argmax]}
+    timings_s: dict
+    c0_cached: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ColdItemEditor:
+    """Computes GenRecEdit batches against one unedited base model.
+
+    train: the backbone's training samples (C0 and probe negatives come from them); codes: [n_items, P] SIDs of
+    the whole catalog (warm and cold); base_hash: the base model's weights hash (artifacts are tied to it).
+    """
+
+    def __init__(self, base: Recommender, train: CaseSet, base_hash: str, cfg: EditConfig,
+                 cache_dir: Path | None = None) -> None:
+        self.base = base
+        self.train = train
+        self.base_hash = base_hash
+        self.cfg = cfg
+        self.cache_dir = cache_dir
+        self.decoder = base.decoder
+        self.layout = base.layout
+        self.n_layers = self.decoder.n_layers
+        self.n_pos = self.layout.n_positions
+
+    # -- layer location -------------------------------------------------------------------------------------
+    def probe(self, requests: EditRequests, codes: np.ndarray) -> ProbeTable:
+        """Balanced accuracy [P, L] of a linear probe per (position, layer) (paper Fig. 8)."""
+        rng = np.random.default_rng(self.cfg.seed)
+        req = requests.subset(np.sort(rng.choice(len(requests), min(len(requests), self.cfg.probe_samples),
+                                                 replace=False)))
+        sources = set(requests.sources[requests.sources >= 0].tolist())
+        pool = np.array([i for i in range(len(self.train)) if i not in sources], dtype=np.int64)
+        neg = np.sort(rng.choice(pool, min(len(pool), self.cfg.probe_samples), replace=False))
+        sites = [(layer, p) for layer in range(self.n_layers) for p in range(self.n_pos)]
+        pos_keys = collect_keys(self.decoder, self.layout, req.histories, codes[req.items], codes, sites,
+                                desc="probe keys (requests)")
+        neg_keys = collect_keys(self.decoder, self.layout, self.train.histories[neg], codes[self.train.targets[neg]],
+                                codes, sites, desc="probe keys (training)")
+        acc = np.zeros((self.n_pos, self.n_layers))
+        for layer, p in tqdm(sites, desc="linear probes", leave=False):
+            acc[p, layer] = probe_accuracy(pos_keys[(layer, p)], neg_keys[(layer, p)], req.items,
+                                           self.train.targets[neg], self.cfg.seed)
+        return ProbeTable(acc)
+
+    # -- the edit ------------------------------------------------------------------------------------------
+    def edit(self, requests: EditRequests, codes: np.ndarray, item_ids: list[str],
+             previous: EditArtifact | None = None) -> tuple[EditArtifact, EditReport]:
+        """Inject the items of ``requests`` (item indices into ``codes``); returns the artifact with this batch
+        appended to ``previous`` (whose layer map is kept) and a report. ``item_ids`` names the batch's items."""
+        if len(requests) == 0:
+            raise EmptyInputError("no edit requests: the items have no pseudo-histories (no similar warm item "
+                                  "with a non-empty training history?)")
+        if previous is not None:
+            previous.check_base(self.base_hash)
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        probe_table = None
+        if previous is not None:
+            layers = list(previous.layers)
+        else:
+            if self.cfg.layer_policy in ("probe", "worst"):
+                probe_table = self.probe(requests, codes)
+            layers = locate_layers(self.cfg.layer_policy, self.n_pos, self.n_layers, probe_table, self.cfg.seed)
+        timings["probe"] = time.perf_counter() - start
+
+        sites = [(layers[p], p) for p in range(self.n_pos)]
+        t0 = time.perf_counter()
+        rng = np.random.default_rng(self.cfg.seed + 1)
+        c0_idx = np.sort(rng.choice(len(self.train), min(len(self.train), self.cfg.c0_samples), replace=False))
+        fp = train_fingerprint(self.train.histories[c0_idx], self.train.targets[c0_idx])
+        c0, c0_cached = second_moments(self.decoder, self.layout, self.train.histories[c0_idx],
+                                       codes[self.train.targets[c0_idx]], codes, sites, self.base_hash, fp,
+                                       self.cache_dir)
+        timings["c0"] = time.perf_counter() - t0
+
+        prev_delta = {p: (previous.total_delta(p) if previous else None) for p in range(self.n_pos)}
+        keys = {p: [] for p in range(self.n_pos)}
+        deltas = {p: [] for p in range(self.n_pos)}
+        converged = [0] * self.n_pos
+        timings["keys"] = timings["delta"] = 0.0
+        targets_all = torch.from_numpy(codes[requests.items])
+        for start_row in tqdm(range(0, len(requests), self.cfg.chunk_size), desc="memory construction (δ)",
+                              unit="chunk"):
+            rows = slice(start_row, start_row + self.cfg.chunk_size)
+            t0 = time.perf_counter()
+            tf = teacher_force(self.decoder, self.layout, requests.histories[rows], codes[requests.items[rows]],
+                               codes)
+            timings["keys"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            for p, (layer, _) in enumerate(sites):
+                k = tf.keys[p][layer]
+                z = tf.values[p][layer] + (k @ prev_delta[p].T if prev_delta[p] is not None else 0.0)
+                result = optimise_deltas(self.decoder, self.layout, tf, p, layer,
+                                         targets_all[rows, p].to(k.device), z.detach(), self.cfg.delta)
+                keys[p].append(k.cpu())
+                deltas[p].append(result.delta.cpu())
+                converged[p] += int(result.converged.sum())
+            timings["delta"] += time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        batch_dw, batch_cov = {}, {}
+        for p in range(self.n_pos):
+            k1 = torch.cat(keys[p])
+            prev_cov = previous.previous_cov(p) if previous else None
+            # R = Z' − W_cur K1 = δ, because z above already is the current (possibly edited) value
+            batch_dw[p] = closed_form_update(k1, torch.cat(deltas[p]), c0[sites[p]], self.cfg.lam, prev_cov)
+            batch_cov[p] = k1.to(torch.float64).T @ k1.to(torch.float64)
+        timings["solve"] = time.perf_counter() - t0
+        timings["update_total"] = (timings["probe"] + timings["keys"] + timings["delta"] + timings["solve"]
+                                   + (0.0 if c0_cached else timings["c0"]))
+
+        edited_items = np.unique(requests.items)
+        batch = EditBatch(uuid.uuid4().hex[:12], [item_ids[i] for i in edited_items], codes[edited_items],
+                          batch_dw, batch_cov,
+                          {"lam": self.cfg.lam, "n_requests": len(requests), "timings_s": dict(timings)})
+        artifact = EditArtifact(self.base_hash, layers, list(previous.batches) if previous else [])
+        artifact.batches.append(batch)
+        efficacy = self.efficacy(requests, codes, layers, artifact, previous)
+        report = EditReport(layers, probe_table.to_dict() if probe_table else None, len(requests),
+                            len(edited_items), converged, efficacy, timings, c0_cached)
+        return artifact, report
+
+    @torch.no_grad()
+    def efficacy(self, requests: EditRequests, codes: np.ndarray, layers: list[int], artifact: EditArtifact,
+                 previous: EditArtifact | None) -> dict:
+        """Teacher-forced share of (a sample of) requests whose o_p is the argmax at position p: on the model
+        before this batch, and with this batch's update (METHOD §3a: the first diagnostic)."""
+        rng = np.random.default_rng(self.cfg.seed + 2)
+        idx = np.sort(rng.choice(len(requests), min(len(requests), self.cfg.efficacy_samples), replace=False))
+        sample = requests.subset(idx)
+        before = np.zeros(self.n_pos)
+        after = np.zeros(self.n_pos)
+        for start in range(0, len(sample), self.cfg.chunk_size):
+            rows = slice(start, start + self.cfg.chunk_size)
+            tf = teacher_force(self.decoder, self.layout, sample.histories[rows], codes[sample.items[rows]], codes)
+            target = torch.from_numpy(codes[sample.items[rows]]).to(self.decoder.device)
+            all_rows = torch.arange(target.shape[0], device=self.decoder.device)
+            for p, layer in enumerate(layers):
+                k = tf.keys[p][layer]
+                for acc, art in ((before, previous), (after, artifact)):
+                    dw = art.total_delta(p) if art is not None else None
+                    z = tf.values[p][layer] + (k @ dw.T.to(k.device) if dw is not None else 0.0)
+                    logits = upper_logits(self.decoder, self.layout, tf, all_rows, p, layer, tf.pre[p][layer] + z)
+                    acc[p] += float((logits.argmax(1) == target[:, p]).sum())
+        n = max(len(sample), 1)
+        return {"before": (before / n).round(4).tolist(), "after": (after / n).round(4).tolist(),
+                "n_sampled": len(sample)}

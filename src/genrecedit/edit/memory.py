@@ -1,0 +1,91 @@
+"""Memory construction (METHOD §5.4, paper Eq. 3/8): per request, the δ added to the FFN output at (l_p, p) that
+makes the model predict o_p, optimised for all requests of a position as one batch."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from genrecedit.edit.keys import TeacherForced
+from genrecedit.model.decoder import SteppedDecoder
+from genrecedit.model.tokens import TokenLayout
+
+
+@dataclass
+class DeltaConfig:
+    lr: float = 0.5
+    steps: int = 30
+    norm_penalty: float = 0.2  # weight of ‖δ‖/‖z‖ in the loss
+    compact_below: float = 0.75  # re-gather the active rows when fewer than this share of them is left
+
+
+@dataclass
+class Deltas:
+    """delta [m, d_model]; converged [m] bool (target became the argmax); steps [m] steps each row ran."""
+
+    delta: torch.Tensor
+    converged: torch.Tensor
+    steps: torch.Tensor
+
+
+def upper_logits(decoder: SteppedDecoder, layout: TokenLayout, tf: TeacherForced, rows: torch.Tensor, p: int,
+                 layer: int, residual: torch.Tensor) -> torch.Tensor:
+    """Position-p logits [r, K_p] when the residual after layer ``layer``'s FFN at index p is ``residual`` [r, d]:
+    only the layers above the edit layer run."""
+    cache = tf.cache_before(p).select(rows)
+    h = decoder.run_layers(residual, p, cache, tf.enc.select(rows), layer + 1)
+    return decoder.logits(h)[:, layout.position_slice(p)]
+
+
+def optimise_deltas(decoder: SteppedDecoder, layout: TokenLayout, tf: TeacherForced, p: int, layer: int,
+                    targets: torch.Tensor, z: torch.Tensor, cfg: DeltaConfig) -> Deltas:
+    """δ for m teacher-forced requests at (layer, index p).
+
+    targets [m] codes of position p (local, 0..K_p-1); z [m, d_model] the current FFN value at the site (base
+    value plus any earlier edit's ΔW k). Adam with cosine decay on CE + norm_penalty·‖δ‖/‖z‖; a request stops
+    once its target is the argmax and keeps that δ; one that never gets there keeps its lowest-CE δ.
+    """
+    device = z.device
+    m = z.shape[0]
+    base = tf.pre[p][layer] + z  # residual after the FFN sub-layer, before δ
+    z_norm = z.norm(dim=1).clamp_min(1e-6)
+    delta = torch.zeros_like(z, requires_grad=True)
+    optim = torch.optim.Adam([delta], lr=cfg.lr)
+    final = torch.zeros_like(z)
+    best_ce = torch.full((m,), float("inf"), device=device)
+    done = torch.zeros(m, dtype=torch.bool, device=device)
+    steps = torch.zeros(m, dtype=torch.long, device=device)
+    rows = torch.arange(m, device=device)
+    cache, enc = tf.cache_before(p).select(rows), tf.enc.select(rows)
+    for step in range(cfg.steps + 1):
+        active = rows[~done[rows]]
+        if len(active) == 0:
+            break
+        if len(active) < cfg.compact_below * len(rows):
+            keep = ~done[rows]
+            rows, cache, enc = active, cache.select(keep.nonzero().squeeze(1)), enc.select(keep.nonzero().squeeze(1))
+        h = decoder.run_layers(base[rows] + delta[rows], p, cache, enc, layer + 1)
+        logits = decoder.logits(h)[:, layout.position_slice(p)]
+        ce = F.cross_entropy(logits, targets[rows], reduction="none")
+        with torch.no_grad():
+            hit = logits.argmax(dim=1) == targets[rows]
+            better = (ce < best_ce[rows]) | hit
+            upd = rows[better]
+            final[upd] = delta[upd].detach()
+            best_ce[rows] = torch.minimum(best_ce[rows], ce.detach())
+            done[rows[hit]] = True
+            steps[rows] = step
+        if step == cfg.steps:
+            break  # the last pass only scores the final δ
+        penalty = cfg.norm_penalty * delta[rows].norm(dim=1) / z_norm[rows]
+        loss = ((ce + penalty) * (~hit)).sum()
+        for group in optim.param_groups:
+            group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        optim.step()
+        with torch.no_grad():  # Adam's momentum must not move requests that already stopped
+            delta[done] = final[done]
+    return Deltas(final, done, steps)
