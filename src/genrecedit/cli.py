@@ -101,6 +101,21 @@ def demo(config: ConfigArg = "demo", overrides: Overrides = None, run_dir: RunDi
         _fail(err)
 
 
+@app.command()
+def serve(model: Annotated[Path, typer.Option("--model", "-m", help="trained run directory")],
+          host: Annotated[str, typer.Option(help="bind address (loopback by default)")] = "127.0.0.1",
+          port: int = 8000,
+          state_dir: Annotated[Optional[Path], typer.Option(help="registry + edits (default: <model>/service)")] = None,
+          overrides: Overrides = None, device: Device = None) -> None:
+    """Serve recommendations over HTTP; new items (POST /items) are learnt with GenRecEdit while serving."""
+    from genrecedit.serving import serve as run_server
+
+    try:
+        run_server(model, host, port, state_dir, list(overrides or []) + ([f"device={device}"] if device else []))
+    except GenRecEditError as err:
+        _fail(err)
+
+
 def main() -> None:  # pragma: no cover
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     app()

@@ -59,36 +59,46 @@ def nearest_warm(embeddings: np.ndarray, items: np.ndarray, warm: np.ndarray, k:
     return warm_idx[np.concatenate(out)] if out else np.zeros((0, k), np.int64)
 
 
-def pseudo_histories(split: Split, embeddings: np.ndarray, items: np.ndarray, per_item: int, neighbours: int,
-                     ) -> EditRequests:
+def pseudo_histories(train: CaseSet, warm: np.ndarray, embeddings: np.ndarray, items: np.ndarray, per_item: int,
+                     neighbours: int) -> EditRequests:
     """The paper's pseudo-histories: for each item, ``per_item`` histories taken round-robin over its
     ``neighbours`` most text-similar warm items, each the history preceding one of the neighbour's training
     occurrences, most recent occurrence first.
 
-    Occurrences with an empty history are skipped: an empty history's key is the same for every item, so it would
-    only teach conflicting targets. Deterministic (no sampling is needed: the order is fully specified).
+    train: the backbone's training samples; warm [n_items] bool; embeddings [n_items, d]; items [m] indices.
+    The catalog may be larger than the split's (items added after training, e.g. by the service).
+
+    Two choices the paper leaves open, both to avoid teaching contradictory targets for one key:
+    occurrences with an empty history are skipped (its key is the same for every item), and a neighbour's
+    occurrences are handed out in turn across cold items — a cold item takes the neighbour's most recent occurrence
+    that no earlier cold item took, falling back to reuse only when all are taken. Deterministic.
     """
-    train = split.train
+    n_items = len(warm)
     nonempty = np.flatnonzero(train.history_lengths() > 0)
     # training samples grouped by target item, most recent first
     order = nonempty[np.lexsort((-train.timestamps[nonempty], train.targets[nonempty]))]
     targets_sorted = train.targets[order]
-    starts = np.searchsorted(targets_sorted, np.arange(split.n_items), side="left")
-    ends = np.searchsorted(targets_sorted, np.arange(split.n_items), side="right")
-    near = nearest_warm(embeddings, items, split.warm, neighbours)
-    hist, owner, source = [], [], []
+    starts = np.searchsorted(targets_sorted, np.arange(n_items), side="left")
+    ends = np.searchsorted(targets_sorted, np.arange(n_items), side="right")
+    near = nearest_warm(embeddings, items, warm, neighbours)
+    counts = ends - starts
+    handed_out = np.zeros(n_items, np.int64)  # per warm item, occurrences already given to a cold item
+    owner, source = [], []
     for item, nbrs in zip(items, near):
-        taken, rank = 0, 0
-        depth = int((ends[nbrs] - starts[nbrs]).max()) if len(nbrs) else 0
-        while taken < per_item and rank < depth:
+        nbrs = nbrs[counts[nbrs] > 0]
+        taken, rounds = 0, 0
+        depth = int(counts[nbrs].max()) if len(nbrs) else 0
+        while taken < per_item and rounds < depth:
             for j in nbrs:
-                if starts[j] + rank < ends[j]:
+                if rounds < counts[j]:
+                    rank = handed_out[j] % counts[j]
+                    handed_out[j] += 1
                     source.append(order[starts[j] + rank])
                     owner.append(item)
                     taken += 1
                     if taken == per_item:
                         break
-            rank += 1
+            rounds += 1
     source_arr = np.asarray(source, np.int64)
     return EditRequests(train.histories[source_arr] if len(source_arr) else
                         np.full((0, train.histories.shape[1]), PAD_ITEM, np.int64),

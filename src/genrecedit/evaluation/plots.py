@@ -103,3 +103,26 @@ def _subsets(results: dict[str, Summary]) -> list[str]:
 
 def _value(value: float | int | None) -> float:
     return float("nan") if value is None else float(value)
+
+
+def probe_figure_png(accuracy: np.ndarray, chosen: list[int]) -> bytes:
+    """PNG bytes of the probe's balanced accuracy per decoder layer, one line per SID position (paper Fig. 8).
+
+    accuracy [P, L]; chosen[p] = the edit layer l_p actually used (marked).
+    """
+    figure = Figure(figsize=(6.0, 4.0), dpi=DPI)
+    FigureCanvasAgg(figure)
+    ax = figure.subplots()
+    layers = np.arange(accuracy.shape[1])
+    for p, row in enumerate(accuracy):
+        line = ax.plot(layers, row, marker="o", label=f"position {p}")[0]
+        ax.plot([chosen[p]], [row[chosen[p]]], marker="*", markersize=14, color=line.get_color())
+    ax.set_xlabel("decoder layer")
+    ax.set_ylabel("probe balanced accuracy")
+    ax.set_xticks(layers)
+    ax.set_title("Layer location: linear probe per (position, layer); ★ = edit layer")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    buf = io.BytesIO()
+    figure.savefig(buf, format="png", bbox_inches="tight")
+    return buf.getvalue()

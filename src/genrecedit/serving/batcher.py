@@ -1,0 +1,110 @@
+"""Micro-batching of concurrent ``/recommend`` requests: one beam search for many users.
+
+A single thread takes the first waiting request, then keeps collecting for at most ``window_s`` or until
+``max_batch`` requests, and decodes each group of requests that share a snapshot as one batch (a request is always
+answered by the snapshot it started with). Beam search results for k are a prefix of those for a larger k at the
+same beam width, so one decode with the group's largest k serves every k.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import numpy as np
+
+from genrecedit.model.recommender import DecodeConfig
+from genrecedit.serving.catalog import Snapshot
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """One request's answer: items [k'] catalog indices and scores [k'] log-probabilities (empty slots dropped)."""
+
+    items: np.ndarray
+    scores: np.ndarray
+
+
+@dataclass
+class _Waiting:
+    snapshot: Snapshot
+    history: np.ndarray  # [L] item indices, left-padded
+    k: int
+    future: Future
+
+
+_STOP = object()
+
+
+class RecommendBatcher:
+    """Collects requests from any thread (``submit``) and answers them from one worker thread."""
+
+    def __init__(self, decode: DecodeConfig, window_s: float = 0.002, max_batch: int = 32,
+                 on_batch: Callable[[int], None] | None = None) -> None:
+        self.decode = decode
+        self.window_s = window_s
+        self.max_batch = max_batch
+        self.on_batch = on_batch
+        self._queue: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name="recommend-batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, snapshot: Snapshot, history: np.ndarray, k: int) -> Future:
+        """history [L] item indices of ``snapshot``'s catalog -> a Future of ``Ranked``."""
+        future: Future = Future()
+        self._queue.put(_Waiting(snapshot, history, k, future))
+        return future
+
+    def close(self) -> None:
+        self._queue.put(_STOP)
+        self._thread.join(timeout=10)
+
+    def _collect(self, first: _Waiting) -> tuple[list[_Waiting], bool]:
+        batch, stop = [first], False
+        deadline = time.perf_counter() + self.window_s
+        while len(batch) < self.max_batch:
+            left = deadline - time.perf_counter()
+            try:
+                item = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is _STOP:
+                stop = True
+                break
+            batch.append(item)
+        return batch, stop
+
+    def _loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            batch, stop = self._collect(first)
+            groups: dict[int, list[_Waiting]] = {}
+            for w in batch:
+                groups.setdefault(id(w.snapshot), []).append(w)
+            for group in groups.values():
+                self._decode(group)
+            if self.on_batch:
+                self.on_batch(len(batch))
+            if stop:
+                return
+
+    def _decode(self, group: list[_Waiting]) -> None:
+        """One beam search for requests of one snapshot: histories [n, L] -> each request's top-k."""
+        snap = group[0].snapshot
+        k = max(w.k for w in group)
+        cfg = replace(self.decode, k=k, batch_size=len(group))
+        try:
+            beams = snap.recommender.recommend(np.stack([w.history for w in group]), cfg, snap.schedule)
+        except Exception as err:  # noqa: BLE001 - handed to every waiting request
+            for w in group:
+                w.future.set_exception(err)
+            return
+        items, scores = beams.items.numpy(), beams.scores.numpy()
+        for row, w in enumerate(group):
+            keep = items[row, : w.k] >= 0
+            w.future.set_result(Ranked(items[row, : w.k][keep], scores[row, : w.k][keep]))

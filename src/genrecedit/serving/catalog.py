@@ -1,0 +1,168 @@
+"""What the service answers from: the catalog (the run's items plus the added batches) and the immutable
+``Snapshot`` that pairs it with a recommender (its own trie) and the active edit artifact.
+
+SIDs of added items come from the run's frozen tokenizer, always by *replay*: a copy of the run's tokenizer is given
+the active batches in order (``SemanticIdTokenizer.assign``), so the catalog is a pure function of (run, active
+batches). The registry stores each item's SID and a restart checks the replay against it. One consequence, stated in
+the API: rolling back an older batch recomputes the later ones, and a later item that shared a SID prefix with a
+removed one may get a smaller dedup token (its SID's last code).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from genrecedit.config import KnowledgeConfig
+from genrecedit.data.dataset import PAD_ITEM, CaseSet
+from genrecedit.edit.artifact import EditArtifact, EditBatch, TriggerMode
+from genrecedit.edit.knowledge import EditRequests, pseudo_histories
+from genrecedit.errors import EmptyInputError, UnknownItemError
+from genrecedit.model.recommender import Recommender
+from genrecedit.runs.prepare import Prepared
+from genrecedit.serving.registry import BatchItems
+from genrecedit.tokenizer.sids import SemanticIdTokenizer
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Catalog order: the run's items (``n_base``), then each added batch's items in batch order.
+
+    item_ids [n]; index: id -> position; codes [n, P] SIDs; embeddings [n, d]; warm [n] bool (added items are never
+    warm); batches: the added batches in order; tokenizer: a private copy that knows every catalog item (it gives
+    the next batch its dedup tokens and refuses duplicates); never mutated after construction.
+    """
+
+    item_ids: list[str]
+    index: dict[str, int]
+    codes: np.ndarray
+    embeddings: np.ndarray
+    warm: np.ndarray
+    n_base: int
+    batches: tuple[BatchItems, ...]
+    tokenizer: SemanticIdTokenizer
+
+    @staticmethod
+    def base(prepared: Prepared) -> "Catalog":
+        """The run's catalog as trained and evaluated (warm and cold items of its split)."""
+        ids = list(prepared.split.item_ids)
+        return Catalog(ids, {item: i for i, item in enumerate(ids)}, np.asarray(prepared.codes, np.int64),
+                       np.asarray(prepared.embeddings, np.float32), np.asarray(prepared.split.warm, bool), len(ids),
+                       (), prepared.tokenizer)
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def extended(self, batch_id: str, item_ids: list[str], texts: list[str], embeddings: np.ndarray) -> "Catalog":
+        """This catalog plus one batch [m]; SIDs from a copy of the tokenizer (this catalog is untouched).
+        Raises ``DuplicateItemError`` for an id already in the catalog or repeated in the batch."""
+        tokenizer = copy.deepcopy(self.tokenizer)
+        sids = tokenizer.assign(embeddings, list(item_ids))
+        batch = BatchItems(batch_id, list(item_ids), list(texts), np.asarray(embeddings, np.float32), sids)
+        ids = self.item_ids + batch.item_ids
+        index = dict(self.index)
+        index.update({item: len(self.item_ids) + i for i, item in enumerate(batch.item_ids)})
+        return Catalog(ids, index, np.concatenate([self.codes, sids]),
+                       np.concatenate([self.embeddings, batch.embeddings]),
+                       np.concatenate([self.warm, np.zeros(len(item_ids), bool)]), self.n_base,
+                       self.batches + (batch,), tokenizer)
+
+    def truncated(self, base: "Catalog", n_batches: int) -> "Catalog":
+        """``base`` plus this catalog's first ``n_batches`` batches (their SIDs replayed, hence unchanged)."""
+        out = base
+        for b in self.batches[:n_batches]:
+            out = out.extended(b.batch_id, b.item_ids, b.texts, b.embeddings)
+        return out
+
+    def batch_indices(self, batch_id: str) -> np.ndarray:
+        """[m] catalog positions of one added batch's items."""
+        start = self.n_base
+        for b in self.batches:
+            if b.batch_id == batch_id:
+                return np.arange(start, start + len(b.item_ids))
+            start += len(b.item_ids)
+        raise KeyError(batch_id)
+
+    def origin(self, item_id: str) -> str | None:
+        """The batch that added ``item_id``, or None for an item of the run's own catalog."""
+        pos = self.index[item_id]
+        if pos < self.n_base:
+            return None
+        for b in self.batches:
+            if item_id in b.item_ids:
+                return b.batch_id
+        return None
+
+    def histories(self, histories: list[list[str]], max_history: int) -> np.ndarray:
+        """Item-id histories (oldest first) -> [n, max_history] indices, left-padded; only the most recent
+        ``max_history`` items of a longer history are kept (what the model was trained on). An empty history is
+        valid. ``UnknownItemError`` names the first ids not in the catalog."""
+        out = np.full((len(histories), max_history), PAD_ITEM, np.int64)
+        for row, history in enumerate(histories):
+            unknown = [item for item in history if item not in self.index]
+            if unknown:
+                shown = ", ".join(repr(u) for u in unknown[:5])
+                raise UnknownItemError(f"item{'s' if len(unknown) > 1 else ''} {shown} in the history "
+                                       f"{'are' if len(unknown) > 1 else 'is'} not in the catalog")
+            recent = [self.index[item] for item in history[-max_history:]]
+            if recent:
+                out[row, -len(recent):] = recent
+        return out
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything one request needs, never mutated: requests take one reference at their start, so each answer
+    comes wholly from one model (old or new, never a mix). ``version`` counts swaps since the service started."""
+
+    version: int
+    catalog: Catalog
+    recommender: Recommender
+    artifact: EditArtifact | None
+    schedule: Callable | None
+
+    @property
+    def active_batches(self) -> list[str]:
+        return [b.batch_id for b in self.catalog.batches]
+
+
+def build_snapshot(version: int, catalog: Catalog, base: Recommender, artifact: EditArtifact | None,
+                   trigger: TriggerMode) -> Snapshot:
+    """A recommender of its own over ``catalog`` (shares the frozen model; builds the trie) plus the decoding
+    schedule of ``artifact``. Edits never change model weights, so snapshots can share them."""
+    recommender = Recommender(base.model, base.layout, catalog.codes)
+    schedule = artifact.schedule(trigger, recommender.device) if artifact is not None else None
+    return Snapshot(version, catalog, recommender, artifact, schedule)
+
+
+def knowledge_for(train: CaseSet, catalog: Catalog, items: np.ndarray, kcfg: KnowledgeConfig) -> EditRequests:
+    """Pseudo-histories (METHOD §5.2) for new catalog items [m]: the only knowledge source a live service has
+    (an item added now has no observed cases). ``EmptyInputError`` names the items that get none."""
+    requests = pseudo_histories(train, catalog.warm, catalog.embeddings, items, kcfg.histories_per_item,
+                                kcfg.neighbours)
+    taught = set(requests.items.tolist())
+    missing = [catalog.item_ids[i] for i in items if i not in taught]
+    if missing:
+        raise EmptyInputError(f"no pseudo-histories for item(s) {', '.join(map(repr, missing[:5]))}: none of its "
+                              f"{kcfg.neighbours} most similar warm items has a training history; give a more "
+                              "descriptive text")
+    return requests
+
+
+def with_batch_id(artifact: EditArtifact, batch_id: str) -> EditArtifact:
+    """The artifact with its newest batch renamed to the registry's id (the editor draws a random one)."""
+    newest = artifact.batches[-1]
+    renamed = EditBatch(batch_id, newest.item_ids, newest.sids, newest.delta_w, newest.key_cov, newest.meta)
+    return EditArtifact(artifact.base_hash, list(artifact.layers), artifact.batches[:-1] + [renamed])
+
+
+def delta_fingerprint(batch: EditBatch) -> str:
+    """sha256 over a batch's ΔW tensors (position order, float64 bytes): what the registry checks on restart."""
+    h = hashlib.sha256()
+    for p in sorted(batch.delta_w):
+        h.update(f"{p}:".encode())
+        h.update(batch.delta_w[p].detach().cpu().to(dtype=batch.delta_w[p].dtype).contiguous().numpy().tobytes())
+    return h.hexdigest()

@@ -1,0 +1,243 @@
+"""The edit registry: every item batch the service was given, its items (text, embedding, SID), its status and
+timings, and which saved edit artifact holds the active stack — in one SQLite file, ``<state dir>/registry.sqlite``.
+
+Schema (``SCHEMA``):
+
+- ``meta(key, value)``: ``base_hash`` (the base model the state belongs to), ``artifact_dir`` (the saved
+  ``EditArtifact`` of the active stack, relative to the state dir; absent until the first edit).
+- ``batches(batch_id, seq, status, created_at, applied_at, rolled_back_at, n_items, n_requests, delta_sha256,
+  timings, report, error)``: ``status`` is ``pending`` (validated, edit running), ``active``, ``rolled_back`` or
+  ``failed``; active batches are applied in ``seq`` order; ``delta_sha256`` fingerprints the batch's ΔW in the
+  artifact (checked on restart).
+- ``items(batch_id, position, item_id, text, embedding, sid)``: the batch's items in order; ``embedding`` is the
+  float32 text embedding (little-endian bytes), ``sid`` the JSON list of codes.
+
+Crash safety: artifact versions are immutable directories; the service writes a new one first and then commits one
+transaction that points ``artifact_dir`` at it and updates the batches. A crash before the commit leaves the old
+pointer (the orphan directory is removed on restart); ``pending`` batches found on restart were interrupted and are
+marked ``failed``. Writes come from the single edit worker; reads may come from any thread (one lock).
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from genrecedit.errors import ArtifactMismatchError
+
+REGISTRY_FILE = "registry.sqlite"
+STATUSES = ("pending", "active", "rolled_back", "failed")
+INTERRUPTED = "interrupted: the service stopped before this edit was applied"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS batches (
+    batch_id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL UNIQUE,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'active', 'rolled_back', 'failed')),
+    created_at REAL NOT NULL,
+    applied_at REAL,
+    rolled_back_at REAL,
+    n_items INTEGER NOT NULL,
+    n_requests INTEGER,
+    delta_sha256 TEXT,
+    timings TEXT,
+    report TEXT,
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS items (
+    batch_id TEXT NOT NULL REFERENCES batches(batch_id),
+    position INTEGER NOT NULL,
+    item_id TEXT NOT NULL,
+    text TEXT NOT NULL,
+    embedding BLOB NOT NULL,
+    sid TEXT NOT NULL,
+    PRIMARY KEY (batch_id, position)
+);
+CREATE INDEX IF NOT EXISTS items_by_id ON items(item_id);
+"""
+
+
+@dataclass(frozen=True)
+class BatchItems:
+    """An item batch as the registry keeps it: ids [m], texts [m], embeddings [m, d] float32, sids [m, P] int64."""
+
+    batch_id: str
+    item_ids: list[str]
+    texts: list[str]
+    embeddings: np.ndarray
+    sids: np.ndarray
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """One row of ``batches`` plus its item ids, JSON-ready through ``to_dict``."""
+
+    batch_id: str
+    seq: int
+    status: str
+    created_at: float
+    applied_at: float | None
+    rolled_back_at: float | None
+    n_items: int
+    n_requests: int | None
+    delta_sha256: str | None
+    timings: dict | None
+    report: dict | None
+    error: str | None
+    item_ids: list[str]
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "delta_sha256"}
+
+
+class Registry:
+    """SQLite-backed record of item batches; every method that writes is one transaction."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = Path(state_dir) / REGISTRY_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute("PRAGMA foreign_keys=ON")
+        self._conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # -- transactions ----------------------------------------------------------------------------------------
+    class _Tx:
+        def __init__(self, registry: "Registry") -> None:
+            self.registry = registry
+
+        def __enter__(self) -> sqlite3.Cursor:
+            self.registry._lock.acquire()
+            self.cur = self.registry._conn.cursor()
+            self.cur.execute("BEGIN IMMEDIATE")
+            return self.cur
+
+        def __exit__(self, exc_type, exc, tb) -> None:
+            try:
+                self.cur.execute("ROLLBACK" if exc_type else "COMMIT")
+            finally:
+                self.registry._lock.release()
+
+    def _transaction(self) -> "_Tx":
+        return Registry._Tx(self)
+
+    def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._lock:
+            return self._conn.execute(sql, args).fetchall()
+
+    # -- meta ------------------------------------------------------------------------------------------------
+    def bind_base(self, base_hash: str) -> None:
+        """Tie the state to one base model; a state written for another model is refused."""
+        with self._transaction() as cur:
+            row = cur.execute("SELECT value FROM meta WHERE key = 'base_hash'").fetchone()
+            if row is None:
+                cur.execute("INSERT INTO meta VALUES ('base_hash', ?)", (base_hash,))
+            elif row[0] != base_hash:
+                raise ArtifactMismatchError(
+                    f"{self.path} belongs to base model {row[0][:12]}, not {base_hash[:12]}; "
+                    "serve that model or start with another --state-dir")
+
+    def artifact_dir(self) -> str | None:
+        rows = self._read("SELECT value FROM meta WHERE key = 'artifact_dir'")
+        return rows[0][0] if rows else None
+
+    def next_seq(self) -> int:
+        return int(self._read("SELECT COALESCE(MAX(seq), 0) + 1 FROM batches")[0][0])
+
+    # -- writes (the edit worker) ----------------------------------------------------------------------------
+    def add_pending(self, seq: int, batch: BatchItems) -> None:
+        """Record a validated batch whose edit is about to run, with its items."""
+        with self._transaction() as cur:
+            cur.execute("INSERT INTO batches (batch_id, seq, status, created_at, n_items) VALUES (?, ?, 'pending', ?, ?)",
+                        (batch.batch_id, seq, time.time(), len(batch.item_ids)))
+            cur.executemany("INSERT INTO items VALUES (?, ?, ?, ?, ?, ?)", [
+                (batch.batch_id, i, item, text, np.asarray(emb, "<f4").tobytes(), json.dumps([int(c) for c in sid]))
+                for i, (item, text, emb, sid) in enumerate(zip(batch.item_ids, batch.texts, batch.embeddings,
+                                                               batch.sids))])
+
+    def activate(self, batch_id: str, artifact_dir: str, delta_sha256: str, n_requests: int, timings: dict,
+                 report: dict) -> None:
+        """The batch's artifact is on disk: make it active and point at the new artifact, atomically."""
+        with self._transaction() as cur:
+            cur.execute("UPDATE batches SET status = 'active', applied_at = ?, delta_sha256 = ?, n_requests = ?, "
+                        "timings = ?, report = ? WHERE batch_id = ? AND status = 'pending'",
+                        (time.time(), delta_sha256, n_requests, json.dumps(timings), json.dumps(report), batch_id))
+            if cur.rowcount != 1:
+                raise ArtifactMismatchError(f"batch {batch_id} is not pending in {self.path}")
+            _set_meta(cur, "artifact_dir", artifact_dir)
+
+    def fail(self, batch_id: str, error: str) -> None:
+        with self._transaction() as cur:
+            cur.execute("UPDATE batches SET status = 'failed', error = ? WHERE batch_id = ? AND status = 'pending'",
+                        (error, batch_id))
+
+    def roll_back(self, batch_id: str, artifact_dir: str, recomputed: dict[str, tuple[np.ndarray, str]]) -> None:
+        """Mark ``batch_id`` rolled back, store the recomputed SIDs and ΔW fingerprints of the later batches
+        (``{batch_id: (sids [m, P], delta_sha256)}``) and point at the new artifact, in one transaction."""
+        with self._transaction() as cur:
+            cur.execute("UPDATE batches SET status = 'rolled_back', rolled_back_at = ? "
+                        "WHERE batch_id = ? AND status = 'active'", (time.time(), batch_id))
+            if cur.rowcount != 1:
+                raise ArtifactMismatchError(f"batch {batch_id} is not active in {self.path}")
+            for later, (sids, digest) in recomputed.items():
+                cur.execute("UPDATE batches SET delta_sha256 = ? WHERE batch_id = ?", (digest, later))
+                cur.executemany("UPDATE items SET sid = ? WHERE batch_id = ? AND position = ?",
+                                [(json.dumps([int(c) for c in sid]), later, i) for i, sid in enumerate(sids)])
+            _set_meta(cur, "artifact_dir", artifact_dir)
+
+    def fail_interrupted(self) -> list[str]:
+        """Batches left ``pending`` by a crash -> ``failed``; returns their ids."""
+        with self._transaction() as cur:
+            ids = [r[0] for r in cur.execute("SELECT batch_id FROM batches WHERE status = 'pending'").fetchall()]
+            cur.execute("UPDATE batches SET status = 'failed', error = ? WHERE status = 'pending'", (INTERRUPTED,))
+        return ids
+
+    # -- reads -----------------------------------------------------------------------------------------------
+    def active_batches(self) -> list[tuple[BatchItems, str]]:
+        """Active batches in application order, each with its ΔW fingerprint."""
+        rows = self._read("SELECT batch_id, delta_sha256 FROM batches WHERE status = 'active' ORDER BY seq")
+        return [(self.batch_items(batch_id), digest) for batch_id, digest in rows]
+
+    def batch_items(self, batch_id: str) -> BatchItems:
+        rows = self._read("SELECT item_id, text, embedding, sid FROM items WHERE batch_id = ? ORDER BY position",
+                          (batch_id,))
+        return BatchItems(batch_id, [r[0] for r in rows], [r[1] for r in rows],
+                          np.stack([np.frombuffer(r[2], "<f4") for r in rows]).astype(np.float32),
+                          np.asarray([json.loads(r[3]) for r in rows], np.int64))
+
+    def records(self, batch_id: str | None = None) -> list[BatchRecord]:
+        """Every batch (or one), oldest first."""
+        where, args = ("WHERE batch_id = ?", (batch_id,)) if batch_id else ("", ())
+        rows = self._read(f"SELECT batch_id, seq, status, created_at, applied_at, rolled_back_at, n_items, "
+                          f"n_requests, delta_sha256, timings, report, error FROM batches {where} ORDER BY seq", args)
+        out = []
+        for r in rows:
+            ids = [x[0] for x in self._read("SELECT item_id FROM items WHERE batch_id = ? ORDER BY position",
+                                            (r[0],))]
+            out.append(BatchRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8],
+                                   json.loads(r[9]) if r[9] else None, json.loads(r[10]) if r[10] else None,
+                                   r[11], ids))
+        return out
+
+    def counts(self) -> dict[str, int]:
+        """Batches per status, plus the total number of item rows (a cheap "was anything written?" check)."""
+        out = {s: 0 for s in STATUSES}
+        out.update(dict(self._read("SELECT status, COUNT(*) FROM batches GROUP BY status")))
+        out["item_rows"] = int(self._read("SELECT COUNT(*) FROM items")[0][0])
+        return out
+
+
+def _set_meta(cur: sqlite3.Cursor, key: str, value: str) -> None:
+    cur.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))

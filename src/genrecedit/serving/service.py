@@ -1,0 +1,341 @@
+"""``LiveService``: a trained run that recommends, takes new items and applies GenRecEdit to them while serving.
+
+Consistency model:
+- Requests read ``self.snapshot`` once (one reference read) and are answered wholly from it.
+- Every change (add a batch, roll one back) runs on one edit worker thread, in arrival order, off the request path.
+  The worker validates against the newest snapshot, computes the next one, writes the artifact and commits the
+  registry, and only then swaps the snapshot reference. A failure at any step leaves the old snapshot serving.
+- The model's weights are never changed (edits are ΔW applied by the decoding schedule) and are frozen
+  (``requires_grad`` off) so that δ optimisation on the worker computes no weight gradients.
+
+Adding items: ids must be new to the catalog (the run's items count); the text is embedded with the run's encoder,
+SIDs come from the frozen tokenizer, pseudo-histories from the most similar warm items, and the edit is solved
+against the current stack (METHOD §5.8). Nothing is written for a batch that fails validation (a duplicate id, an
+empty text, an item without pseudo-histories); a batch whose edit fails is recorded as ``failed``.
+
+Rolling back: the newest batch is removed exactly (the stack minus its ΔW, outputs bit-identical to before it was
+added). An older batch: the later batches are recomputed in order on the remaining stack (their SIDs replayed,
+their pseudo-histories and edits solved again) — slower, and the later batches' ΔW change.
+"""
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from genrecedit.edit.artifact import EditArtifact, TriggerMode
+from genrecedit.errors import ArtifactMismatchError, DuplicateItemError, EmptyInputError, GenRecEditError
+from genrecedit.model.recommender import DecodeConfig
+from genrecedit.runs.backbone import LoadedRun, load_run
+from genrecedit.runs.edit import make_editor
+from genrecedit.serving.batcher import RecommendBatcher
+from genrecedit.serving.catalog import (Catalog, Snapshot, build_snapshot, delta_fingerprint, knowledge_for,
+                                        with_batch_id)
+from genrecedit.serving.metrics import Metrics
+from genrecedit.serving.registry import Registry
+from genrecedit.text.embed import embed_items, make_encoder
+
+ARTIFACTS = "artifacts"
+DEFAULT_STATE = "service"
+
+
+class PayloadTooLargeError(GenRecEditError):
+    """A request asks for more than the service accepts at once (HTTP 413)."""
+
+
+class UnknownBatchError(GenRecEditError):
+    """No batch with this id in the registry (HTTP 404)."""
+
+
+class BatchNotActiveError(GenRecEditError):
+    """The batch exists but is not active, so it cannot be rolled back (HTTP 409)."""
+
+
+class InvalidRequestError(GenRecEditError):
+    """A request value is out of range (HTTP 422)."""
+
+
+class EditFailedError(GenRecEditError):
+    """The edit itself failed; the previous model keeps serving (HTTP 500)."""
+
+
+@dataclass
+class ServiceConfig:
+    """Limits and knobs of the service (the model, decoding and edit settings come from the run's config)."""
+
+    state_dir: Path | None = None  # default: <run dir>/service
+    max_items_per_batch: int = 256
+    max_text_chars: int = 2_000
+    max_history_items: int = 1_000  # per request; the model reads the last split.max_history of them
+    batch_window_ms: float = 2.0
+    max_micro_batch: int = 32
+    trigger: TriggerMode = "one_one"
+
+
+@dataclass(frozen=True)
+class NewItem:
+    item_id: str
+    text: str
+
+
+class LiveService:
+    def __init__(self, run: LoadedRun, cfg: ServiceConfig | None = None) -> None:
+        self.run = run
+        self.cfg = cfg or ServiceConfig()
+        self.state_dir = Path(self.cfg.state_dir or run.run_dir / DEFAULT_STATE)
+        self.decode = run.config.decode
+        self.max_history = run.config.split.max_history
+        run.recommender.model.requires_grad_(False)
+        self.editor = make_editor(run)
+        self.encoder = make_encoder(run.config.embedding.encoder, run.config.device, run.config.embedding.batch_size)
+        self.embedding_cache = Path(run.config.cache_dir) / "embeddings"
+        self.base_catalog = Catalog.base(run.prepared)
+        self.metrics = Metrics()
+        self.registry = Registry(self.state_dir)
+        self.registry.bind_base(run.base_hash)
+        self.interrupted = self.registry.fail_interrupted()
+        self.snapshot: Snapshot = self._restore()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edit-worker")
+        self._queued = 0  # changes submitted to the worker and not finished yet
+        self._queued_lock = threading.Lock()
+        self._closed = False
+        self.batcher = RecommendBatcher(DecodeConfig(self.decode.beam, self.decode.k, self.decode.batch_size,
+                                                     self.decode.constrained),
+                                        self.cfg.batch_window_ms / 1e3, self.cfg.max_micro_batch,
+                                        self.metrics.observe_batch)
+
+    @classmethod
+    def open(cls, run_dir: Path, cfg: ServiceConfig | None = None, overrides: list[str] | None = None) -> "LiveService":
+        return cls(load_run(run_dir, overrides), cfg)
+
+    def close(self) -> None:
+        """Finish the queued changes, stop the threads, close the registry (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._worker.shutdown(wait=True)
+        self.batcher.close()
+        self.registry.close()
+
+    # -- requests (any thread) -------------------------------------------------------------------------------
+    def recommend(self, history: list[str], k: int | None = None) -> dict:
+        """Top-k (default ``decode.k``, at most ``decode.beam``) items for one user's history of item ids, oldest
+        first. An empty history is valid (the model answers a lone EOS input: popularity-like output)."""
+        k = self.decode.k if k is None else k
+        if not 1 <= k <= self.decode.beam:
+            raise InvalidRequestError(f"k={k} must be between 1 and the beam width {self.decode.beam}")
+        if len(history) > self.cfg.max_history_items:
+            raise PayloadTooLargeError(f"history of {len(history)} items; at most {self.cfg.max_history_items} "
+                                       f"(the model reads the last {self.max_history})")
+        snap = self.snapshot
+        hist = snap.catalog.histories([history], self.max_history)[0]
+        ranked = self.batcher.submit(snap, hist, k).result()
+        return {"items": [{"item_id": snap.catalog.item_ids[i], "score": float(s)}
+                          for i, s in zip(ranked.items, ranked.scores)],
+                "model_version": snap.version, "active_batches": len(snap.catalog.batches)}
+
+    def item(self, item_id: str) -> dict | None:
+        snap = self.snapshot
+        if item_id not in snap.catalog.index:
+            return None
+        pos = snap.catalog.index[item_id]
+        origin = snap.catalog.origin(item_id)
+        if origin is None:
+            text = str(self.run.prepared.dataset.items.loc[item_id, "text"])
+        else:
+            batch = next(b for b in snap.catalog.batches if b.batch_id == origin)
+            text = batch.texts[batch.item_ids.index(item_id)]
+        return {"item_id": item_id, "index": pos, "sid": snap.catalog.codes[pos].tolist(), "text": text,
+                "warm": bool(snap.catalog.warm[pos]), "batch_id": origin}
+
+    def health(self) -> dict:
+        snap = self.snapshot
+        return {"status": "ok", "model_version": snap.version, "catalog_size": len(snap.catalog),
+                "base_items": snap.catalog.n_base, "added_items": len(snap.catalog) - snap.catalog.n_base,
+                "active_batches": snap.active_batches, "base_hash": self.run.base_hash,
+                "edit_queue": self._queued, "interrupted_at_start": self.interrupted}
+
+    def add_items(self, items: list[NewItem]) -> dict:
+        """Validate at the boundary, then run the edit on the worker; blocks until the batch is serving."""
+        if not items:
+            raise EmptyInputError("no items given; send at least one {item_id, text}")
+        if len(items) > self.cfg.max_items_per_batch:
+            raise PayloadTooLargeError(f"{len(items)} items in one batch; at most {self.cfg.max_items_per_batch}")
+        seen: set[str] = set()
+        for it in items:
+            if not it.item_id.strip():
+                raise EmptyInputError("an item id is empty")
+            if not it.text.strip():
+                raise EmptyInputError(f"item {it.item_id!r} has an empty text")
+            if len(it.text) > self.cfg.max_text_chars:
+                raise PayloadTooLargeError(f"item {it.item_id!r}: text of {len(it.text)} characters; at most "
+                                           f"{self.cfg.max_text_chars}")
+            if it.item_id in seen:
+                raise DuplicateItemError(f"item {it.item_id!r} occurs twice in the batch")
+            seen.add(it.item_id)
+        return self._on_worker(self._add, list(items))
+
+    def roll_back(self, batch_id: str) -> dict:
+        """Remove an active batch (exact for the newest; later batches recomputed for an older one); blocks."""
+        return self._on_worker(self._roll_back, batch_id)
+
+    def _on_worker(self, fn, *args):
+        with self._queued_lock:
+            self._queued += 1
+        try:
+            return self._worker.submit(fn, *args).result()
+        finally:
+            with self._queued_lock:
+                self._queued -= 1
+
+    # -- the edit worker -------------------------------------------------------------------------------------
+    def _add(self, items: list[NewItem]) -> dict:
+        start = time.perf_counter()
+        snap, timings = self.snapshot, {}
+        for it in items:
+            if it.item_id in snap.catalog.index:
+                origin = snap.catalog.origin(it.item_id)
+                raise DuplicateItemError(f"item {it.item_id!r} is already in the catalog"
+                                         + (f" (added by batch {origin})" if origin else ""))
+        seq = self.registry.next_seq()
+        batch_id = f"b{seq:06d}"
+        t0 = time.perf_counter()
+        embeddings = embed_items(self.encoder, [it.text for it in items], self.embedding_cache)
+        timings["embed"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        catalog = snap.catalog.extended(batch_id, [it.item_id for it in items], [it.text for it in items],
+                                        embeddings)
+        timings["sids"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        new = catalog.batch_indices(batch_id)
+        requests = knowledge_for(self.run.prepared.split.train, catalog, new, self.run.config.knowledge)
+        timings["knowledge"] = time.perf_counter() - t0
+        self.registry.add_pending(seq, catalog.batches[-1])  # validated: from here on the batch is on record
+        version_dir = None
+        try:
+            t0 = time.perf_counter()
+            artifact, report = self.editor.edit(requests, catalog.codes, catalog.item_ids, snap.artifact)
+            artifact = with_batch_id(artifact, batch_id)
+            timings["edit"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            nxt = build_snapshot(snap.version + 1, catalog, self.run.recommender, artifact, self.cfg.trigger)
+            timings["snapshot"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            version_dir = self._save(artifact, f"add-{batch_id}")
+            timings["save"] = time.perf_counter() - t0
+            timings["total"] = time.perf_counter() - start
+            self.registry.activate(batch_id, version_dir, delta_fingerprint(artifact.batches[-1]), len(requests),
+                                   _rounded(timings), _report(report))
+        except Exception as err:
+            self.registry.fail(batch_id, f"{type(err).__name__}: {err}")
+            if version_dir:
+                shutil.rmtree(self.state_dir / version_dir, ignore_errors=True)
+            self.metrics.observe_edit("add", batch_id, time.perf_counter() - start, len(items), False)
+            raise EditFailedError(f"edit of batch {batch_id} failed ({type(err).__name__}: {err}); "
+                                  "the previous model keeps serving") from err
+        self.snapshot = nxt  # the swap: one reference assignment
+        self._remove_stale_artifacts(version_dir)
+        self.metrics.observe_edit("add", batch_id, timings["total"], len(items), True, _rounded(timings))
+        return {"batch_id": batch_id, "status": "active", "model_version": nxt.version,
+                "items": self._recommendable(nxt, requests, new), "n_requests": len(requests),
+                "layers": report.layers, "efficacy": report.efficacy, "timings_s": _rounded(timings)}
+
+    def _roll_back(self, batch_id: str) -> dict:
+        start = time.perf_counter()
+        snap = self.snapshot
+        active = snap.active_batches
+        if batch_id not in active:
+            records = self.registry.records(batch_id)
+            if not records:
+                raise UnknownBatchError(f"no batch {batch_id!r}; GET /edits lists them")
+            raise BatchNotActiveError(f"batch {batch_id} is {records[0].status}, not active; nothing to roll back")
+        i = active.index(batch_id)
+        catalog = snap.catalog.truncated(self.base_catalog, i)
+        artifact = EditArtifact(snap.artifact.base_hash, list(snap.artifact.layers), list(snap.artifact.batches[:i]))
+        recomputed = {}
+        try:
+            for later in snap.catalog.batches[i + 1:]:  # an older batch: solve the later ones again, in order
+                catalog = catalog.extended(later.batch_id, later.item_ids, later.texts, later.embeddings)
+                requests = knowledge_for(self.run.prepared.split.train, catalog,
+                                         catalog.batch_indices(later.batch_id), self.run.config.knowledge)
+                artifact, _ = self.editor.edit(requests, catalog.codes, catalog.item_ids, artifact)
+                artifact = with_batch_id(artifact, later.batch_id)
+                recomputed[later.batch_id] = (catalog.batches[-1].sids, delta_fingerprint(artifact.batches[-1]))
+            nxt = build_snapshot(snap.version + 1, catalog, self.run.recommender, artifact, self.cfg.trigger)
+            version_dir = self._save(artifact, f"rollback-{batch_id}")
+            self.registry.roll_back(batch_id, version_dir, recomputed)
+        except Exception as err:
+            self.metrics.observe_edit("rollback", batch_id, time.perf_counter() - start, 0, False)
+            raise EditFailedError(f"rollback of {batch_id} failed ({type(err).__name__}: {err}); "
+                                  "nothing changed") from err
+        self.snapshot = nxt
+        self._remove_stale_artifacts(version_dir)
+        seconds = time.perf_counter() - start
+        self.metrics.observe_edit("rollback", batch_id, seconds, len(snap.catalog.batches[i].item_ids), True)
+        return {"batch_id": batch_id, "status": "rolled_back", "exact": not recomputed,
+                "recomputed": list(recomputed), "model_version": nxt.version, "seconds": round(seconds, 4)}
+
+    def _recommendable(self, snap: Snapshot, requests, new: np.ndarray) -> list[dict]:
+        """Per new item: its SID, its first pseudo-history and its rank in the new model's top-k for that history
+        (None: not in the top-k) — the service's own check that the edit made the item recommendable."""
+        first = {int(item): row for row, item in reversed(list(enumerate(requests.items)))}
+        rows = [first[int(i)] for i in new]
+        beams = snap.recommender.recommend(requests.histories[rows], self.decode, snap.schedule)
+        out = []
+        for j, i in enumerate(new):
+            hits = np.flatnonzero(beams.items[j].numpy() == i)
+            history = [snap.catalog.item_ids[h] for h in requests.histories[rows[j]] if h >= 0]
+            out.append({"item_id": snap.catalog.item_ids[i], "sid": snap.catalog.codes[i].tolist(),
+                        "n_histories": int((requests.items == i).sum()), "probe_history": history,
+                        "rank": int(hits[0]) + 1 if len(hits) else None})
+        return out
+
+    # -- persistence -----------------------------------------------------------------------------------------
+    def _save(self, artifact: EditArtifact, name: str) -> str:
+        """Write the whole active stack as a new immutable artifact version; returns its path in the state dir."""
+        rel = f"{ARTIFACTS}/{name}"
+        artifact.save(self.state_dir / rel)
+        return rel
+
+    def _remove_stale_artifacts(self, keep: str | None) -> None:
+        folder = self.state_dir / ARTIFACTS
+        if folder.exists():
+            for path in folder.iterdir():
+                if f"{ARTIFACTS}/{path.name}" != keep:
+                    shutil.rmtree(path, ignore_errors=True)
+
+    def _restore(self) -> Snapshot:
+        """Catalog and edit stack exactly as the registry last committed them, checked against each other."""
+        catalog = self.base_catalog
+        stored = self.registry.active_batches()
+        for items, _ in stored:
+            catalog = catalog.extended(items.batch_id, items.item_ids, items.texts, items.embeddings)
+            if not np.array_equal(catalog.batches[-1].sids, items.sids):
+                raise ArtifactMismatchError(f"{self.registry.path}: SIDs of batch {items.batch_id} differ from the "
+                                            "tokenizer's replay (was the run's tokenizer changed?)")
+        rel = self.registry.artifact_dir()
+        artifact = EditArtifact.load(self.state_dir / rel, self.run.base_hash) if rel else None
+        on_disk = [b.batch_id for b in artifact.batches] if artifact else []
+        if on_disk != [items.batch_id for items, _ in stored]:
+            raise ArtifactMismatchError(f"{self.state_dir / str(rel)} holds batches {on_disk}, the registry "
+                                        f"{[items.batch_id for items, _ in stored]}")
+        for batch, (items, digest) in zip(artifact.batches if artifact else [], stored):
+            if delta_fingerprint(batch) != digest or not np.array_equal(batch.sids, items.sids):
+                raise ArtifactMismatchError(f"batch {batch.batch_id}: the artifact's ΔW or SIDs differ from the "
+                                            "registry's record")
+        self._remove_stale_artifacts(rel)
+        return build_snapshot(0, catalog, self.run.recommender, artifact, self.cfg.trigger)
+
+
+def _rounded(timings: dict) -> dict:
+    return {k: round(v, 4) for k, v in timings.items()}
+
+
+def _report(report) -> dict:
+    return {"layers": report.layers, "n_requests": report.n_requests, "converged": report.converged,
+            "efficacy": report.efficacy, "edit_timings_s": _rounded(report.timings_s), "c0_cached": report.c0_cached}

@@ -1,0 +1,58 @@
+"""Shared fixtures: a synthetic dataset in RecBole atomic format and a tiny trained run on it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TINY_OVERRIDES = [
+    "embedding.encoder=hashing", "tokenizer.codebook_size=8", "tokenizer.dedup_capacity=16",
+    "model.d_model=16", "model.num_heads=2", "model.d_kv=8", "model.encoder_layers=1", "model.decoder_layers=2",
+    "model.d_ff=32", "model.decoder_d_ff=64", "model.dropout=0.0", "train.epochs=2", "train.batch_size=64",
+    "train.eval_cases=100", "train.warmup_steps=5", "edit.c0_samples=300", "edit.probe_samples=80",
+    "edit.efficacy_samples=100", "edit.chunk_size=128", "decode.beam=10", "decode.k=10", "threads=1",
+]
+
+
+def write_synthetic_atomic(folder: Path, name: str = "synth", n_users: int = 120, n_items: int = 60,
+                           per_user: int = 15, seed: int = 0) -> Path:
+    """Users who drift through item "genres" over time, so history predicts the next item a little."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    genres = ["action", "comedy", "drama", "horror", "sport", "puzzle"]
+    lines = ["user_id:token\titem_id:token\ttimestamp:float"]
+    for u in range(n_users):
+        start = rng.integers(0, len(genres))
+        times = np.sort(rng.integers(0, 10_000, per_user))
+        for j, t in enumerate(times):
+            g = (start + j // 5) % len(genres)
+            item = g * (n_items // len(genres)) + int(rng.integers(0, n_items // len(genres)))
+            lines.append(f"u{u}\ti{item}\t{t}")
+        # new releases, one per genre, interacted with only at the end of the time line: cold items
+        late = int(rng.integers(0, len(genres)))
+        lines.append(f"u{u}\ti{n_items + late}\t{10_000 + int(rng.integers(0, 500))}")
+    (folder / f"{name}.inter").write_text("\n".join(lines) + "\n")
+    items = ["item_id:token\ttitle:token_seq"]
+    for i in range(n_items + len(genres)):
+        g = genres[i // (n_items // len(genres))] if i < n_items else genres[i - n_items]
+        items.append(f"i{i}\t{g} game number {i % 7} {g} edition")
+    (folder / f"{name}.item").write_text("\n".join(items) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory) -> Path:
+    return write_synthetic_atomic(tmp_path_factory.mktemp("data") / "synth")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, synthetic_dir):
+    """A trained tiny run directory (time split of the synthetic data)."""
+    from genrecedit.config import load_config
+    from genrecedit.runs.backbone import train_backbone
+
+    root = tmp_path_factory.mktemp("runs")
+    cfg = load_config(None, [f"dataset={synthetic_dir}", f"cache_dir={root / 'cache'}", *TINY_OVERRIDES])
+    train_backbone(cfg, root / "run")
+    return root / "run"

@@ -1,0 +1,74 @@
+"""Knowledge preparation: which items are edited, and where their pseudo-histories come from."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from genrecedit.data.dataset import PAD_ITEM, RecDataset
+from genrecedit.data.protocols import SplitConfig, make_split
+from genrecedit.edit.knowledge import case_histories, items_to_edit, nearest_warm, pseudo_histories
+
+
+def _dataset(seed=0, n_users=60, n_items=30, per_user=12) -> RecDataset:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(n_users):
+        times = np.sort(rng.integers(0, 1000, per_user))
+        for t, i in zip(times, rng.integers(0, n_items, per_user)):
+            rows.append((f"u{u}", f"i{i}", float(t)))
+    inter = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
+    inter = inter.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
+    items = pd.DataFrame({"text": [f"item {i}" for i in range(n_items + 3)]},
+                         index=pd.Index([f"i{i}" for i in range(n_items + 3)], name="item_id"))
+    return RecDataset("synthetic", inter, items)
+
+
+def test_items_to_edit_are_exactly_those_absent_from_training():
+    split = make_split(_dataset(), SplitConfig(protocol="time"))
+    in_train = np.zeros(split.n_items, bool)
+    for seq in split.train_sequences:
+        in_train[seq] = True
+    assert set(items_to_edit(split).tolist()) == set(np.flatnonzero(~in_train).tolist())
+
+
+def test_pseudo_histories_copy_neighbour_training_histories():
+    split = make_split(_dataset(), SplitConfig(protocol="time"))
+    rng = np.random.default_rng(3)
+    emb = rng.normal(size=(split.n_items, 8)).astype(np.float32)
+    cold = items_to_edit(split)
+    req = pseudo_histories(split.train, split.warm, emb, cold, per_item=3, neighbours=4)
+    near = nearest_warm(emb, cold, split.warm, 4)
+    neighbours_of = {c: set(n.tolist()) for c, n in zip(cold, near)}
+    assert len(req) > 0
+    for hist, item, src in zip(req.histories, req.items, req.sources):
+        assert src >= 0
+        assert np.array_equal(hist, split.train.histories[src])  # a verbatim training history
+        assert split.train.targets[src] in neighbours_of[item]  # that preceded a similar warm item
+        assert (hist != PAD_ITEM).any()  # never an empty history
+    counts = np.bincount(req.items, minlength=split.n_items)[cold]
+    assert counts.max() <= 3
+    # most similar neighbour first
+    first = {}
+    for item, src in zip(req.items, req.sources):
+        first.setdefault(item, split.train.targets[src])
+    for c, n in zip(cold, near):
+        if c in first:
+            assert first[c] == n[0] or (split.train.targets == n[0]).sum() == 0
+
+
+def test_nearest_warm_orders_by_cosine():
+    emb = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.6, 0.8], [1, 0.05]], np.float32)
+    warm = np.array([False, True, True, True, True])
+    near = nearest_warm(emb, np.array([0]), warm, 3)
+    assert near.tolist() == [[4, 1, 3]]
+
+
+def test_case_histories_take_most_recent_per_item():
+    split = make_split(_dataset(seed=2), SplitConfig(protocol="time"))
+    items = np.unique(split.valid.targets)[:3]
+    req = case_histories(split.valid, items, per_item=1)
+    assert sorted(req.items.tolist()) == sorted(items.tolist())
+    for item, hist in zip(req.items, req.histories):
+        ts = split.valid.timestamps[split.valid.targets == item]
+        idx = np.flatnonzero((split.valid.targets == item) & (split.valid.timestamps == ts.max()))
+        assert any(np.array_equal(hist, split.valid.histories[i]) for i in idx)

@@ -1,0 +1,46 @@
+"""Fixtures for the serving tests: one tiny trained run per session, services and clients over it."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from genrecedit.serving import LiveService, ServiceConfig, create_app
+from tiny_run import SERVICE_OVERRIDES, synthetic_dataset, train_tiny_run
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+@pytest.fixture(scope="session")
+def serving_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("serving")
+    return train_tiny_run(synthetic_dataset(root / "data"), root / "run", root / "cache")
+
+
+OpenService = Callable[..., LiveService]
+
+
+@pytest.fixture
+def open_service(serving_run, tmp_path) -> Iterator[OpenService]:
+    """open_service(state="state", overrides=[], **service_config) -> LiveService on the tiny run; closed after."""
+    opened: list[LiveService] = []
+
+    def open_(state: str = "state", overrides: list[str] | None = None, **kwargs) -> LiveService:
+        cfg = ServiceConfig(state_dir=tmp_path / state, **kwargs)
+        service = LiveService.open(serving_run, cfg, SERVICE_OVERRIDES + list(overrides or []))
+        opened.append(service)
+        return service
+
+    yield open_
+    for service in opened:
+        service.close()
+
+
+@pytest.fixture
+def client(open_service) -> Iterator[TestClient]:
+    service = open_service()
+    with TestClient(create_app(service)) as c:
+        yield c
