@@ -90,6 +90,23 @@ def edit(run_dir: RunDir, overrides: Overrides = None,
 
 
 @app.command()
+def merge(spec: Annotated[Path, typer.Argument(help="merge spec YAML (models, merge_method, base_model, …)")],
+          out: Annotated[Path, typer.Option("--out", help="run directory to write the merged model into")],
+          overwrite: Annotated[bool, typer.Option(help="replace an existing output directory")] = False) -> None:
+    """Merge trained checkpoints (linear, task arithmetic, TIES, DARE) into a run dir that evaluate/edit accept."""
+    from genrecedit.merging.merge import merge_models
+    from genrecedit.merging.spec import load_spec
+
+    try:
+        result = merge_models(load_spec(spec), out, overwrite)
+    except GenRecEditError as err:
+        _fail(err)
+    weights = ", ".join(f"{w:.3g}" for w in result.weights)
+    typer.echo(f"merged {len(result.weights)} models (weights {weights}) into {result.run_dir} "
+               f"(weights hash {result.weights_hash[:12]})")
+
+
+@app.command()
 def demo(config: ConfigArg = "demo", overrides: Overrides = None, run_dir: RunDir = Path("runs/demo"),
          device: Device = None) -> None:
     """ML-100k end to end: train a small TIGER, inject the held-out items, print before/after metrics."""

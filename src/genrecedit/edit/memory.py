@@ -18,6 +18,9 @@ class DeltaConfig:
     lr: float = 0.5
     steps: int = 30
     norm_penalty: float = 0.2  # weight of ‖δ‖/‖z‖ in the loss
+    # A request stops once its target is the argmax (the paper) *and* has at least this probability. Above 0 it
+    # leaves a margin that survives the closed-form compromise between many requests and the λ C0 preservation.
+    stop_prob: float = 0.0
     compact_below: float = 0.75  # re-gather the active rows when fewer than this share of them is left
 
 
@@ -45,7 +48,8 @@ def optimise_deltas(decoder: SteppedDecoder, layout: TokenLayout, tf: TeacherFor
 
     targets [m] codes of position p (local, 0..K_p-1); z [m, d_model] the current FFN value at the site (base
     value plus any earlier edit's ΔW k). Adam with cosine decay on CE + norm_penalty·‖δ‖/‖z‖; a request stops
-    once its target is the argmax and keeps that δ; one that never gets there keeps its lowest-CE δ.
+    once its target is the argmax (with probability ≥ ``stop_prob``) and keeps that δ; one that never gets there
+    keeps its lowest-CE δ.
     """
     device = z.device
     m = z.shape[0]
@@ -71,6 +75,8 @@ def optimise_deltas(decoder: SteppedDecoder, layout: TokenLayout, tf: TeacherFor
         ce = F.cross_entropy(logits, targets[rows], reduction="none")
         with torch.no_grad():
             hit = logits.argmax(dim=1) == targets[rows]
+            if cfg.stop_prob > 0:
+                hit &= torch.exp(-ce) >= cfg.stop_prob
             better = (ce < best_ce[rows]) | hit
             upd = rows[better]
             final[upd] = delta[upd].detach()
