@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from genrecedit.serving import LiveService, ServiceConfig, create_app
-from tiny_run import SERVICE_OVERRIDES, synthetic_dataset, train_tiny_run
+from serving_run import SERVICE_OVERRIDES, synthetic_dataset, train_tiny_run
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 

@@ -65,8 +65,8 @@ def _status_for(err: GenRecEditError) -> int:
 
 
 def _route(request: Request) -> str:
-    route = request.scope.get("route")
-    return getattr(route, "path", None) or request.url.path
+    """The route template (``/items/{item_id}``), so that metrics do not grow with every id requested."""
+    return getattr(request.scope.get("route"), "path", None) or "<unmatched>"
 
 
 def create_app(service: LiveService) -> FastAPI:

@@ -83,13 +83,13 @@ class RecommendBatcher:
             if first is _STOP:
                 return
             batch, stop = self._collect(first)
+            if self.on_batch:  # before any answer is out, so that a caller sees its own batch counted
+                self.on_batch(len(batch))
             groups: dict[int, list[_Waiting]] = {}
             for w in batch:
                 groups.setdefault(id(w.snapshot), []).append(w)
             for group in groups.values():
                 self._decode(group)
-            if self.on_batch:
-                self.on_batch(len(batch))
             if stop:
                 return
 

@@ -160,8 +160,8 @@ class Registry:
     def add_pending(self, seq: int, batch: BatchItems) -> None:
         """Record a validated batch whose edit is about to run, with its items."""
         with self._transaction() as cur:
-            cur.execute("INSERT INTO batches (batch_id, seq, status, created_at, n_items) VALUES (?, ?, 'pending', ?, ?)",
-                        (batch.batch_id, seq, time.time(), len(batch.item_ids)))
+            cur.execute("INSERT INTO batches (batch_id, seq, status, created_at, n_items) "
+                        "VALUES (?, ?, 'pending', ?, ?)", (batch.batch_id, seq, time.time(), len(batch.item_ids)))
             cur.executemany("INSERT INTO items VALUES (?, ?, ?, ?, ?, ?)", [
                 (batch.batch_id, i, item, text, np.asarray(emb, "<f4").tobytes(), json.dumps([int(c) for c in sid]))
                 for i, (item, text, emb, sid) in enumerate(zip(batch.item_ids, batch.texts, batch.embeddings,

@@ -42,6 +42,7 @@ from genrecedit.text.embed import embed_items, make_encoder
 
 ARTIFACTS = "artifacts"
 DEFAULT_STATE = "service"
+MAX_ID_CHARS = 200
 
 
 class PayloadTooLargeError(GenRecEditError):
@@ -170,6 +171,9 @@ class LiveService:
         for it in items:
             if not it.item_id.strip():
                 raise EmptyInputError("an item id is empty")
+            if "/" in it.item_id or len(it.item_id) > MAX_ID_CHARS or it.item_id != it.item_id.strip():
+                raise InvalidRequestError(f"item id {it.item_id[:MAX_ID_CHARS]!r}: ids are at most {MAX_ID_CHARS} "
+                                          "characters, without '/' or surrounding spaces (GET /items/{id} names them)")
             if not it.text.strip():
                 raise EmptyInputError(f"item {it.item_id!r} has an empty text")
             if len(it.text) > self.cfg.max_text_chars:
@@ -257,7 +261,7 @@ class LiveService:
         i = active.index(batch_id)
         catalog = snap.catalog.truncated(self.base_catalog, i)
         artifact = EditArtifact(snap.artifact.base_hash, list(snap.artifact.layers), list(snap.artifact.batches[:i]))
-        recomputed = {}
+        recomputed, version_dir = {}, None
         try:
             for later in snap.catalog.batches[i + 1:]:  # an older batch: solve the later ones again, in order
                 catalog = catalog.extended(later.batch_id, later.item_ids, later.texts, later.embeddings)
@@ -270,6 +274,8 @@ class LiveService:
             version_dir = self._save(artifact, f"rollback-{batch_id}")
             self.registry.roll_back(batch_id, version_dir, recomputed)
         except Exception as err:
+            if version_dir:
+                shutil.rmtree(self.state_dir / version_dir, ignore_errors=True)
             self.metrics.observe_edit("rollback", batch_id, time.perf_counter() - start, 0, False)
             raise EditFailedError(f"rollback of {batch_id} failed ({type(err).__name__}: {err}); "
                                   "nothing changed") from err

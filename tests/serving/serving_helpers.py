@@ -1,7 +1,7 @@
 """Small request helpers shared by the in-process (TestClient) and real-server (httpx) tests."""
 from __future__ import annotations
 
-from tiny_run import new_item_title
+from serving_run import new_item_title
 
 HISTORIES = [[], ["i00"], ["i30", "i31", "i32"], ["i50", "i51", "i52", "i53", "i12"], ["i71", "i70"] * 12]
 

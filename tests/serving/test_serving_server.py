@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 
 from genrecedit.serving.process import ServerProcess
-from helpers import HISTORIES, assert_recommendable, new_items, outputs, registry_state
-from tiny_run import SERVICE_OVERRIDES, SHARED_DATASETS, game_slice, train_tiny_run
+from serving_helpers import HISTORIES, assert_recommendable, new_items, outputs, registry_state
+from serving_run import SERVICE_OVERRIDES, SHARED_DATASETS, game_slice, train_tiny_run
 
 
 @pytest.fixture(scope="module")

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from fastapi.testclient import TestClient
 
 from genrecedit.edit.artifact import EditArtifact
 from genrecedit.serving import create_app
 from genrecedit.serving.catalog import knowledge_for
-from helpers import HISTORIES, assert_recommendable, new_items, outputs, registry_state
+from serving_helpers import HISTORIES, assert_recommendable, new_items, outputs, registry_state
 
 
 def test_recommend_answers_and_validates(client):
@@ -23,7 +22,8 @@ def test_recommend_answers_and_validates(client):
     assert long.json() == client.post("/recommend", json={"history": ["i00"] * 20}).json()
 
     r = client.post("/recommend", json={"history": ["i00", "nope", "nada"]})
-    assert r.status_code == 422 and "'nope', 'nada'" in r.json()["detail"] and "not in the catalog" in r.json()["detail"]
+    detail = r.json()["detail"]
+    assert r.status_code == 422 and "'nope', 'nada'" in detail and "not in the catalog" in detail
     r = client.post("/recommend", json={})
     assert r.status_code == 422 and "history: Field required" in r.json()["detail"]
     assert client.post("/recommend", json={"history": [1, 2]}).status_code == 422
@@ -44,6 +44,7 @@ def test_bad_item_batches_write_nothing(client, open_service):
         ({"items": [{"item_id": "x", "text": "racing " * 1000}]}, 413, "at most"),
         ({"items": [{"item_id": f"x{i}", "text": "racing"} for i in range(257)]}, 413, "257 items"),
         ({"items": []}, 422, "no items"),
+        ({"items": [{"item_id": "a/b", "text": "racing"}]}, 422, "without '/'"),
         ({"items": [{"item_id": "x"}]}, 422, "text: Field required"),
         ({"items": [{"item_id": "x", "text": "racing", "price": 3}]}, 422, "Extra inputs"),
     ]

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from genrecedit.errors import ArtifactMismatchError
 from genrecedit.serving import NewItem
 from genrecedit.serving.registry import BatchItems
-from helpers import HISTORIES
-from tiny_run import new_item_title
+from serving_helpers import HISTORIES
+from serving_run import new_item_title
 
 
 def answers(service, histories=HISTORIES):

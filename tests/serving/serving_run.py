@@ -2,11 +2,12 @@
 
 ``synthetic_dataset`` writes a small atomic dataset whose item titles carry a topic word, and whose users mostly stay
 inside one topic, so that a hashing-encoder neighbour of a new "topic 3" item is a topic-3 item with real histories.
-``game_slice`` writes a few thousand amazon2018-game interactions from before its test period and returns items
-first seen in the test period (the cold items a shop would add). ``train_tiny_run`` trains a backbone on either.
+``game_slice`` writes the amazon2018-game interactions of its 250 most active users from before its test period and
+returns items first seen in the test period (the cold items a shop would add). ``train_tiny_run`` trains a backbone
+on either.
 
 Run as a script to build a run directory for ``bench/serve_load.py``:
-``python tests/serving/tiny_run.py /tmp/tiny-run``.
+``python tests/serving/serving_run.py /tmp/tiny-run``.
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ SHARED_DATASETS = Path(__file__).resolve().parents[2].parent / "shared" / "datas
 # λ small enough that the tiny model's few requests are learnt (its C0 of 200 keys is a weak prior at λ = 1000)
 SERVICE_OVERRIDES = ["edit.lam=10"]
 TINY_OVERRIDES = [
-    "embedding.encoder=hashing", "tokenizer.codebook_size=8", "tokenizer.dedup_capacity=64", "model.d_model=16", "model.num_heads=2",
+    "embedding.encoder=hashing", "tokenizer.codebook_size=8", "tokenizer.dedup_capacity=64", "model.d_model=16",
+    "model.num_heads=2",
     "model.d_kv=8", "model.encoder_layers=1", "model.decoder_layers=2", "model.d_ff=32", "model.decoder_d_ff=64",
     "train.epochs=1", "train.eval_cases=50", "train.eval_beam=10", "edit.c0_samples=200", "edit.probe_samples=100",
     "edit.efficacy_samples=50", "decode.beam=10", "decode.k=10", "threads=1",
