@@ -107,6 +107,24 @@ def merge(spec: Annotated[Path, typer.Argument(help="merge spec YAML (models, me
 
 
 @app.command()
+def sweep(run_dir: RunDir, overrides: Overrides = None,
+          lam: Annotated[str, typer.Option(help="comma-separated λ values")] = "300,1000,3000",
+          n: Annotated[str, typer.Option(help="comma-separated pseudo-histories per item")] = "5",
+          max_warm_drop: float = 0.05, device: Device = None) -> None:
+    """Choose λ and n on validation cases (METHOD §5.10): best overall NDCG@10 with warm drop ≤ max."""
+    from genrecedit.runs.backbone import load_run
+    from genrecedit.runs.sweep import format_sweep, sweep as run_sweep
+
+    extra = ["eval.cases=valid", *(overrides or []), *([f"device={device}"] if device else [])]
+    try:
+        result = run_sweep(load_run(run_dir, extra), [float(x) for x in lam.split(",")],
+                           [int(x) for x in n.split(",")], run_dir, max_warm_drop)
+    except GenRecEditError as err:
+        _fail(err)
+    typer.echo(format_sweep(result))
+
+
+@app.command()
 def demo(config: ConfigArg = "demo", overrides: Overrides = None, run_dir: RunDir = Path("runs/demo"),
          device: Device = None) -> None:
     """ML-100k end to end: train a small TIGER, inject the held-out items, print before/after metrics."""

@@ -39,7 +39,8 @@ class KnowledgeConfig:
 
 @dataclass
 class EvalConfig:
-    max_cases: int | None = None  # sample test cases (seeded) to bound evaluation time; None = all
+    cases: Literal["test", "valid"] = "test"  # which split's cases evaluate/sweep score (selection uses valid)
+    max_cases: int | None = None  # sample cases (seeded) to bound evaluation time; None = all
     trigger: Literal["one_one", "all"] = "one_one"
     seed: int = 0
     bootstrap: int = 1000

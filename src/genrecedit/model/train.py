@@ -90,8 +90,9 @@ def train_tiger(train: CaseSet, valid: CaseSet, codes: np.ndarray, layout: Token
              "config": {"model": asdict(model_cfg), "train": asdict(cfg)}}
     if resume and (out_dir / STATE_FILE).exists():
         state = json.loads((out_dir / STATE_FILE).read_text())
-        if state["config"] != {"model": asdict(model_cfg), "train": asdict(cfg)}:
+        if not _same_recipe(state["config"], {"model": asdict(model_cfg), "train": asdict(cfg)}):
             raise ValueError(f"{out_dir} holds a run with another config; use a new run directory")
+        state["config"] = {"model": asdict(model_cfg), "train": asdict(cfg)}
         model.load_state_dict(load_file(str(out_dir / LAST_WEIGHTS)), strict=False)
         saved = torch.load(out_dir / OPTIM_FILE, weights_only=True)
         optim.load_state_dict(saved["optim"])
@@ -139,6 +140,15 @@ def train_tiger(train: CaseSet, valid: CaseSet, codes: np.ndarray, layout: Token
             tqdm.write(f"stopping: {cfg.max_minutes} min budget reached")
             break
     return TrainResult(state["best_epoch"], state["best"], state["epoch"], state["seconds"], state["history"])
+
+
+# Budget knobs may change on resume (train longer); everything else must match the interrupted run.
+_RESUMABLE_CHANGES = {"epochs", "max_minutes", "patience"}
+
+
+def _same_recipe(saved: dict, current: dict) -> bool:
+    strip = lambda c: {**c, "train": {k: v for k, v in c["train"].items() if k not in _RESUMABLE_CHANGES}}  # noqa: E731
+    return strip(saved) == strip(current)
 
 
 def _save_train_state(model, optim, sched, state: dict, out_dir: Path) -> None:
