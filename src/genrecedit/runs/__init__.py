@@ -1,0 +1,1 @@
+"""Run orchestration: prepare → train → edit → evaluate, each writing into its own run directory."""

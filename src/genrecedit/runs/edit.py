@@ -1,0 +1,52 @@
+"""GenRecEdit on a trained run: knowledge → requests → ``ColdItemEditor`` → artifact + report."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from genrecedit.edit.artifact import EditArtifact
+from genrecedit.edit.editor import ColdItemEditor, EditReport
+from genrecedit.edit.knowledge import EditRequests, case_histories, items_to_edit, pseudo_histories
+from genrecedit.runs.backbone import LoadedRun
+from genrecedit.evaluation.plots import probe_figure_png
+from genrecedit.runs.store import write_bytes, write_json
+
+ARTIFACT_DIR = "edits"
+
+
+def build_requests(run: LoadedRun, items: np.ndarray | None = None) -> EditRequests:
+    """Edit requests for ``items`` (default: every item absent from training) from the configured source."""
+    prepared, kcfg = run.prepared, run.config.knowledge
+    split = prepared.split
+    items = items_to_edit(split) if items is None else items
+    parts = []
+    if kcfg.source in ("pseudo", "pseudo+observed"):
+        parts.append(pseudo_histories(split.train, split.warm, prepared.embeddings, items, kcfg.histories_per_item,
+                                      kcfg.neighbours))
+    if kcfg.source in ("observed", "pseudo+observed"):
+        parts.append(case_histories(split.valid, items, kcfg.histories_per_item))
+    if kcfg.source == "upper_bound":
+        parts.append(case_histories(split.test, items, kcfg.histories_per_item))
+    return EditRequests.concat(parts)
+
+
+def make_editor(run: LoadedRun) -> ColdItemEditor:
+    edit_cfg = dataclasses.replace(run.config.edit, seed=run.config.seed)
+    return ColdItemEditor(run.recommender, run.prepared.split.train, run.base_hash, edit_cfg,
+                          Path(run.config.cache_dir) / "c0")
+
+
+def edit_run(run: LoadedRun, out_dir: Path, items: np.ndarray | None = None,
+             previous: EditArtifact | None = None) -> tuple[EditArtifact, EditReport]:
+    """Inject ``items`` (default: all cold items) and write ``<out_dir>/edits/`` and ``edit_report.json``."""
+    requests = build_requests(run, items)
+    artifact, report = make_editor(run).edit(requests, run.prepared.codes, run.prepared.split.item_ids, previous)
+    out_dir = Path(out_dir)
+    artifact.save(out_dir / ARTIFACT_DIR)
+    write_json(out_dir / "edit_report.json", {**report.to_dict(), "knowledge": dataclasses.asdict(run.config.knowledge),
+                                              "lam": run.config.edit.lam})
+    if report.probe is not None:
+        write_bytes(out_dir / "probe.png", probe_figure_png(np.asarray(report.probe["accuracy"]), report.layers))
+    return artifact, report

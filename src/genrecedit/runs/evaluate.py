@@ -1,0 +1,45 @@
+"""Score a run's recommender (base or edited) and the popularity baselines on the test cases."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from genrecedit.data.dataset import CaseSet
+from genrecedit.evaluation.baselines import most_popular, recent_popular
+from genrecedit.evaluation.report import EvalResult, evaluate_topk
+from genrecedit.model.beam import EditSchedule
+from genrecedit.runs.backbone import LoadedRun
+
+
+def evaluation_cases(run: LoadedRun) -> CaseSet:
+    """The cases of ``eval.cases`` (test by default; valid for selecting λ and n), or a seeded sample of
+    ``eval.max_cases`` of them."""
+    split = run.prepared.split
+    cases = split.valid if run.config.eval.cases == "valid" else split.test
+    limit = run.config.eval.max_cases
+    if limit is not None and limit < len(cases):
+        idx = np.random.default_rng(run.config.eval.seed).choice(len(cases), limit, replace=False)
+        cases = cases.subset(np.sort(idx))
+    return cases
+
+
+def score_topk(run: LoadedRun, topk: np.ndarray, cases: CaseSet) -> EvalResult:
+    split = run.prepared.split
+    ks = tuple(k for k in (10, 20, 50) if k <= topk.shape[1])
+    return evaluate_topk(topk, cases.targets, split.is_cold(cases), split.warm, run.prepared.codes, ks)
+
+
+def evaluate_model(run: LoadedRun, cases: CaseSet, edits: EditSchedule | None = None,
+                   desc: str = "evaluate") -> tuple[EvalResult, float]:
+    """Constrained (or, per config, unconstrained) beam search on ``cases`` -> metrics and wall seconds."""
+    t0 = time.perf_counter()
+    beams = run.recommender.recommend(cases.histories, run.config.decode, edits, progress=desc)
+    return score_topk(run, beams.items.numpy(), cases), time.perf_counter() - t0
+
+
+def popularity_results(run: LoadedRun, cases: CaseSet) -> dict[str, EvalResult]:
+    k = run.config.decode.k
+    split = run.prepared.split
+    return {"MostPop": score_topk(run, most_popular(split, k, cases), cases),
+            "RecentPop": score_topk(run, recent_popular(split, k, cases), cases)}

@@ -1,0 +1,78 @@
+"""Choosing λ and n (METHOD §5.10): edit with each candidate, score on validation cases, keep the best overall
+NDCG@10 among candidates whose warm NDCG@10 drop is at most ``max_warm_drop``. Never reads the test set."""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from genrecedit.edit.knowledge import EditRequests
+from genrecedit.runs.backbone import LoadedRun
+from genrecedit.runs.edit import build_requests, make_editor
+from genrecedit.runs.evaluate import evaluate_model
+from genrecedit.runs.store import write_json
+
+REPORTED = ("recall@10", "ndcg@10", "iid_ratio@10")
+
+
+def _row(summary: dict) -> dict:
+    return {s: {m: summary[s][m] for m in REPORTED} | {"n_cases": summary[s]["n_cases"]} for s in summary}
+
+
+def sweep(run: LoadedRun, lams: list[float], per_item: list[int], out_dir: Path,
+          max_warm_drop: float = 0.05) -> dict:
+    """Grid over λ × n on ``run.config.eval`` cases (set ``eval.cases=valid``); writes ``sweep.json``.
+
+    Returns {"base": ..., "cells": [{lam, n, metrics, efficacy, timings}], "chosen": {lam, n} | None}.
+    """
+    if run.config.eval.cases != "valid":
+        raise ValueError("a sweep selects hyper-parameters: run it with eval.cases=valid")
+    from genrecedit.runs.evaluate import evaluation_cases
+
+    cases = evaluation_cases(run)
+    base, _ = evaluate_model(run, cases, desc="sweep: base")
+    base_row = _row(base.summary())
+    cells = []
+    requests: dict[int, EditRequests] = {}
+    for lam, n in tqdm(list(itertools.product(lams, per_item)), desc="sweep", unit="cell"):
+        cell_run = dataclasses.replace(run, config=dataclasses.replace(
+            run.config, edit=dataclasses.replace(run.config.edit, lam=lam),
+            knowledge=dataclasses.replace(run.config.knowledge, histories_per_item=n)))
+        if n not in requests:
+            requests[n] = build_requests(cell_run)
+        artifact, report = make_editor(cell_run).edit(requests[n], run.prepared.codes, run.prepared.split.item_ids)
+        edited, _ = evaluate_model(run, cases, artifact.schedule(run.config.eval.trigger, run.recommender.device),
+                                   desc=f"sweep: λ={lam:g} n={n}")
+        row = _row(edited.summary())
+        warm_drop = 1 - row["warm"]["ndcg@10"] / max(base_row["warm"]["ndcg@10"], 1e-12)
+        cells.append({"lam": lam, "n": n, "metrics": row, "warm_ndcg10_drop": warm_drop,
+                      "efficacy": report.efficacy, "converged": report.converged,
+                      "update_seconds": report.timings_s["update_total"], "layers": report.layers})
+        write_json(Path(out_dir) / "sweep.json", {"base": base_row, "cells": cells, "chosen": None})
+    ok = [c for c in cells if c["warm_ndcg10_drop"] <= max_warm_drop]
+    best = max(ok, key=lambda c: c["metrics"]["overall"]["ndcg@10"], default=None)
+    chosen = None
+    if best is not None and best["metrics"]["overall"]["ndcg@10"] > base_row["overall"]["ndcg@10"]:
+        chosen = {"lam": best["lam"], "n": best["n"]}
+    result = {"base": base_row, "cells": cells, "chosen": chosen, "max_warm_drop": max_warm_drop,
+              "cases": run.config.eval.cases, "n_cases": len(cases)}
+    write_json(Path(out_dir) / "sweep.json", result)
+    return result
+
+
+def format_sweep(result: dict) -> str:
+    lines = [f"{'λ':>8} {'n':>3} {'overall N@10':>12} {'warm N@10':>10} {'warm drop':>9} {'cold R@10':>9} "
+             f"{'cold N@10':>9}  efficacy after"]
+    b = result["base"]
+    lines.append(f"{'base':>8} {'':>3} {b['overall']['ndcg@10']:>12.4f} {b['warm']['ndcg@10']:>10.4f} {'':>9} "
+                 f"{b['cold']['recall@10'] or 0:>9.4f} {b['cold']['ndcg@10'] or 0:>9.4f}")
+    for c in result["cells"]:
+        m = c["metrics"]
+        lines.append(f"{c['lam']:>8g} {c['n']:>3} {m['overall']['ndcg@10']:>12.4f} {m['warm']['ndcg@10']:>10.4f} "
+                     f"{100 * c['warm_ndcg10_drop']:>8.1f}% {m['cold']['recall@10'] or 0:>9.4f} "
+                     f"{m['cold']['ndcg@10'] or 0:>9.4f}  {c['efficacy']['after']}")
+    lines.append(f"chosen: {result['chosen']} (max warm drop {100 * result['max_warm_drop']:.0f}%, "
+                 f"{result['cases']} cases: {result['n_cases']})")
+    return "\n".join(lines)
