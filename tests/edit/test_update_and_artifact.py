@@ -48,28 +48,29 @@ def test_lambda_must_be_positive():
         closed_form_update(torch.zeros(2, 3), torch.zeros(2, 2), torch.eye(3), 0.0)
 
 
-def _batch(model, seed, name):
+def _batch(tiny_model, seed, name):
     g = torch.Generator().manual_seed(seed)
-    d_ff = model.decoder.block[0].layer[2].DenseReluDense.wo.in_features
-    dw = {p: torch.randn(model.config.d_model, d_ff, generator=g, dtype=torch.float64) * 0.2 for p in range(4)}
+    d_ff = tiny_model.decoder.block[0].layer[2].DenseReluDense.wo.in_features
+    dw = {p: torch.randn(tiny_model.config.d_model, d_ff, generator=g, dtype=torch.float64) * 0.2 for p in range(4)}
     cov = {p: torch.eye(d_ff, dtype=torch.float64) for p in range(4)}
     return EditBatch(name, [name], np.zeros((1, 4), np.int64), dw, cov, {"lam": 1.0})
 
 
-def test_removing_newest_batch_restores_outputs_exactly(model, layout, codes, histories, tmp_path):
-    dec = SteppedDecoder(model, layout.n_positions)
-    trie = PrefixTrie(codes, layout.sizes)
-    ids, mask = layout.encoder_inputs(histories, codes)
-    art = EditArtifact("h", [0, 1, 2, 1], [_batch(model, 1, "a")])
+def test_removing_newest_batch_restores_outputs_exactly(tiny_model, tiny_layout, tiny_codes, tiny_histories,
+                                                        tmp_path):
+    dec = SteppedDecoder(tiny_model, tiny_layout.n_positions)
+    trie = PrefixTrie(tiny_codes, tiny_layout.sizes)
+    ids, mask = tiny_layout.encoder_inputs(tiny_histories, tiny_codes)
+    art = EditArtifact("h", [0, 1, 2, 1], [_batch(tiny_model, 1, "a")])
     with torch.no_grad():
-        one = beam_search(dec, layout, trie, ids, mask, 8, 8, edits=art.schedule())
-        art.batches.append(_batch(model, 2, "b"))
-        two = beam_search(dec, layout, trie, ids, mask, 8, 8, edits=art.schedule())
+        one = beam_search(dec, tiny_layout, trie, ids, mask, 8, 8, edits=art.schedule())
+        art.batches.append(_batch(tiny_model, 2, "b"))
+        two = beam_search(dec, tiny_layout, trie, ids, mask, 8, 8, edits=art.schedule())
         art.save(tmp_path / "edits")
         loaded = EditArtifact.load(tmp_path / "edits", base_hash="h")
         loaded.remove_newest()
-        back = beam_search(dec, layout, trie, ids, mask, 8, 8, edits=loaded.schedule())
-        base = beam_search(dec, layout, trie, ids, mask, 8, 8)
+        back = beam_search(dec, tiny_layout, trie, ids, mask, 8, 8, edits=loaded.schedule())
+        base = beam_search(dec, tiny_layout, trie, ids, mask, 8, 8)
         loaded.remove_newest()
         assert loaded.schedule() is None
     assert not torch.equal(one.scores, two.scores)
@@ -83,8 +84,8 @@ def loaded_first(tmp_path, p):
     return EditArtifact.load(tmp_path / "edits").batches[0].delta_w[p]
 
 
-def test_mismatched_artifact_is_refused(model, tmp_path):
-    art = EditArtifact("hash-of-model-a", [0, 0, 0, 0], [_batch(model, 1, "a")])
+def test_mismatched_artifact_is_refused(tiny_model, tmp_path):
+    art = EditArtifact("hash-of-model-a", [0, 0, 0, 0], [_batch(tiny_model, 1, "a")])
     art.save(tmp_path / "edits")
     with pytest.raises(ArtifactMismatchError, match="base model"):
         EditArtifact.load(tmp_path / "edits", base_hash="hash-of-model-b")

@@ -3,9 +3,6 @@ save/load (safetensors + JSON, atomic), remove the newest batch exactly, refuse 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -14,6 +11,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from genrecedit.atomic import atomic_directory
 from genrecedit.errors import ArtifactMismatchError
 from genrecedit.model.beam import EditSchedule
 from genrecedit.model.decoder import FFNEdit, StepEdits
@@ -90,10 +88,7 @@ class EditArtifact:
 
     def save(self, out_dir: Path) -> None:
         """Write the manifest and one safetensors file per batch into a temp dir, then swap it in."""
-        out_dir = Path(out_dir)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-        try:
+        with atomic_directory(out_dir) as tmp:
             manifest = {"base_hash": self.base_hash, "layers": self.layers, "batches": []}
             for i, b in enumerate(self.batches):
                 tensors = {f"delta_w.{p}": d.contiguous() for p, d in b.delta_w.items()}
@@ -102,16 +97,6 @@ class EditArtifact:
                 save_file(tensors, str(tmp / f"batch-{i:04d}.safetensors"))
                 manifest["batches"].append({"batch_id": b.batch_id, "item_ids": b.item_ids, "meta": b.meta})
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-            if out_dir.exists():
-                old = out_dir.with_name(f".{out_dir.name}.old")
-                os.replace(out_dir, old)
-                os.replace(tmp, out_dir)
-                shutil.rmtree(old)
-            else:
-                os.replace(tmp, out_dir)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
 
     @staticmethod
     def load(path: Path, base_hash: str | None = None) -> "EditArtifact":

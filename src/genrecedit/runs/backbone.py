@@ -12,7 +12,7 @@ from genrecedit.model.recommender import Recommender
 from genrecedit.model.tiger import load_model
 from genrecedit.model.train import TrainResult, train_tiger
 from genrecedit.runs.prepare import Prepared, configure_runtime, layout_for, prepare
-from genrecedit.runs.store import write_json
+from genrecedit.atomic import write_json
 
 CONFIG_FILE = "config.yaml"
 MODEL_DIR = "model"

@@ -11,7 +11,7 @@ from genrecedit.evaluation.report import format_table, write_metrics
 from genrecedit.runs.backbone import load_run, train_backbone
 from genrecedit.runs.edit import edit_run
 from genrecedit.runs.evaluate import evaluate_model, popularity_results, evaluation_cases
-from genrecedit.runs.store import write_json
+from genrecedit.atomic import write_json
 
 REPORT_KEYS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20", "recall@50", "ndcg@50", "iid_ratio@10", "n_cases")
 

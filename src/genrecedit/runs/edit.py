@@ -11,7 +11,7 @@ from genrecedit.edit.editor import ColdItemEditor, EditReport
 from genrecedit.edit.knowledge import EditRequests, case_histories, items_to_edit, pseudo_histories
 from genrecedit.runs.backbone import LoadedRun
 from genrecedit.evaluation.plots import probe_figure_png
-from genrecedit.runs.store import write_bytes, write_json
+from genrecedit.atomic import write_bytes, write_json
 
 ARTIFACT_DIR = "edits"
 

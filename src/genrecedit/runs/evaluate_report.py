@@ -7,7 +7,7 @@ from genrecedit.edit.artifact import EditArtifact
 from genrecedit.evaluation.report import EvalResult, bootstrap_ci, format_table, paired_bootstrap_diff, write_metrics
 from genrecedit.runs.backbone import load_run
 from genrecedit.runs.evaluate import evaluate_model, popularity_results, evaluation_cases
-from genrecedit.runs.store import write_json
+from genrecedit.atomic import write_json
 
 CI_METRICS = ("recall@10", "ndcg@10")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from genrecedit.config import RunConfig
 from genrecedit.data.protocols import format_split_summary, save_split_summary, split_summary
 from genrecedit.runs.prepare import configure_runtime, prepare
-from genrecedit.runs.store import write_json
+from genrecedit.atomic import write_json
 
 
 def prepare_report(cfg: RunConfig, run_dir: Path) -> str:

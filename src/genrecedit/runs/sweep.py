@@ -12,7 +12,7 @@ from genrecedit.edit.knowledge import EditRequests
 from genrecedit.runs.backbone import LoadedRun
 from genrecedit.runs.edit import build_requests, make_editor
 from genrecedit.runs.evaluate import evaluate_model
-from genrecedit.runs.store import write_json
+from genrecedit.atomic import write_json
 
 REPORTED = ("recall@10", "ndcg@10", "iid_ratio@10")
 

@@ -6,15 +6,13 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import save_file
 
+from genrecedit.atomic import atomic_directory
 from genrecedit.errors import ArtifactMismatchError
 
 CONFIG_FILE = "tokenizer.json"
@@ -39,20 +37,7 @@ def write_artifact(
             raise ArtifactMismatchError(
                 f"{directory}: refusing to overwrite, it holds files that are not a tokenizer's: {foreign[:5]}"
             )
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex}"
-    tmp.mkdir()
-    try:
+    with atomic_directory(directory) as tmp:
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=1) + "\n")
         save_file(quantizer, str(tmp / QUANTIZER_FILE))
         save_file(codes, str(tmp / CODES_FILE))
-        if directory.exists():
-            old = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex}"
-            os.replace(directory, old)
-            os.replace(tmp, directory)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, directory)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)

@@ -1,9 +1,13 @@
-"""Atomic writes for run outputs."""
+"""Atomic writes: a reader sees the old file/directory or the new one, never a half-written one."""
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -36,3 +40,25 @@ def write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+@contextmanager
+def atomic_directory(target: Path) -> Iterator[Path]:
+    """Yield a fresh temp directory beside ``target``; on success it replaces ``target`` (the old one is removed
+    only after the swap), on error it is deleted and ``target`` is untouched."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        if target.exists():
+            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex}"
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
