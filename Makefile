@@ -4,11 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-smoke clean
+.PHONY: demo test clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
@@ -17,12 +16,6 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
-
-bench-smoke: $(STAMP)
-	$(PY) bench/run.py --smoke
-
-bench: $(STAMP)
-	$(PY) bench/run.py
 
 clean:
 	rm -rf $(VENV) runs .cache
