@@ -1,12 +1,12 @@
 """Train a backbone into a run directory, and load a run directory back as a ready ``Recommender``."""
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from genrecedit.config import RunConfig, load_config
+from genrecedit.data.protocols import save_split_summary, split_summary
 from genrecedit.errors import ArtifactMismatchError
 from genrecedit.model.recommender import Recommender
 from genrecedit.model.tiger import load_model
@@ -31,8 +31,6 @@ class LoadedRun:
 
 def train_backbone(cfg: RunConfig, run_dir: Path, resume: bool = True) -> tuple[Prepared, TrainResult]:
     """prepare → train; writes config.yaml, split_summary.json, tokenizer/, model/ and train.json into run_dir."""
-    from genrecedit.data.protocols import save_split_summary, split_summary
-
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     configure_runtime(cfg)
@@ -63,6 +61,3 @@ def load_run(run_dir: Path, overrides: list[str] | None = None) -> LoadedRun:
     model.requires_grad_(False)  # a loaded run is only decoded and edited, never trained: no weight gradients
     return LoadedRun(run_dir, cfg, prepared, Recommender(model, layout, prepared.codes), meta.weights_hash)
 
-
-def read_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text())

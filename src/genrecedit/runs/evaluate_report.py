@@ -46,12 +46,11 @@ def evaluate_report(run_dir: Path, overrides: list[str], edits: Path | None, nam
         schedule = artifact.schedule(run.config.eval.trigger, run.recommender.device)
         results["GenRecEdit"], _ = evaluate_model(run, cases, schedule, desc="evaluate edited")
     results.update(popularity_results(run, cases))
-    table = write_metrics(Path(run_dir), name, {k: v.summary() for k, v in results.items()})
+    write_metrics(Path(run_dir), name, {k: v.summary() for k, v in results.items()})
     n_boot, seed = run.config.eval.bootstrap, run.config.eval.seed
     extra = {"intervals": intervals(results, n_boot, seed), "n_cases": len(cases)}
     if "GenRecEdit" in results:
         extra["edited_minus_base"] = paired_gains(results["GenRecEdit"], results["TIGER"], n_boot, seed)
     write_json(Path(run_dir) / f"{name}_intervals.json", extra)
-    del table
     return format_table({k: v.summary() for k, v in results.items()}) + \
         f"\n\nwritten: {Path(run_dir) / (name + '.md')}, {name}.json, {name}.png, {name}_intervals.json"
