@@ -45,6 +45,7 @@ def edit_run(run: LoadedRun, out_dir: Path, items: np.ndarray | None = None,
     artifact, report = make_editor(run).edit(requests, run.prepared.codes, run.prepared.split.item_ids, previous)
     out_dir = Path(out_dir)
     artifact.save(out_dir / ARTIFACT_DIR)
+    run.config.save(out_dir / "edit_config.yaml")
     write_json(out_dir / "edit_report.json", {**report.to_dict(), "knowledge": dataclasses.asdict(run.config.knowledge),
                                               "lam": run.config.edit.lam})
     if report.probe is not None:

@@ -38,6 +38,7 @@ def paired_gains(edited: EvalResult, base: EvalResult, n_boot: int, seed: int) -
 
 def evaluate_report(run_dir: Path, overrides: list[str], edits: Path | None, name: str) -> str:
     run = load_run(run_dir, overrides)
+    run.config.save(Path(run_dir) / f"{name}_config.yaml")  # the resolved config these metrics come from
     cases = evaluation_cases(run)
     results: dict[str, EvalResult] = {}
     results["TIGER"], _ = evaluate_model(run, cases, desc="evaluate base")

@@ -32,6 +32,7 @@ def sweep(run: LoadedRun, lams: list[float], per_item: list[int], out_dir: Path,
     from genrecedit.runs.evaluate import evaluation_cases
 
     cases = evaluation_cases(run)
+    run.config.save(Path(out_dir) / "sweep_config.yaml")
     base, _ = evaluate_model(run, cases, desc="sweep: base")
     base_row = _row(base.summary())
     cells = []
