@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from genrecedit.errors import ConfigError
 from genrecedit.model.beam import Beams, EditSchedule, beam_search
 from genrecedit.model.decoder import SteppedDecoder
 from genrecedit.model.tokens import TokenLayout
@@ -15,10 +16,17 @@ from genrecedit.model.trie import PrefixTrie
 
 @dataclass
 class DecodeConfig:
+    """Beam search settings: the top ``k`` items come from ``beam`` beams, so ``k <= beam``."""
+
     beam: int = 20
-    k: int = 50
+    k: int = 20
     batch_size: int = 256
     constrained: bool = True
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.k <= self.beam:
+            raise ConfigError(f"decode.k={self.k} must be between 1 and decode.beam={self.beam} (top-k comes from "
+                              "the beams); raise decode.beam to report metrics at larger k")
 
 
 class Recommender:
