@@ -74,8 +74,7 @@ class ColdItemEditor:
         rng = np.random.default_rng(self.cfg.seed)
         req = requests.subset(np.sort(rng.choice(len(requests), min(len(requests), self.cfg.probe_samples),
                                                  replace=False)))
-        sources = set(requests.sources[requests.sources >= 0].tolist())
-        pool = np.array([i for i in range(len(self.train)) if i not in sources], dtype=np.int64)
+        pool = np.setdiff1d(np.arange(len(self.train)), requests.sources[requests.sources >= 0])
         neg = np.sort(rng.choice(pool, min(len(pool), self.cfg.probe_samples), replace=False))
         sites = [(layer, p) for layer in range(self.n_layers) for p in range(self.n_pos)]
         pos_keys = collect_keys(self.decoder, self.layout, req.histories, codes[req.items], codes, sites,
@@ -119,7 +118,9 @@ class ColdItemEditor:
                                        self.cache_dir)
         timings["c0"] = time.perf_counter() - t0
 
-        prev_delta = {p: (previous.total_delta(p) if previous else None) for p in range(self.n_pos)}
+        device = self.decoder.device
+        prev_delta = {p: (d.to(device) if previous and (d := previous.total_delta(p)) is not None else None)
+                      for p in range(self.n_pos)}
         keys = {p: [] for p in range(self.n_pos)}
         deltas = {p: [] for p in range(self.n_pos)}
         converged = [0] * self.n_pos
