@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from genrecedit.edit.knowledge import EditRequests
 from genrecedit.runs.backbone import LoadedRun
 from genrecedit.runs.edit import build_requests, make_editor
-from genrecedit.runs.evaluate import evaluate_model
+from genrecedit.runs.evaluate import evaluate_model, evaluation_cases
 from genrecedit.atomic import write_json
 
 REPORTED = ("recall@10", "ndcg@10", "iid_ratio@10")
@@ -29,8 +29,6 @@ def sweep(run: LoadedRun, lams: list[float], per_item: list[int], out_dir: Path,
     """
     if run.config.eval.cases != "valid":
         raise ValueError("a sweep selects hyper-parameters: run it with eval.cases=valid")
-    from genrecedit.runs.evaluate import evaluation_cases
-
     cases = evaluation_cases(run)
     run.config.save(Path(out_dir) / "sweep_config.yaml")
     base, _ = evaluate_model(run, cases, desc="sweep: base")
