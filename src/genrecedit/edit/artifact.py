@@ -35,11 +35,16 @@ class EditBatch:
 
 @dataclass
 class EditArtifact:
-    """All edit batches applied to one base model (identified by its weights hash); layers[p] = l_p."""
+    """All edit batches applied to one base model (identified by its weights hash); layers[p] = l_p.
+
+    scheme ``position_wise`` (GenRecEdit) keeps one ΔW per position; ``object_wise`` (the "w/o position-wise"
+    ablation) keeps a single ΔW under position 0 that acts like a weight edit: it fires at every index and step.
+    """
 
     base_hash: str
     layers: list[int]
     batches: list[EditBatch] = field(default_factory=list)
+    scheme: str = "position_wise"
 
     def check_base(self, base_hash: str) -> None:
         if base_hash != self.base_hash:
@@ -65,12 +70,13 @@ class EditArtifact:
 
     def schedule(self, mode: TriggerMode = "one_one", device: torch.device | str = "cpu") -> EditSchedule | None:
         """The decoding schedule: ``one_one`` fires ΔW_t at step t only; ``all`` fires every ΔW at every step and
-        caches the edited stream (the paper's w/o one-one triggering ablation)."""
+        caches the edited stream (the paper's w/o one-one triggering ablation). An object-wise edit has no
+        positions to trigger by, so it is always ``all``."""
         edits = {p: FFNEdit(self.layers[p], d.to(device)) for p in range(len(self.layers))
                  if (d := self.total_delta(p)) is not None}
         if not edits:
             return None
-        if mode == "all":
+        if mode == "all" or self.scheme == "object_wise":
             every = StepEdits(list(edits.values()), cache_edited=True)
             return lambda t: every
         per_step = {p: StepEdits([e]) for p, e in edits.items()}
@@ -89,7 +95,7 @@ class EditArtifact:
     def save(self, out_dir: Path) -> None:
         """Write the manifest and one safetensors file per batch into a temp dir, then swap it in."""
         with atomic_directory(out_dir) as tmp:
-            manifest = {"base_hash": self.base_hash, "layers": self.layers, "batches": []}
+            manifest = {"base_hash": self.base_hash, "layers": self.layers, "scheme": self.scheme, "batches": []}
             for i, b in enumerate(self.batches):
                 tensors = {f"delta_w.{p}": d.contiguous() for p, d in b.delta_w.items()}
                 tensors.update({f"key_cov.{p}": c.contiguous() for p, c in b.key_cov.items()})
@@ -110,7 +116,8 @@ class EditArtifact:
             delta = {int(k.split(".")[1]): v for k, v in tensors.items() if k.startswith("delta_w.")}
             cov = {int(k.split(".")[1]): v for k, v in tensors.items() if k.startswith("key_cov.")}
             batches.append(EditBatch(b["batch_id"], b["item_ids"], tensors["sids"].numpy(), delta, cov, b["meta"]))
-        artifact = EditArtifact(manifest["base_hash"], manifest["layers"], batches)
+        artifact = EditArtifact(manifest["base_hash"], manifest["layers"], batches,
+                                manifest.get("scheme", "position_wise"))
         if base_hash is not None:
             artifact.check_base(base_hash)
         return artifact

@@ -6,6 +6,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -15,10 +16,12 @@ from genrecedit.data.dataset import CaseSet
 from genrecedit.edit.artifact import EditArtifact, EditBatch
 from genrecedit.edit.keys import collect_keys, second_moments, teacher_force, train_fingerprint
 from genrecedit.edit.knowledge import EditRequests
-from genrecedit.edit.memory import DeltaConfig, optimise_deltas, upper_logits
+from genrecedit.edit.memory import DeltaConfig, optimise_deltas
+from genrecedit.edit.objectwise import optimise_object_deltas
 from genrecedit.edit.probe import LayerPolicy, ProbeTable, locate_layers, probe_accuracy
 from genrecedit.edit.update import closed_form_update
-from genrecedit.errors import EmptyInputError
+from genrecedit.errors import ArtifactMismatchError, EmptyInputError
+from genrecedit.model.decoder import DecoderCache
 from genrecedit.model.recommender import Recommender
 
 
@@ -26,6 +29,9 @@ from genrecedit.model.recommender import Recommender
 class EditConfig:
     lam: float = 1000.0  # λ: preservation vs injection
     layer_policy: LayerPolicy = "probe"
+    # position_wise: GenRecEdit (one request, δ and ΔW per SID position). object_wise: the paper's "w/o
+    # position-wise" ablation, a conventional history → whole-SID edit at (l_0, index 0) (see objectwise.py)
+    scheme: Literal["position_wise", "object_wise"] = "position_wise"
     delta: DeltaConfig = field(default_factory=DeltaConfig)
     c0_samples: int = 20000  # N0 training keys for C0 (≥ several × d_ff)
     probe_samples: int = 2000  # per class and position
@@ -108,7 +114,11 @@ class ColdItemEditor:
             layers = locate_layers(self.cfg.layer_policy, self.n_pos, self.n_layers, probe_table, self.cfg.seed)
         timings["probe"] = time.perf_counter() - start
 
-        sites = [(layers[p], p) for p in range(self.n_pos)]
+        object_wise = self.cfg.scheme == "object_wise"
+        if object_wise:
+            layers = [layers[0]] * self.n_pos  # one edit layer: the one located for the subject's last token
+        # the sites edited: every position, or index 0 alone for an object-wise edit
+        sites = [(layers[0], 0)] if object_wise else [(layers[p], p) for p in range(self.n_pos)]
         t0 = time.perf_counter()
         rng = np.random.default_rng(self.cfg.seed + 1)
         c0_idx = np.sort(rng.choice(len(self.train), min(len(self.train), self.cfg.c0_samples), replace=False))
@@ -120,10 +130,10 @@ class ColdItemEditor:
 
         device = self.decoder.device
         prev_delta = {p: (d.to(device) if previous and (d := previous.total_delta(p)) is not None else None)
-                      for p in range(self.n_pos)}
-        keys = {p: [] for p in range(self.n_pos)}
-        deltas = {p: [] for p in range(self.n_pos)}
-        converged = [0] * self.n_pos
+                      for _, p in sites}
+        keys = {p: [] for _, p in sites}
+        deltas = {p: [] for _, p in sites}
+        converged = [0] * len(sites)
         timings["keys"] = timings["delta"] = 0.0
         targets_all = torch.from_numpy(codes[requests.items])
         for start_row in tqdm(range(0, len(requests), self.cfg.chunk_size), desc="memory construction (δ)",
@@ -137,8 +147,12 @@ class ColdItemEditor:
             for p, (layer, _) in enumerate(sites):
                 k = tf.keys[p][layer]
                 z = tf.values[p][layer] + (k @ prev_delta[p].T if prev_delta[p] is not None else 0.0)
-                result = optimise_deltas(self.decoder, self.layout, tf, p, layer,
-                                         targets_all[rows, p].to(k.device), z.detach(), self.cfg.delta)
+                if object_wise:
+                    result = optimise_object_deltas(self.decoder, self.layout, tf, layer,
+                                                    targets_all[rows].to(k.device), z.detach(), self.cfg.delta)
+                else:
+                    result = optimise_deltas(self.decoder, self.layout, tf, p, layer,
+                                             targets_all[rows, p].to(k.device), z.detach(), self.cfg.delta)
                 keys[p].append(k.cpu())
                 deltas[p].append(result.delta.cpu())
                 converged[p] += int(result.converged.sum())
@@ -146,11 +160,11 @@ class ColdItemEditor:
 
         t0 = time.perf_counter()
         batch_dw, batch_cov = {}, {}
-        for p in range(self.n_pos):
+        for _, p in sites:
             k1 = torch.cat(keys[p])
             prev_cov = previous.previous_cov(p) if previous else None
             # R = Z' − W_cur K1 = δ, because z above already is the current (possibly edited) value
-            batch_dw[p] = closed_form_update(k1, torch.cat(deltas[p]), c0[sites[p]], self.cfg.lam, prev_cov)
+            batch_dw[p] = closed_form_update(k1, torch.cat(deltas[p]), c0[(layers[p], p)], self.cfg.lam, prev_cov)
             batch_cov[p] = k1.to(torch.float64).T @ k1.to(torch.float64)
         timings["solve"] = time.perf_counter() - t0
         timings["update_total"] = (timings["probe"] + timings["keys"] + timings["delta"] + timings["solve"]
@@ -160,7 +174,10 @@ class ColdItemEditor:
         batch = EditBatch(uuid.uuid4().hex[:12], [item_ids[i] for i in edited_items], codes[edited_items],
                           batch_dw, batch_cov,
                           {"lam": self.cfg.lam, "n_requests": len(requests), "timings_s": dict(timings)})
-        artifact = EditArtifact(self.base_hash, layers, list(previous.batches) if previous else [])
+        if previous is not None and previous.scheme != self.cfg.scheme:
+            raise ArtifactMismatchError(f"cannot stack a {self.cfg.scheme} batch on a {previous.scheme} artifact")
+        artifact = EditArtifact(self.base_hash, layers, list(previous.batches) if previous else [],
+                                self.cfg.scheme)
         artifact.batches.append(batch)
         efficacy = self.efficacy(requests, codes, layers, artifact, previous)
         report = EditReport(layers, probe_table.to_dict() if probe_table else None, len(requests),
@@ -171,24 +188,28 @@ class ColdItemEditor:
     def efficacy(self, requests: EditRequests, codes: np.ndarray, layers: list[int], artifact: EditArtifact,
                  previous: EditArtifact | None) -> dict:
         """Teacher-forced share of (a sample of) requests whose o_p is the argmax at position p: on the model
-        before this batch, and with this batch's update (METHOD §3a: the first diagnostic)."""
+        before this batch, and with this batch's update (METHOD §3a: the first diagnostic). Runs the cached
+        decoder with each artifact's own decoding schedule, exactly as recommendations are made."""
         rng = np.random.default_rng(self.cfg.seed + 2)
         idx = np.sort(rng.choice(len(requests), min(len(requests), self.cfg.efficacy_samples), replace=False))
         sample = requests.subset(idx)
-        before = np.zeros(self.n_pos)
-        after = np.zeros(self.n_pos)
+        hits = {"before": np.zeros(self.n_pos), "after": np.zeros(self.n_pos)}
+        schedules = {"before": previous.schedule(device=self.decoder.device) if previous else None,
+                     "after": artifact.schedule(device=self.decoder.device)}
+        device = self.decoder.device
         for start in range(0, len(sample), self.cfg.chunk_size):
             rows = slice(start, start + self.cfg.chunk_size)
-            tf = teacher_force(self.decoder, self.layout, sample.histories[rows], codes[sample.items[rows]], codes)
-            target = torch.from_numpy(codes[sample.items[rows]]).to(self.decoder.device)
-            all_rows = torch.arange(target.shape[0], device=self.decoder.device)
-            for p, layer in enumerate(layers):
-                k = tf.keys[p][layer]
-                for acc, art in ((before, previous), (after, artifact)):
-                    dw = art.total_delta(p) if art is not None else None
-                    z = tf.values[p][layer] + (k @ dw.T.to(k.device) if dw is not None else 0.0)
-                    logits = upper_logits(self.decoder, self.layout, tf, all_rows, p, layer, tf.pre[p][layer] + z)
-                    acc[p] += float((logits.argmax(1) == target[:, p]).sum())
+            target_codes = codes[sample.items[rows]]
+            ids, mask = self.layout.encoder_inputs(sample.histories[rows], codes)
+            enc = self.decoder.encode(ids.to(device), mask.to(device))
+            dec_in = self.layout.decoder_inputs(target_codes)[0].to(device)
+            target = torch.from_numpy(target_codes).to(device)
+            for name, schedule in schedules.items():
+                cache = DecoderCache()
+                for p in range(self.n_pos):
+                    out, cache = self.decoder.step(dec_in[:, p], cache, enc, schedule(p) if schedule else None)
+                    pred = out.logits[:, self.layout.position_slice(p)].argmax(1)
+                    hits[name][p] += float((pred == target[:, p]).sum())
         n = max(len(sample), 1)
-        return {"before": (before / n).round(4).tolist(), "after": (after / n).round(4).tolist(),
+        return {"before": (hits["before"] / n).round(4).tolist(), "after": (hits["after"] / n).round(4).tolist(),
                 "n_sampled": len(sample)}

@@ -156,7 +156,7 @@ def with_batch_id(artifact: EditArtifact, batch_id: str) -> EditArtifact:
     """The artifact with its newest batch renamed to the registry's id (the editor draws a random one)."""
     newest = artifact.batches[-1]
     renamed = EditBatch(batch_id, newest.item_ids, newest.sids, newest.delta_w, newest.key_cov, newest.meta)
-    return EditArtifact(artifact.base_hash, list(artifact.layers), artifact.batches[:-1] + [renamed])
+    return EditArtifact(artifact.base_hash, list(artifact.layers), artifact.batches[:-1] + [renamed], artifact.scheme)
 
 
 def delta_fingerprint(batch: EditBatch) -> str:

@@ -260,7 +260,8 @@ class LiveService:
             raise BatchNotActiveError(f"batch {batch_id} is {records[0].status}, not active; nothing to roll back")
         i = active.index(batch_id)
         catalog = snap.catalog.truncated(self.base_catalog, i)
-        artifact = EditArtifact(snap.artifact.base_hash, list(snap.artifact.layers), list(snap.artifact.batches[:i]))
+        artifact = EditArtifact(snap.artifact.base_hash, list(snap.artifact.layers), list(snap.artifact.batches[:i]),
+                                snap.artifact.scheme)
         recomputed, version_dir = {}, None
         try:
             for later in snap.catalog.batches[i + 1:]:  # an older batch: solve the later ones again, in order
