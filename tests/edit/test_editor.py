@@ -43,3 +43,25 @@ def test_sequential_batches_keep_layers_and_stack(tiny_run):
     art2.remove_newest()
     for p in range(run.recommender.layout.n_positions):
         assert torch.equal(art2.total_delta(p), art1.total_delta(p))
+
+
+def test_positions_subset_edits_only_those_positions(tiny_run):
+    run = load_run(tiny_run, ["edit.lam=1.0", "edit.positions=[1,2]"])
+    editor = make_editor(run)
+    artifact, report = editor.edit(build_requests(run), run.prepared.codes, run.prepared.split.item_ids)
+    assert sorted(artifact.batches[0].delta_w) == [1, 2]
+    schedule = artifact.schedule()
+    assert schedule(0) is None and schedule(3) is None and schedule(1) is not None
+    assert report.converged[0] == 0 and report.converged[3] == 0
+    # the unedited positions' efficacy is the base model's
+    assert report.efficacy["after"][0] == report.efficacy["before"][0]
+
+
+def test_positions_outside_the_sid_are_refused(tiny_run):
+    import pytest
+
+    from genrecedit.errors import ConfigError
+
+    run = load_run(tiny_run, ["edit.positions=[7]"])
+    with pytest.raises(ConfigError, match="edit.positions"):
+        make_editor(run).edit(build_requests(run), run.prepared.codes, run.prepared.split.item_ids)

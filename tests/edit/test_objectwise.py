@@ -41,7 +41,7 @@ def test_object_wise_edit_is_one_delta_at_index_zero_active_everywhere(tiny_run,
     artifact, report = edit_run(run, tmp_path)
     n_pos = run.recommender.layout.n_positions
     assert artifact.scheme == "object_wise" and len(set(artifact.layers)) == 1
-    assert list(artifact.batches[0].delta_w) == [0] and len(report.converged) == 1
+    assert list(artifact.batches[0].delta_w) == [0] and not any(report.converged[1:])
     schedule = artifact.schedule("one_one")
     # a weight edit: every step fires it and caches the edited stream
     assert all(schedule(t) is not None and schedule(t).cache_edited for t in range(n_pos))

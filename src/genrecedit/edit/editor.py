@@ -20,7 +20,7 @@ from genrecedit.edit.memory import DeltaConfig, optimise_deltas
 from genrecedit.edit.objectwise import optimise_object_deltas
 from genrecedit.edit.probe import LayerPolicy, ProbeTable, locate_layers, probe_accuracy
 from genrecedit.edit.update import closed_form_update
-from genrecedit.errors import ArtifactMismatchError, EmptyInputError
+from genrecedit.errors import ArtifactMismatchError, ConfigError, EmptyInputError
 from genrecedit.model.decoder import DecoderCache
 from genrecedit.model.recommender import Recommender
 
@@ -32,6 +32,9 @@ class EditConfig:
     # position_wise: GenRecEdit (one request, δ and ΔW per SID position). object_wise: the paper's "w/o
     # position-wise" ablation, a conventional history → whole-SID edit at (l_0, index 0) (see objectwise.py)
     scheme: Literal["position_wise", "object_wise"] = "position_wise"
+    # SID positions to edit (None: all). The paper's analysis: the unedited model already gets the first token of
+    # cold items right and collapses at the later ones, so editing position 0 can cost warm items for no gain
+    positions: list[int] | None = None
     delta: DeltaConfig = field(default_factory=DeltaConfig)
     c0_samples: int = 20000  # N0 training keys for C0 (≥ several × d_ff)
     probe_samples: int = 2000  # per class and position
@@ -118,7 +121,11 @@ class ColdItemEditor:
         if object_wise:
             layers = [layers[0]] * self.n_pos  # one edit layer: the one located for the subject's last token
         # the sites edited: every position, or index 0 alone for an object-wise edit
-        sites = [(layers[0], 0)] if object_wise else [(layers[p], p) for p in range(self.n_pos)]
+        positions = range(self.n_pos) if self.cfg.positions is None else sorted(set(self.cfg.positions))
+        if any(not 0 <= p < self.n_pos for p in positions) or not positions:
+            raise ConfigError(f"edit.positions must be a non-empty subset of 0..{self.n_pos - 1}, "
+                              f"got {self.cfg.positions}")
+        sites = [(layers[0], 0)] if object_wise else [(layers[p], p) for p in positions]
         t0 = time.perf_counter()
         rng = np.random.default_rng(self.cfg.seed + 1)
         c0_idx = np.sort(rng.choice(len(self.train), min(len(self.train), self.cfg.c0_samples), replace=False))
@@ -133,7 +140,7 @@ class ColdItemEditor:
                       for _, p in sites}
         keys = {p: [] for _, p in sites}
         deltas = {p: [] for _, p in sites}
-        converged = [0] * len(sites)
+        converged = [0] * self.n_pos
         timings["keys"] = timings["delta"] = 0.0
         targets_all = torch.from_numpy(codes[requests.items])
         for start_row in tqdm(range(0, len(requests), self.cfg.chunk_size), desc="memory construction (δ)",
@@ -144,7 +151,7 @@ class ColdItemEditor:
                                codes)
             timings["keys"] += time.perf_counter() - t0
             t0 = time.perf_counter()
-            for p, (layer, _) in enumerate(sites):
+            for layer, p in sites:
                 k = tf.keys[p][layer]
                 z = tf.values[p][layer] + (k @ prev_delta[p].T if prev_delta[p] is not None else 0.0)
                 if object_wise:
