@@ -50,7 +50,8 @@ def reference_split(ds: RecDataset, cfg: SplitConfig) -> dict[str, list[tuple]]:
         train_items = sorted({catalog.index(i) for u in roles for (i, _), r in zip(seqs[u], roles[u]) if r == "train"})
         n = int(round(cfg.holdout_fraction * len(train_items)))
         held = {catalog[k] for k in np.random.default_rng(cfg.seed).choice(np.array(train_items, np.int64), n, False)}
-        roles = {u: [None if (i in held and r != "test") else r for (i, _), r in zip(seqs[u], rs)]
+        kept_roles = ("test",) if cfg.holdout_drops_valid else ("test", "valid")
+        roles = {u: [None if (i in held and r not in kept_roles) else r for (i, _), r in zip(seqs[u], rs)]
                  for u, rs in roles.items()}
     out: dict[str, list[tuple]] = {"train": [], "valid": [], "test": []}
     for u in sorted(roles):
@@ -158,6 +159,18 @@ def test_holdout_removes_items_from_train_valid_and_histories():
     assert np.array_equal(split.test.targets, base.test.targets)
     assert np.array_equal(split.test.timestamps, base.test.timestamps)
     assert [split.user_ids[u] for u in split.test.users] == [base.user_ids[u] for u in base.test.users]
+
+
+def test_holdout_launch_during_validation_keeps_the_valid_interactions():
+    ds = random_ds(1)
+    cfg = SplitConfig(protocol="holdout", holdout_fraction=0.4, max_history=50, holdout_drops_valid=False)
+    split = assert_matches_reference(ds, cfg)
+    dropped = make_split(ds, SplitConfig(protocol="holdout", holdout_fraction=0.4, max_history=50))
+    held = np.flatnonzero(np.isin(split.item_ids, split.info["holdout_items"]))
+    assert split.info["holdout_items"] == dropped.info["holdout_items"]
+    assert not split.warm[held].any() and not np.isin(split.train.targets, held).any()
+    assert np.isin(split.valid.targets, held).any()  # the observed feedback of the launched items
+    assert len(split.valid) > len(dropped.valid)
 
 
 @pytest.mark.parametrize("protocol", ["time", "loo", "holdout"])

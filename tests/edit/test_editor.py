@@ -65,3 +65,26 @@ def test_positions_outside_the_sid_are_refused(tiny_run):
     run = load_run(tiny_run, ["edit.positions=[7]"])
     with pytest.raises(ConfigError, match="edit.positions"):
         make_editor(run).edit(build_requests(run), run.prepared.codes, run.prepared.split.item_ids)
+
+
+def test_observed_knowledge_and_selection_split_the_validation_period(tiny_run):
+    import numpy as np
+
+    from genrecedit.edit.knowledge import case_histories
+    from genrecedit.runs.edit import validation_midpoint
+    from genrecedit.runs.evaluate import evaluation_cases
+
+    selecting = load_run(tiny_run, ["knowledge.source=observed", "eval.cases=valid", "knowledge.histories_per_item=100"])
+    split = selecting.prepared.split
+    mid = validation_midpoint(split)
+    cases = evaluation_cases(selecting)
+    assert len(cases) > 0 and (cases.timestamps >= mid).all()
+    first_half = split.valid.subset(np.flatnonzero(split.valid.timestamps < mid))
+    expected = case_histories(first_half, split.cold_items(), 100)
+    got = build_requests(selecting)
+    assert len(expected) > 0
+    assert np.array_equal(got.items, expected.items) and np.array_equal(got.histories, expected.histories)
+    # evaluating on test, the whole validation period is knowledge
+    testing = load_run(tiny_run, ["knowledge.source=observed", "knowledge.histories_per_item=100"])
+    assert len(build_requests(testing)) == len(case_histories(split.valid, split.cold_items(), 100))
+    assert len(evaluation_cases(testing)) == len(split.test)

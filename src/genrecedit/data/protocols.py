@@ -45,6 +45,9 @@ class SplitConfig:
     test_quantile: float = 0.9
     max_history: int = 20
     holdout_fraction: float = 0.3
+    # holdout: also delete the held-out items' validation interactions (METHOD §1). False models a launch during
+    # the validation period: the items' validation interactions stay, as the "observed" knowledge source
+    holdout_drops_valid: bool = True
     seed: int = 0
     filter_test_users: bool = True
 
@@ -135,7 +138,8 @@ def _hold_out(inter: _Interactions, roles: np.ndarray, cfg: SplitConfig, info: d
     train_items = np.unique(inter.items[roles == TRAIN])
     n_hold = int(round(cfg.holdout_fraction * train_items.size))
     held = np.sort(np.random.default_rng(cfg.seed).choice(train_items, size=n_hold, replace=False))
-    drop = np.isin(inter.items, held) & ((roles == TRAIN) | (roles == VALID))
+    dropped_roles = (roles == TRAIN) | (roles == VALID) if cfg.holdout_drops_valid else roles == TRAIN
+    drop = np.isin(inter.items, held) & dropped_roles
     roles[drop] = DROPPED
     info.update(n_holdout_items=int(n_hold), n_holdout_interactions_removed=int(drop.sum()))
     return held

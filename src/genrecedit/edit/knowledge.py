@@ -106,12 +106,14 @@ def pseudo_histories(train: CaseSet, warm: np.ndarray, embeddings: np.ndarray, i
 
 
 def case_histories(cases: CaseSet, items: np.ndarray, per_item: int | None = None) -> EditRequests:
-    """Requests from real cases whose target is one of ``items`` (at most ``per_item`` each, most recent first).
+    """Requests from real cases with a non-empty history whose target is one of ``items`` (at most ``per_item``
+    each, most recent first).
 
     With test cases this is the Upper Bound (analysis only: it reads the test set); with the validation period's
     cases it is the *observed* knowledge source (it precedes the test period, so no leak).
     """
-    keep = np.isin(cases.targets, items)
+    # an empty history gives every item the same key: such cases would only teach contradictory targets
+    keep = np.isin(cases.targets, items) & (cases.history_lengths() > 0)
     idx = np.flatnonzero(keep)
     if per_item is not None and len(idx):
         idx = idx[np.lexsort((-cases.timestamps[idx], cases.targets[idx]))]

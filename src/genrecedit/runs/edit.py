@@ -16,6 +16,16 @@ from genrecedit.atomic import write_bytes, write_json
 ARTIFACT_DIR = "edits"
 
 
+def validation_midpoint(split) -> float:
+    """The median timestamp of the validation period. With the *observed* knowledge source, selection on
+    validation (METHOD §5.10) takes knowledge from before it and scores the cases from it on."""
+    return float(np.median(split.valid.timestamps)) if len(split.valid) else 0.0
+
+
+def uses_observed(run: LoadedRun) -> bool:
+    return run.config.knowledge.source in ("observed", "pseudo+observed")
+
+
 def build_requests(run: LoadedRun, items: np.ndarray | None = None) -> EditRequests:
     """Edit requests for ``items`` (default: every item absent from training) from the configured source."""
     prepared, kcfg = run.prepared, run.config.knowledge
@@ -26,7 +36,10 @@ def build_requests(run: LoadedRun, items: np.ndarray | None = None) -> EditReque
         parts.append(pseudo_histories(split.train, split.warm, prepared.embeddings, items, kcfg.histories_per_item,
                                       kcfg.neighbours))
     if kcfg.source in ("observed", "pseudo+observed"):
-        parts.append(case_histories(split.valid, items, kcfg.histories_per_item))
+        observed = split.valid
+        if run.config.eval.cases == "valid":  # selecting on validation: knowledge from its first half only
+            observed = observed.subset(np.flatnonzero(observed.timestamps < validation_midpoint(split)))
+        parts.append(case_histories(observed, items, kcfg.histories_per_item))
     if kcfg.source == "upper_bound":
         parts.append(case_histories(split.test, items, kcfg.histories_per_item))
     return EditRequests.concat(parts)

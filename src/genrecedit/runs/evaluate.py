@@ -10,13 +10,17 @@ from genrecedit.evaluation.baselines import most_popular, recent_popular
 from genrecedit.evaluation.report import EvalResult, evaluate_topk
 from genrecedit.model.beam import EditSchedule
 from genrecedit.runs.backbone import LoadedRun
+from genrecedit.runs.edit import uses_observed, validation_midpoint
 
 
 def evaluation_cases(run: LoadedRun) -> CaseSet:
-    """The cases of ``eval.cases`` (test by default; valid for selecting λ and n), or a seeded sample of
-    ``eval.max_cases`` of them."""
+    """The cases of ``eval.cases`` (test by default; valid for selecting λ and n — its second half when the edit
+    learns from observed validation interactions), or a seeded sample of ``eval.max_cases`` of them."""
     split = run.prepared.split
     cases = split.valid if run.config.eval.cases == "valid" else split.test
+    if run.config.eval.cases == "valid" and uses_observed(run):
+        # the first half of the validation period is the observed knowledge: select on the second half only
+        cases = cases.subset(np.flatnonzero(cases.timestamps >= validation_midpoint(split)))
     limit = run.config.eval.max_cases
     if limit is not None and limit < len(cases):
         idx = np.random.default_rng(run.config.eval.seed).choice(len(cases), limit, replace=False)
