@@ -125,6 +125,24 @@ def sweep(run_dir: RunDir, overrides: Overrides = None,
 
 
 @app.command()
+def ablate(run_dir: RunDir, overrides: Overrides = None,
+           seeds: Annotated[str, typer.Option(help="comma-separated seeds")] = "0,1,2",
+           out: Annotated[Optional[Path], typer.Option(help="output directory (default: <run>/ablations)")] = None,
+           device: Device = None) -> None:
+    """The paper's Table 3: GenRecEdit vs w/o position-wise / classifier (random, worst) / one-one triggering."""
+    from genrecedit.runs.ablate import ablate as run_ablate, format_ablations
+    from genrecedit.runs.backbone import load_run
+
+    extra = [*(overrides or []), *([f"device={device}"] if device else [])]
+    try:
+        result = run_ablate(load_run(run_dir, extra), out or run_dir / "ablations",
+                            [int(x) for x in seeds.split(",")])
+    except GenRecEditError as err:
+        _fail(err)
+    typer.echo(format_ablations(result))
+
+
+@app.command()
 def demo(config: ConfigArg = "demo", overrides: Overrides = None, run_dir: RunDir = Path("runs/demo"),
          device: Device = None) -> None:
     """ML-100k end to end: train a small TIGER, inject the held-out items, print before/after metrics."""
@@ -149,6 +167,26 @@ def serve(model: Annotated[Path, typer.Option("--model", "-m", help="trained run
         run_server(model, host, port, state_dir, list(overrides or []) + ([f"device={device}"] if device else []))
     except GenRecEditError as err:
         _fail(err)
+
+
+@app.command()
+def grid(config: Annotated[str, typer.Argument(help="grid YAML or bundled name (mmgrid-ml100k, mmgrid-cross)")],
+         run_dir: RunDir = Path("runs/mmgrid"),
+         overrides: Annotated[Optional[list[str]], typer.Option(
+             "--set", "-o", help="grid override (eval_max_cases=200) or run.<key>=value for the cells")] = None,
+         report_only: Annotated[bool, typer.Option(help="only rewrite report.md from results.json")] = False) -> None:
+    """MMGRid: train a grid of checkpoints over time periods or domains, merge them, write report.md + PNGs."""
+    from genrecedit.merging.grid import run_grid
+    from genrecedit.merging.grid_config import load_grid_config
+    from genrecedit.merging.report import write_report
+
+    try:
+        if not report_only:
+            run_grid(load_grid_config(config, list(overrides or [])), run_dir, echo=typer.echo)
+        path = write_report(run_dir)
+    except GenRecEditError as err:
+        _fail(err)
+    typer.echo(f"report: {path}")
 
 
 def main() -> None:  # pragma: no cover

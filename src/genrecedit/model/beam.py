@@ -48,27 +48,30 @@ def beam_search(decoder: SteppedDecoder, layout: TokenLayout, trie: PrefixTrie, 
     enc = decoder.encode(input_ids.to(device), attention_mask.to(device))
     tokens = torch.full((batch,), PAD, dtype=torch.long, device=device)
     if cached:
-        out, cache = decoder.step(tokens, DecoderCache(), enc, edits(0) if edits else None)
+        out, cache = decoder.step(tokens, DecoderCache(), enc, edits(0) if edits else None,
+                                  columns=layout.position_slice(0))
         logits = out.logits
     else:
-        logits = decoder.prefix_logits(tokens[:, None], enc, edits(0) if edits else None)
+        logits = decoder.prefix_logits(tokens[:, None], enc, edits(0) if edits else None)[:, layout.position_slice(0)]
     nodes = torch.zeros(batch, dtype=torch.long, device=device)
     scores, codes, nodes = _extend(logits, layout, trie, 0, nodes, None, beam, constrained)
     width = scores.shape[1]
     rows = torch.arange(batch, device=device).repeat_interleave(width)
-    enc = enc.select(rows)
+    # cached: each request's encoder output serves its beams without being copied per beam
+    enc = enc.beams(width) if cached else enc.select(rows)
     cache = cache.select(rows) if cached else None
     sids = codes[:, :, None]
     for t in range(1, n_pos):
         step_edits = edits(t) if edits else None
         if cached:
             tokens = (sids[:, :, -1] + layout.offsets[t - 1]).reshape(-1)
-            out, cache = decoder.step(tokens, cache, enc, step_edits)
+            out, cache = decoder.step(tokens, cache, enc, step_edits, columns=layout.position_slice(t))
             logits = out.logits
         else:
             prefix_codes = sids.reshape(batch * width, -1) + torch.tensor(layout.offsets[:t], device=device)
             start = torch.full((batch * width, 1), PAD, dtype=torch.long, device=device)
-            logits = decoder.prefix_logits(torch.cat([start, prefix_codes], dim=1), enc, step_edits)
+            logits = decoder.prefix_logits(torch.cat([start, prefix_codes], dim=1), enc,
+                                           step_edits)[:, layout.position_slice(t)]
         scores, new_codes, nodes, parent = _extend(logits, layout, trie, t, nodes.reshape(-1), scores, beam,
                                                    constrained)
         width_t = scores.shape[1]
@@ -77,7 +80,8 @@ def beam_search(decoder: SteppedDecoder, layout: TokenLayout, trie: PrefixTrie, 
                           new_codes[:, :, None]], dim=2)
         if t < n_pos - 1:
             cache = cache.select(flat_parent) if cached else None
-            enc = enc.select(flat_parent) if width_t != width else enc
+            if width_t != width:  # new beams stay with their request, so regrouping is enough when cached
+                enc = enc.beams(width_t) if cached else enc.select(flat_parent)
         width = width_t
     if constrained:
         items = torch.where(nodes >= 0, trie.leaf_item.to(device)[nodes.clamp(min=0)], -1)
@@ -89,9 +93,9 @@ def beam_search(decoder: SteppedDecoder, layout: TokenLayout, trie: PrefixTrie, 
 
 def _extend(logits: torch.Tensor, layout: TokenLayout, trie: PrefixTrie, t: int, nodes: torch.Tensor,
             scores: torch.Tensor | None, beam: int, constrained: bool):
-    """One beam step. logits [R, V] with R = B*W rows (W = 1 at t = 0); returns the new [B, W'] scores, codes,
-    level-(t+1) nodes and (after t = 0) each new beam's parent index in [0, W)."""
-    logp = F.log_softmax(logits[:, layout.position_slice(t)].float(), dim=-1)  # [R, K_t]
+    """One beam step. logits [R, K_t] of position t's tokens with R = B*W rows (W = 1 at t = 0); returns the new
+    [B, W'] scores, codes, level-(t+1) nodes and (after t = 0) each new beam's parent index in [0, W)."""
+    logp = F.log_softmax(logits.float(), dim=-1)  # [R, K_t]
     if constrained:
         ok = trie.allowed(t, nodes.clamp(min=0)) & (nodes >= 0)[:, None]
         logp = logp.masked_fill(~ok, float("-inf"))

@@ -42,20 +42,64 @@ class StepEdits:
     cache_edited: bool = False
 
 
-@dataclass
 class EncodedBatch:
-    """Encoder output prepared for decoding. hidden [B, S, d]; mask [B, S] (1 = real token);
-    mask_bias [B, 1, 1, S]; cross_kv: per decoder layer (K, V), each [B, H, S, d_kv]."""
+    """Encoder output prepared for decoding, for N decoder rows.
 
-    hidden: torch.Tensor
-    mask: torch.Tensor
-    mask_bias: torch.Tensor
-    cross_kv: list[tuple[torch.Tensor, torch.Tensor]]
+    hidden [n, S, d]; mask [n, S] (1 = real token); mask_bias [n, 1, 1, S]; cross_kv: per decoder layer (K, V),
+    each [n, H, S, d_kv]. Two views avoid copying these per beam: ``select(rows)`` gathers rows lazily, one tensor
+    (one layer's K/V) at a time on first use, so a caller that runs only the upper layers (δ optimisation) gathers
+    only those; ``beams(width)`` lets each of the n encoder rows serve ``width`` consecutive decoder rows
+    (N = n · width) without copying, and ``SteppedDecoder.attention`` attends for the whole group in one matmul.
+    """
+
+    def __init__(self, hidden: torch.Tensor, mask: torch.Tensor, mask_bias: torch.Tensor,
+                 cross_kv: list[tuple[torch.Tensor, torch.Tensor]], rows: torch.Tensor | None = None,
+                 group: int = 1) -> None:
+        self._source = (hidden, mask, mask_bias, cross_kv)
+        self._rows = rows  # encoder rows to gather (None: all, in order)
+        self.group = group
+        self._gathered: dict[object, torch.Tensor] = {}
+
+    def _take(self, key: object, tensor: torch.Tensor) -> torch.Tensor:
+        if self._rows is None:
+            return tensor
+        if key not in self._gathered:
+            self._gathered[key] = tensor[self._rows]
+        return self._gathered[key]
+
+    @property
+    def hidden(self) -> torch.Tensor:
+        return self._take("hidden", self._source[0])
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self._take("mask", self._source[1])
+
+    @property
+    def mask_bias(self) -> torch.Tensor:
+        return self._take("mask_bias", self._source[2])
+
+    def layer_kv(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-attention (K, V) of one decoder layer, each [n, H, S, d_kv]."""
+        k, v = self._source[3][layer]
+        return self._take(("k", layer), k), self._take(("v", layer), v)
+
+    @property
+    def cross_kv(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [self.layer_kv(layer) for layer in range(len(self._source[3]))]
 
     def select(self, rows: torch.Tensor) -> "EncodedBatch":
-        """Rows (e.g. ``arange(B).repeat_interleave(W)`` for beams) of every tensor."""
-        return EncodedBatch(self.hidden[rows], self.mask[rows], self.mask_bias[rows],
-                            [(k[rows], v[rows]) for k, v in self.cross_kv])
+        """Decoder rows (e.g. ``arange(B).repeat_interleave(W)`` for beams) as a batch of their own (group 1)."""
+        enc_rows = rows // self.group if self.group > 1 else rows
+        if self._rows is not None:
+            enc_rows = self._rows[enc_rows]
+        return EncodedBatch(*self._source, rows=enc_rows)
+
+    def beams(self, width: int) -> "EncodedBatch":
+        """The same n encoder rows, each serving ``width`` consecutive decoder rows (beams of one request)."""
+        batch = EncodedBatch(*self._source, rows=self._rows, group=width)
+        batch._gathered = self._gathered  # same rows: share what was gathered
+        return batch
 
 
 @dataclass
@@ -141,13 +185,21 @@ class SteppedDecoder:
         scores = q @ keys.transpose(2, 3) + self._self_bias[:, :, t : t + 1, : t + 1]
         out = (F.softmax(scores, dim=-1) @ values).transpose(1, 2).reshape(h.shape[0], -1)
         h = h + sa.SelfAttention.o(out)
-        ca = block.layer[1]
-        x = ca.layer_norm(h)[:, None, :]
-        q = self._split_heads(ca.EncDecAttention.q(x))
-        ck, cv = enc.cross_kv[layer]
-        scores = q @ ck.transpose(2, 3) + enc.mask_bias
-        out = (F.softmax(scores, dim=-1) @ cv).transpose(1, 2).reshape(h.shape[0], -1)
-        return h + ca.EncDecAttention.o(out), k_new, v_new
+        return self._cross_attention(layer, h, enc), k_new, v_new
+
+    def _cross_attention(self, layer: int, h: torch.Tensor, enc: EncodedBatch) -> torch.Tensor:
+        """Cross-attention sub-layer: h [N, d] -> [N, d]. With ``enc.group`` = g > 1 the N = n·g rows' queries
+        are grouped per encoder row, [n, H, g, dk] @ [n, H, dk, S], instead of copying K/V g times."""
+        ca = self.blocks[layer].layer[1]
+        attn = ca.EncDecAttention
+        ck, cv = enc.layer_kv(layer)
+        g = enc.group
+        q = attn.q(ca.layer_norm(h))  # [N, H*dk]
+        n = q.shape[0] // g
+        q = q.view(n, g, self.n_heads, self.d_kv).transpose(1, 2)  # [n, H, g, dk]
+        scores = q @ ck.transpose(2, 3) + enc.mask_bias  # [n, H, g, S]
+        out = (F.softmax(scores, dim=-1) @ cv).transpose(1, 2).reshape(h.shape[0], -1)  # [N, H*dk]
+        return h + attn.o(out)
 
     def ffn_key(self, layer: int, h: torch.Tensor) -> torch.Tensor:
         """[B, d] residual entering the FFN sub-layer -> [B, d_ff] key (the input of ``wo``)."""
@@ -160,9 +212,13 @@ class SteppedDecoder:
         """[B, d_ff] key -> [B, d_model] value z = wo k."""
         return self.blocks[layer].layer[2].DenseReluDense.wo(key)
 
-    def logits(self, h: torch.Tensor) -> torch.Tensor:
-        """[B, d] residual after the last layer -> [B, V] logits."""
-        return self.model.lm_head(self.model.decoder.final_layer_norm(h))
+    def logits(self, h: torch.Tensor, columns: slice | None = None) -> torch.Tensor:
+        """[B, d] residual after the last layer -> [B, V] logits, or only ``columns`` of them ([B, len]): a beam
+        step needs one position's tokens, a quarter of the head's work."""
+        x = self.model.decoder.final_layer_norm(h)
+        if columns is None:
+            return self.model.lm_head(x)
+        return F.linear(x, self.model.lm_head.weight[columns])
 
     def run_layers(self, h: torch.Tensor, t: int, cache: DecoderCache, enc: EncodedBatch, start: int,
                    edits: list[FFNEdit] | None = None, new_kv: list | None = None) -> torch.Tensor:
@@ -186,8 +242,10 @@ class SteppedDecoder:
         return h
 
     def step(self, token_ids: torch.Tensor, cache: DecoderCache, enc: EncodedBatch,
-             edits: StepEdits | None = None, capture: bool = False) -> tuple[StepOutput, DecoderCache]:
-        """Decode index t = cache.length for tokens [B]; returns logits [B, V] and the cache extended by index t.
+             edits: StepEdits | None = None, capture: bool = False,
+             columns: slice | None = None) -> tuple[StepOutput, DecoderCache]:
+        """Decode index t = cache.length for tokens [B]; returns logits [B, V] (only ``columns`` of them when
+        given) and the cache extended by index t.
 
         One-one edits (``cache_edited`` False): the plain stream fills the cache and is what ``capture`` reports;
         at the lowest edit layer an edited stream forks off and runs the layers above it for the logits only
@@ -217,7 +275,7 @@ class SteppedDecoder:
             if delta is not None:
                 h_edit = self.run_layers(h + z + delta, t, cache, enc, layer + 1, active)
             h = h + z
-        out = StepOutput(self.logits(h if h_edit is None else h_edit), keys, values, pre)
+        out = StepOutput(self.logits(h if h_edit is None else h_edit, columns), keys, values, pre)
         return out, _extend(cache, new_kv)
 
 
