@@ -89,3 +89,26 @@ def test_observed_knowledge_and_selection_split_the_validation_period(tiny_run):
     testing = load_run(tiny_run, ["knowledge.source=observed", "knowledge.histories_per_item=100"])
     assert len(build_requests(testing, items)) == len(case_histories(split.valid, items, 100)) > len(expected)
     assert len(evaluation_cases(testing)) == len(split.test)
+
+
+def test_probe_gate_is_saved_and_only_lets_request_like_keys_through(tiny_run, tmp_path):
+    from genrecedit.edit.keys import collect_keys
+
+    run = load_run(tiny_run, ["edit.lam=1.0", "edit.gate_fpr=0.1"])
+    artifact, report = edit_run(run, tmp_path)
+    gates = artifact.batches[0].gates
+    assert sorted(gates) == list(range(run.recommender.layout.n_positions))
+    loaded = EditArtifact.load(tmp_path / "edits", base_hash=run.base_hash)
+    codes, train = run.prepared.codes, run.prepared.split.train
+    requests = build_requests(run)
+    for p, gate in gates.items():
+        torch.testing.assert_close(loaded.batches[0].gates[p].weight, gate.weight)
+        site = (artifact.layers[p], p)
+        req_keys = collect_keys(run.recommender.decoder, run.recommender.layout, requests.histories,
+                                codes[requests.items], codes, [site])[site]
+        train_keys = collect_keys(run.recommender.decoder, run.recommender.layout, train.histories,
+                                  codes[train.targets], codes, [site])[site]
+        # the gate opens for the edit's own keys far more often than for training keys
+        assert gate(req_keys).float().mean() > gate(train_keys).float().mean()
+    schedule = artifact.schedule()
+    assert all(e.gate is not None for e in schedule(1).edits)

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from genrecedit.atomic import atomic_directory
+from genrecedit.edit.gate import KeyGate
 from genrecedit.errors import ArtifactMismatchError
 from genrecedit.model.beam import EditSchedule
 from genrecedit.model.decoder import FFNEdit, StepEdits
@@ -31,6 +32,7 @@ class EditBatch:
     delta_w: dict[int, torch.Tensor]
     key_cov: dict[int, torch.Tensor]
     meta: dict = field(default_factory=dict)
+    gates: dict[int, KeyGate] = field(default_factory=dict)  # optional probe gate per position (gate.py)
 
 
 @dataclass
@@ -72,14 +74,19 @@ class EditArtifact:
         """The decoding schedule: ``one_one`` fires ΔW_t at step t only; ``all`` fires every ΔW at every step and
         caches the edited stream (the paper's w/o one-one triggering ablation). An object-wise edit has no
         positions to trigger by, so it is always ``all``."""
-        edits = {p: FFNEdit(self.layers[p], d.to(device)) for p in range(len(self.layers))
-                 if (d := self.total_delta(p)) is not None}
+        edits: dict[int, list[FFNEdit]] = {}
+        for p in range(len(self.layers)):
+            if any(p in b.gates for b in self.batches):  # gated: each batch's ΔW behind its own gate
+                edits[p] = [FFNEdit(self.layers[p], b.delta_w[p].float().to(device), b.gates.get(p))
+                            for b in self.batches if p in b.delta_w]
+            elif (d := self.total_delta(p)) is not None:
+                edits[p] = [FFNEdit(self.layers[p], d.to(device))]
         if not edits:
             return None
         if mode == "all" or self.scheme == "object_wise":
-            every = StepEdits(list(edits.values()), cache_edited=True)
+            every = StepEdits([e for group in edits.values() for e in group], cache_edited=True)
             return lambda t: every
-        per_step = {p: StepEdits([e]) for p, e in edits.items()}
+        per_step = {p: StepEdits(group) for p, group in edits.items()}
         return lambda t: per_step.get(t)
 
     def remove_newest(self) -> EditBatch:
@@ -99,6 +106,8 @@ class EditArtifact:
             for i, b in enumerate(self.batches):
                 tensors = {f"delta_w.{p}": d.contiguous() for p, d in b.delta_w.items()}
                 tensors.update({f"key_cov.{p}": c.contiguous() for p, c in b.key_cov.items()})
+                for p, g in b.gates.items():
+                    tensors[f"gate_w.{p}"], tensors[f"gate_b.{p}"] = g.weight.contiguous(), g.bias.reshape(1)
                 tensors["sids"] = torch.from_numpy(np.ascontiguousarray(b.sids))
                 save_file(tensors, str(tmp / f"batch-{i:04d}.safetensors"))
                 manifest["batches"].append({"batch_id": b.batch_id, "item_ids": b.item_ids, "meta": b.meta})
@@ -115,7 +124,10 @@ class EditArtifact:
             tensors = load_file(str(path / f"batch-{i:04d}.safetensors"))
             delta = {int(k.split(".")[1]): v for k, v in tensors.items() if k.startswith("delta_w.")}
             cov = {int(k.split(".")[1]): v for k, v in tensors.items() if k.startswith("key_cov.")}
-            batches.append(EditBatch(b["batch_id"], b["item_ids"], tensors["sids"].numpy(), delta, cov, b["meta"]))
+            gates = {int(k.split(".")[1]): KeyGate(v, tensors[f"gate_b.{k.split('.')[1]}"][0])
+                     for k, v in tensors.items() if k.startswith("gate_w.")}
+            batches.append(EditBatch(b["batch_id"], b["item_ids"], tensors["sids"].numpy(), delta, cov, b["meta"],
+                                     gates))
         artifact = EditArtifact(manifest["base_hash"], manifest["layers"], batches,
                                 manifest.get("scheme", "position_wise"))
         if base_hash is not None:

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from genrecedit.data.dataset import CaseSet
 from genrecedit.edit.artifact import EditArtifact, EditBatch
+from genrecedit.edit.gate import KeyGate, fit_gate
 from genrecedit.edit.keys import collect_keys, second_moments, teacher_force, train_fingerprint
 from genrecedit.edit.knowledge import EditRequests
 from genrecedit.edit.memory import DeltaConfig, optimise_deltas
@@ -35,6 +36,9 @@ class EditConfig:
     # SID positions to edit (None: all). The paper's analysis: the unedited model already gets the first token of
     # cold items right and collapses at the later ones, so editing position 0 can cost warm items for no gain
     positions: list[int] | None = None
+    # optional probe gate (gate.py): ΔW fires only on keys a linear probe takes for this batch's requests, with at
+    # most this share of held-out training keys let through. None: no gate (the paper)
+    gate_fpr: float | None = None
     delta: DeltaConfig = field(default_factory=DeltaConfig)
     c0_samples: int = 20000  # N0 training keys for C0 (≥ several × d_ff)
     probe_samples: int = 2000  # per class and position
@@ -174,13 +178,18 @@ class ColdItemEditor:
             batch_dw[p] = closed_form_update(k1, torch.cat(deltas[p]), c0[(layers[p], p)], self.cfg.lam, prev_cov)
             batch_cov[p] = k1.to(torch.float64).T @ k1.to(torch.float64)
         timings["solve"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        gates = self._fit_gates(keys, sites, requests, codes) if self.cfg.gate_fpr is not None else {}
+        timings["gate"] = time.perf_counter() - t0
         timings["update_total"] = (timings["probe"] + timings["keys"] + timings["delta"] + timings["solve"]
+                                   + timings["gate"]
                                    + (0.0 if c0_cached else timings["c0"]))
 
         edited_items = np.unique(requests.items)
         batch = EditBatch(uuid.uuid4().hex[:12], [item_ids[i] for i in edited_items], codes[edited_items],
                           batch_dw, batch_cov,
-                          {"lam": self.cfg.lam, "n_requests": len(requests), "timings_s": dict(timings)})
+                          {"lam": self.cfg.lam, "n_requests": len(requests), "timings_s": dict(timings),
+                           "gate_fpr": self.cfg.gate_fpr}, gates)
         if previous is not None and previous.scheme != self.cfg.scheme:
             raise ArtifactMismatchError(f"cannot stack a {self.cfg.scheme} batch on a {previous.scheme} artifact")
         artifact = EditArtifact(self.base_hash, layers, list(previous.batches) if previous else [],
@@ -190,6 +199,22 @@ class ColdItemEditor:
         report = EditReport(layers, probe_table.to_dict() if probe_table else None, len(requests),
                             len(edited_items), converged, efficacy, timings, c0_cached)
         return artifact, report
+
+    def _fit_gates(self, keys: dict[int, list[torch.Tensor]], sites: list[tuple[int, int]],
+                   requests: EditRequests, codes: np.ndarray) -> dict[int, KeyGate]:
+        """One probe gate per edited site: this batch's request keys vs training keys (pseudo-history sources
+        excluded, as for the layer probe)."""
+        rng = np.random.default_rng(self.cfg.seed + 3)
+        pool = np.setdiff1d(np.arange(len(self.train)), requests.sources[requests.sources >= 0])
+        neg = np.sort(rng.choice(pool, min(len(pool), 4 * self.cfg.probe_samples), replace=False))
+        neg_keys = collect_keys(self.decoder, self.layout, self.train.histories[neg], codes[self.train.targets[neg]],
+                                codes, sites, desc="gate keys (training)")
+        gates = {}
+        for layer, p in sites:
+            pos = torch.cat(keys[p])
+            pos = pos[torch.from_numpy(rng.permutation(len(pos))[: 4 * self.cfg.probe_samples])]
+            gates[p] = fit_gate(pos, neg_keys[(layer, p)], self.cfg.gate_fpr, self.cfg.seed)
+        return gates
 
     @torch.no_grad()
     def efficacy(self, requests: EditRequests, codes: np.ndarray, layers: list[int], artifact: EditArtifact,
