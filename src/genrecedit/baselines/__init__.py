@@ -1,0 +1,1 @@
+"""Baselines a GenRecEdit edit is compared with."""
