@@ -1,0 +1,1 @@
+"""The paper's experiments (section 5) on one trained run: ``genrecedit experiment <config>``."""
