@@ -143,6 +143,37 @@ def ablate(run_dir: RunDir, overrides: Overrides = None,
 
 
 @app.command()
+def baselines(run_dir: RunDir, baseline: Annotated[list[str], typer.Option("--baseline", "-b",
+                                                                        help="sasrec, bert4rec, vqrec, specgr")],
+              overrides: Overrides = None,
+              param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="baseline key=value")] = None,
+              reference: Annotated[bool, typer.Option(help="also score TIGER, MostPop, RecentPop")] = False,
+              out: Annotated[Optional[Path], typer.Option(help="folder for <baseline>/ (default <run>/baselines)")]
+              = None, device: Device = None) -> None:
+    """Fit comparison baselines (paper Table 1) on a trained run's data and score them on its evaluation cases."""
+    from genrecedit.baselines.runner import parse_params, reference_results, run_baseline
+    from genrecedit.evaluation.report import format_table
+    from genrecedit.runs.backbone import load_run
+    from genrecedit.atomic import write_json
+
+    try:
+        run = load_run(run_dir, [*(overrides or []), *([f"device={device}"] if device else [])])
+        out_root = out or run_dir / "baselines"
+        params = parse_params(param or [])
+        rows = {name: run_baseline(run, name, params, out_root / name) for name in baseline}
+        summaries = {name: res.summary for name, res in rows.items()}
+        if reference:
+            summaries.update(reference_results(run))
+            write_json(out_root / "reference.json", summaries)
+    except GenRecEditError as err:
+        _fail(err)
+    typer.echo(format_table(summaries))
+    for name, res in rows.items():
+        typer.echo(f"{name}: fit {res.fit_seconds:.0f}s{' (reused)' if res.reused else ''}, recommend "
+                   f"{res.recommend_seconds:.0f}s, best valid NDCG@10 {res.best_valid_ndcg10:.4f}")
+
+
+@app.command()
 def demo(config: ConfigArg = "demo", overrides: Overrides = None, run_dir: RunDir = Path("runs/demo"),
          device: Device = None) -> None:
     """ML-100k end to end: train a small TIGER, inject the held-out items, print before/after metrics."""
@@ -187,6 +218,29 @@ def grid(config: Annotated[str, typer.Argument(help="grid YAML or bundled name (
     except GenRecEditError as err:
         _fail(err)
     typer.echo(f"report: {path}")
+
+
+@app.command()
+def experiment(config: Annotated[str, typer.Argument(help="experiment YAML or bundled name (experiment-demo, …)")],
+               out: Annotated[Optional[Path], typer.Option(
+                   "--out", help="output directory (default: runs/experiments/<config name>)")] = None,
+               overrides: Annotated[Optional[list[str]], typer.Option(
+                   "--set", "-o", help="experiment key (max_cases=500) or run-config override (threads=1)")] = None
+               ) -> None:
+    """The paper's tables and figures on one run: baselines, sources, ablations, sweeps (cached, resumable)."""
+    from genrecedit.experiments.runner import run_experiment
+    from genrecedit.experiments.spec import load_experiment
+    from genrecedit.experiments.tables import table1
+
+    try:
+        cfg = load_experiment(config, list(overrides or []))
+        out_dir = out or Path("runs/experiments") / Path(config).stem
+        result = run_experiment(cfg, out_dir)
+    except GenRecEditError as err:
+        _fail(err)
+    if "TIGER" in result["rows"]:
+        typer.echo(table1(result))
+    typer.echo(f"report: {out_dir / 'report.md'}")
 
 
 def main() -> None:  # pragma: no cover
