@@ -1,0 +1,158 @@
+"""Shared pieces of the benchmarks: sizing configs, base runs, hardware notes, evaluation and result files.
+
+Every benchmark writes ``<out>/<name>.json`` (numbers, config, hardware) and ``<out>/<name>.md`` (a table).
+"""
+from __future__ import annotations
+
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from genrecedit.atomic import write_bytes, write_json
+from genrecedit.config import load_config
+from genrecedit.data.dataset import CaseSet
+from genrecedit.errors import ConfigError
+from genrecedit.evaluation.report import EvalResult
+from genrecedit.model.beam import EditSchedule
+from genrecedit.runs.backbone import LoadedRun, load_run, train_backbone
+from genrecedit.runs.evaluate import score_topk
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # quiets the bars that do not set ``disable`` themselves (log noise)
+CONFIG_DIR = Path(__file__).parent / "configs"
+METRICS = ("recall@10", "ndcg@10")
+
+
+@dataclass
+class BaseSpec:
+    """A trained run a benchmark works on; trained from ``config`` + ``train_overrides`` when ``run_dir`` has no
+    model yet. ``load_overrides`` apply when it is loaded (e.g. ``decode.k=20``)."""
+
+    run_dir: Path
+    config: str
+    train_overrides: list[str] = field(default_factory=list)
+    load_overrides: list[str] = field(default_factory=list)
+
+
+def bench_config(size: str) -> dict:
+    """bench/configs/<size>.yaml (or a path to a YAML file) -> dict."""
+    path = Path(size) if Path(size).suffix in (".yaml", ".yml") else CONFIG_DIR / f"{size}.yaml"
+    if not path.exists():
+        raise ConfigError(f"benchmark sizing {size!r} not found; have {sorted(p.stem for p in CONFIG_DIR.glob('*.yaml'))}")
+    return yaml.safe_load(path.read_text())
+
+
+def base_spec(section: dict) -> BaseSpec:
+    return BaseSpec(Path(section["run_dir"]), section["config"], list(section.get("train_overrides", [])),
+                    list(section.get("load_overrides", [])))
+
+
+def ensure_base(spec: BaseSpec, echo=print) -> LoadedRun:
+    """Load ``spec.run_dir``; train it first (resumably) when it holds no model."""
+    if not (spec.run_dir / "model" / "model.json").exists() or not (spec.run_dir / "train.json").exists():
+        echo(f"training base run {spec.run_dir} ({spec.config} {' '.join(spec.train_overrides)})")
+        t0 = time.perf_counter()
+        train_backbone(load_config(spec.config, spec.train_overrides), spec.run_dir)
+        echo(f"base trained in {time.perf_counter() - t0:.0f} s")
+    return load_run(spec.run_dir, spec.load_overrides)
+
+
+def hardware() -> dict:
+    """What the numbers were measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": usable, "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+
+
+def test_sample(run: LoadedRun, n: int | None, seed: int = 0) -> CaseSet:
+    """A seeded sample of ``n`` test cases (all when ``n`` is None or larger)."""
+    cases = run.prepared.split.test
+    if n is None or n >= len(cases):
+        return cases
+    return cases.subset(np.sort(np.random.default_rng(seed).choice(len(cases), n, replace=False)))
+
+
+def evaluate(run: LoadedRun, cases: CaseSet, edits: EditSchedule | None = None,
+             groups: dict[str, np.ndarray] | None = None) -> tuple[dict, float]:
+    """Constrained beam search on ``cases`` -> {"overall"|"warm"|"cold"|<group>: {R@10, N@10, n_cases}}, seconds.
+
+    groups: extra subsets by target item (name -> item indices), e.g. the items of one edit round.
+    """
+    t0 = time.perf_counter()
+    topk = run.recommender.recommend(cases.histories, run.config.decode, edits).items.numpy()
+    seconds = time.perf_counter() - t0
+    out = _pick(score_topk(run, topk, cases), ("overall", "warm", "cold"))
+    for name, items in (groups or {}).items():
+        mask = np.isin(cases.targets, items)
+        if mask.any():
+            out[name] = _pick(score_topk(run, topk[mask], cases.subset(mask)), ("overall",))["overall"]
+        else:
+            out[name] = {m: None for m in METRICS} | {"n_cases": 0}
+    return out, seconds
+
+
+def _pick(result: EvalResult, subsets: tuple[str, ...]) -> dict:
+    summary = result.summary()
+    return {s: {**{m: summary[s].get(m) for m in METRICS}, "n_cases": summary[s]["n_cases"]} for s in subsets}
+
+
+def warm_drop(base: dict, edited: dict) -> float | None:
+    """Relative warm NDCG@10 drop (0.05 = 5 % lower than the base model)."""
+    b, e = base["warm"]["ndcg@10"], edited["warm"]["ndcg@10"]
+    return None if not b else (b - e) / b
+
+
+def md_table(headers: list[str], rows: list[list]) -> str:
+    def cell(v) -> str:
+        if v is None:
+            return "–"
+        if isinstance(v, float):
+            return f"{v:.4f}" if abs(v) < 1 else f"{v:,.1f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def hardware_line(hw: dict) -> str:
+    return (f"{hw['cpu']}, {hw['usable_cores']} of {hw['cores']} cores usable, torch {hw['torch']} "
+            f"({hw['torch_threads']} threads), load average at start {hw['load_average_at_start']}")
+
+
+def write_result(out_dir: Path, name: str, data: dict, table: str, title: str) -> None:
+    """``<out_dir>/<name>.json`` and ``<name>.md`` (title, hardware, table), both atomic."""
+    out_dir = Path(out_dir)
+    write_json(out_dir / f"{name}.json", data)
+    text = f"## {title}\n\n{table}\n_{hardware_line(data['hardware'])}_\n"
+    write_bytes(out_dir / f"{name}.md", text.encode())
+
+
+def cases_with_items(run: LoadedRun, n: int | None, items: np.ndarray, extra: int | None = None,
+                     seed: int = 0) -> CaseSet:
+    """A seeded sample of ``n`` test cases plus (up to ``extra``, default ``n``) more whose target is one of
+    ``items``, so that metrics of a few hundred edited items rest on enough cases. Overall metrics of this set are
+    biased towards those items; warm metrics are not."""
+    split = run.prepared.split
+    cases = split.test
+    rng = np.random.default_rng(seed)
+    base = np.arange(len(cases)) if n is None or n >= len(cases) else rng.choice(len(cases), n, replace=False)
+    pool = np.setdiff1d(np.flatnonzero(np.isin(cases.targets, items)), base)
+    extra = n if extra is None else extra
+    if extra is not None and len(pool) > extra:
+        pool = rng.choice(pool, extra, replace=False)
+    return cases.subset(np.sort(np.concatenate([base, pool])))
