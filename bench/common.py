@@ -4,6 +4,7 @@ Every benchmark writes ``<out>/<name>.json`` (numbers, config, hardware) and ``<
 """
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import time
@@ -156,3 +157,14 @@ def cases_with_items(run: LoadedRun, n: int | None, items: np.ndarray, extra: in
     if extra is not None and len(pool) > extra:
         pool = rng.choice(pool, extra, replace=False)
     return cases.subset(np.sort(np.concatenate([base, pool])))
+
+
+def bench_setup(name: str, doc: str | None) -> tuple[argparse.Namespace, dict, Path, LoadedRun]:
+    """The shared command line of a benchmark script (``--size``, ``--out``) -> (args, its config section, output
+    folder, its base run, trained here on first use)."""
+    ap = argparse.ArgumentParser(description=(doc or name).split("\n")[0])
+    ap.add_argument("--size", default="smoke", help="bench/configs/<size>.yaml")
+    ap.add_argument("--out", type=Path, default=None, help="default runs/bench/<size>")
+    args = ap.parse_args()
+    cfg = bench_config(args.size)[name]
+    return args, cfg, args.out or Path("runs/bench") / args.size, ensure_base(base_spec(cfg["base"]))

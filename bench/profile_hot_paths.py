@@ -103,7 +103,7 @@ def main() -> None:
     run = ensure_base(base_spec(cfg["base"]))
     torch.set_num_threads(args.threads)
     hw = hardware()
-    split, codes, dec, layout = run.prepared.split, run.prepared.codes, run.recommender.decoder, run.recommender.layout
+    codes, dec, layout = run.prepared.codes, run.recommender.decoder, run.recommender.layout
     requests = build_requests(run)
     requests = requests.subset(np.sort(np.random.default_rng(0).choice(len(requests), min(cfg["requests"],
                                                                                           len(requests)), False)))

@@ -6,12 +6,10 @@ round's items' metrics (are earlier rounds still recommended?).
 """
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
 
 import numpy as np
 
-from common import (base_spec, bench_config, cases_with_items, ensure_base, evaluate, hardware, md_table,
+from common import (bench_setup, cases_with_items, evaluate, hardware, md_table,
                     warm_drop, write_result)
 from genrecedit.baselines.update import measure
 from genrecedit.runs.edit import build_requests, make_editor
@@ -20,13 +18,7 @@ NAME = "sequential"
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--size", default="smoke")
-    ap.add_argument("--out", type=Path, default=None)
-    args = ap.parse_args()
-    cfg = bench_config(args.size)[NAME]
-    out_dir = args.out or Path("runs/bench") / args.size
-    run = ensure_base(base_spec(cfg["base"]))
+    args, cfg, out_dir, run = bench_setup(NAME, __doc__)
     hw = hardware()
     split, codes = run.prepared.split, run.prepared.codes
     n_rounds, per_round = int(cfg["rounds"]), int(cfg["items_per_round"])

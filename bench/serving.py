@@ -6,7 +6,6 @@ setting. (``bench/serve_load.py`` is the HTTP load test of the live service.)
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import base_spec, bench_config, ensure_base, hardware, md_table, test_sample, write_result
+from common import bench_setup, hardware, md_table, test_sample, write_result
 from genrecedit.edit.artifact import EditArtifact
 from genrecedit.model.recommender import DecodeConfig
 from genrecedit.runs.edit import build_requests, make_editor
@@ -80,14 +79,8 @@ def measure_variant(rec, histories: np.ndarray, cfg: dict, sched, n_single: int)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--size", default="smoke")
-    ap.add_argument("--out", type=Path, default=None)
-    args = ap.parse_args()
-    cfg = bench_config(args.size)[NAME]
-    out_dir = args.out or Path("runs/bench") / args.size
-    run = ensure_base(base_spec(cfg["base"]))
-    split, codes = run.prepared.split, run.prepared.codes
+    args, cfg, out_dir, run = bench_setup(NAME, __doc__)
+    split = run.prepared.split
     cold = split.cold_items()
     items = np.sort(np.random.default_rng(0).choice(cold, min(cfg["edited_items"], len(cold)), replace=False))
     artifact, edit_s = edited_artifact(run, items, out_dir / "serving_edits")

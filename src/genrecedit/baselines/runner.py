@@ -14,11 +14,11 @@ from pathlib import Path
 import yaml
 
 from genrecedit.atomic import write_json
-from genrecedit.baselines.registry import BASELINES, make
+from genrecedit.baselines.registry import make
 from genrecedit.data.dataset import CaseSet
 from genrecedit.errors import ConfigError
-from genrecedit.evaluation.report import Summary, format_table
-from genrecedit.runs.backbone import LoadedRun, load_run
+from genrecedit.evaluation.report import Summary
+from genrecedit.runs.backbone import LoadedRun
 from genrecedit.runs.evaluate import evaluate_model, evaluation_cases, popularity_results, score_topk
 
 METRICS_FILE = "metrics.json"
