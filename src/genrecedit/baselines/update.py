@@ -21,7 +21,6 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from genrecedit.atomic import write_json
 from genrecedit.data.dataset import PAD_ITEM, CaseSet
@@ -29,7 +28,7 @@ from genrecedit.edit.knowledge import EditRequests
 from genrecedit.errors import ConfigError, EmptyInputError, UnknownItemError
 from genrecedit.model.recommender import Recommender
 from genrecedit.model.tiger import load_model, save_model, weights_hash
-from genrecedit.model.train import position_loss, train_tiger
+from genrecedit.model.train import train_epoch, train_tiger
 from genrecedit.runs.backbone import MODEL_DIR, LoadedRun
 from genrecedit.runs.prepare import layout_for
 
@@ -224,22 +223,9 @@ def finetune(run: LoadedRun, requests: EditRequests, out_dir: Path, epochs: int 
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=steps_per_epoch * epochs)
         pos_mask = layout.position_mask().to(device)
         for epoch in range(epochs):
-            order = np.random.default_rng(run.config.seed + epoch).permutation(len(samples))
-            total = 0.0
-            for step in tqdm(range(steps_per_epoch), desc=f"finetune {epoch + 1}/{epochs}", leave=False):
-                idx = order[step * batch_size : (step + 1) * batch_size]
-                ids, mask = layout.encoder_inputs(samples.histories[idx], codes)
-                dec_in, labels = layout.decoder_inputs(codes[samples.targets[idx]])
-                loss = position_loss(model, layout, ids.to(device), mask.to(device), dec_in.to(device),
-                                     labels.to(device), pos_mask)
-                optim.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optim.step()
-                sched.step()
-                total += loss.item()
-            history.append({"epoch": epoch + 1, "train_loss": total / steps_per_epoch,
-                            "seconds": time.perf_counter() - t0})
+            loss = train_epoch(model, optim, sched, layout, samples, codes, batch_size, run.config.seed + epoch,
+                               pos_mask, f"finetune {epoch + 1}/{epochs}")
+            history.append({"epoch": epoch + 1, "train_loss": loss, "seconds": time.perf_counter() - t0})
         model.eval()
         save_model(model, model_cfg, layout, out_dir / MODEL_DIR, meta.tokenizer_hash,
                    extra={"finetuned_from": meta.weights_hash, "epochs": epochs, "lr": lr})

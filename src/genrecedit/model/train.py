@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -65,6 +66,31 @@ def validation_ndcg(recommender: Recommender, cases: CaseSet, cfg: TrainConfig) 
     return float(ndcg_at(target_ranks(beams.items.numpy(), cases.targets), 10).mean())
 
 
+def train_epoch(model: torch.nn.Module, optim: torch.optim.Optimizer, sched, layout: TokenLayout, samples: CaseSet,
+                codes: np.ndarray, batch_size: int, seed: int, pos_mask: torch.Tensor, desc: str) -> float:
+    """One pass over ``samples`` in a seeded order (AdamW step, grad-norm clip 1.0, scheduler step per batch);
+    returns the mean loss. Shared by training and by Finetune (``baselines/update.py``)."""
+    device = pos_mask.device
+    order = np.random.default_rng(seed).permutation(len(samples))
+    steps = math.ceil(len(samples) / batch_size)
+    bar = tqdm(range(steps), desc=desc, unit="step", leave=False)
+    total = 0.0
+    for step in bar:
+        idx = order[step * batch_size : (step + 1) * batch_size]
+        ids, mask = layout.encoder_inputs(samples.histories[idx], codes)
+        dec_in, labels = layout.decoder_inputs(codes[samples.targets[idx]])
+        loss = position_loss(model, layout, ids.to(device), mask.to(device), dec_in.to(device), labels.to(device),
+                             pos_mask)
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optim.step()
+        sched.step()
+        total += loss.item()
+        bar.set_postfix(loss=f"{total / (step + 1):.3f}")
+    return total / max(steps, 1)
+
+
 def train_tiger(train: CaseSet, valid: CaseSet, codes: np.ndarray, layout: TokenLayout, model_cfg: TigerConfig,
                 cfg: TrainConfig, out_dir: Path, tokenizer_hash: str, resume: bool = True) -> TrainResult:
     """Train from scratch (or resume ``out_dir``) and keep the best checkpoint by validation NDCG@10 in out_dir.
@@ -105,28 +131,14 @@ def train_tiger(train: CaseSet, valid: CaseSet, codes: np.ndarray, layout: Token
         if bad_epochs >= cfg.patience:
             break
         model.train()
-        order = np.random.default_rng(cfg.seed + epoch).permutation(len(train))
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False)
-        total = 0.0
-        for step in bar:
-            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            ids, mask = layout.encoder_inputs(train.histories[idx], codes)
-            dec_in, labels = layout.decoder_inputs(codes[train.targets[idx]])
-            loss = position_loss(model, layout, ids.to(device), mask.to(device), dec_in.to(device),
-                                 labels.to(device), pos_mask)
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optim.step()
-            sched.step()
-            total += loss.item()
-            bar.set_postfix(loss=f"{total / (step + 1):.3f}")
+        mean_loss = train_epoch(model, optim, sched, layout, train, codes, cfg.batch_size, cfg.seed + epoch,
+                                pos_mask, f"epoch {epoch + 1}/{cfg.epochs}")
         model.eval()
         ndcg = validation_ndcg(recommender, eval_cases, cfg)
         elapsed = time.perf_counter() - started
-        state["history"].append({"epoch": epoch + 1, "train_loss": total / steps_per_epoch, "valid_ndcg@10": ndcg,
+        state["history"].append({"epoch": epoch + 1, "train_loss": mean_loss, "valid_ndcg@10": ndcg,
                                  "seconds": elapsed})
-        tqdm.write(f"epoch {epoch + 1}: loss {total / steps_per_epoch:.4f}  valid NDCG@10 {ndcg:.4f}  "
+        tqdm.write(f"epoch {epoch + 1}: loss {mean_loss:.4f}  valid NDCG@10 {ndcg:.4f}  "
                    f"({elapsed:.0f}s)")
         if ndcg > state["best"]:
             state["best"], state["best_epoch"], bad_epochs = ndcg, epoch + 1, 0
