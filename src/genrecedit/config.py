@@ -149,22 +149,29 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
+def read_config_tree(path: Path | str, kind: str) -> dict:
+    """A YAML file, or a bundled config's name (``demo``, ``mmgrid-ml100k``, ``experiment-demo``) -> its mapping.
+    ``kind`` names the config in errors ("config", "grid config", …)."""
+    p = Path(path)
+    if not p.exists() and (PACKAGE_CONFIGS / f"{path}.yaml").exists():
+        p = PACKAGE_CONFIGS / f"{path}.yaml"
+    if not p.is_file():
+        raise ConfigError(f"{kind} {path} not found (nor a bundled one: {sorted(bundled_configs())})")
+    try:
+        tree = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{p}: invalid YAML: {err}") from err
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{p}: expected a mapping at the top level")
+    return tree
+
+
 def load_config(path: Path | str | None = None, overrides: list[str] | None = None) -> RunConfig:
     """YAML file (or a bundled config's name, e.g. ``demo``) plus ``section.key=value`` overrides -> RunConfig.
 
     Values in overrides are parsed as YAML (``train.epochs=3``, ``edit.lam=1e3``, ``split.protocol=holdout``).
     """
-    tree: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.exists() and (PACKAGE_CONFIGS / f"{path}.yaml").exists():
-            p = PACKAGE_CONFIGS / f"{path}.yaml"
-        if not p.exists():
-            raise ConfigError(f"config {path} not found (nor a bundled one: {sorted(bundled_configs())})")
-        try:
-            tree = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{p}: invalid YAML: {err}") from err
+    tree: dict = {} if path is None else read_config_tree(path, "config")
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value")

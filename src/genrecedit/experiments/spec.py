@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from genrecedit.config import PACKAGE_CONFIGS, _build
+from genrecedit.config import _build, read_config_tree
 from genrecedit.errors import ConfigError
 
 # every cell an experiment can run, in report order
@@ -93,18 +93,7 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
 
     A key that is not an experiment field (``threads=1``, ``decode.k=50``) is appended to the run-config
     ``overrides`` instead."""
-    p = Path(path)
-    if not p.exists() and (PACKAGE_CONFIGS / f"{path}.yaml").exists():
-        p = PACKAGE_CONFIGS / f"{path}.yaml"
-    if not p.exists():
-        bundled = sorted(q.stem for q in PACKAGE_CONFIGS.glob("experiment-*.yaml"))
-        raise ConfigError(f"experiment config {path} not found (nor a bundled one: {bundled})")
-    try:
-        tree = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{p}: invalid YAML: {err}") from err
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{p}: expected a mapping at the top level")
+    tree = read_config_tree(path, "experiment config")
     fields = {f.name for f in dataclasses.fields(ExperimentConfig)}
     for item in overrides or []:
         if "=" not in item:
@@ -115,5 +104,5 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
         else:  # not an experiment key: a run-config override (threads=1, decode.k=50), checked when the run loads
             tree["overrides"] = [*(tree.get("overrides") or []), f"{key}={raw}"]
     if "run" not in tree:
-        raise ConfigError(f"{p}: 'run' (a trained run directory, or where to train one) is required")
+        raise ConfigError(f"{path}: 'run' (a trained run directory, or where to train one) is required")
     return _build(ExperimentConfig, tree, "experiment")

@@ -11,14 +11,14 @@
 """
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
 
-from genrecedit.config import PACKAGE_CONFIGS, RunConfig, load_config
+from genrecedit.atomic import write_bytes
+from genrecedit.config import RunConfig, _set_dotted, load_config, read_config_tree
 from genrecedit.errors import ConfigError
 
 GridKind = Literal["temporal", "cross_domain"]
@@ -101,27 +101,13 @@ class GridConfig:
         return load_config(self.run_config, [*self.overrides, *(extra or [])])
 
     def save(self, path: Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(yaml.safe_dump(asdict(self), sort_keys=False))
-        os.replace(tmp, path)
+        write_bytes(Path(path), yaml.safe_dump(asdict(self), sort_keys=False).encode())
 
 
 def load_grid_config(path: str | Path, overrides: list[str] | None = None) -> GridConfig:
     """A YAML file or a bundled name (``mmgrid-ml100k``) -> GridConfig. ``overrides`` (``a.b=value``, YAML
     values) apply to the grid's own keys; ``run.<key>=value`` is appended to the cells' run-config overrides."""
-    p = Path(path)
-    if not p.exists() and (PACKAGE_CONFIGS / f"{path}.yaml").exists():
-        p = PACKAGE_CONFIGS / f"{path}.yaml"
-    if not p.is_file():
-        raise ConfigError(f"grid config {path} not found")
-    try:
-        tree = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{p}: invalid YAML: {err}") from err
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{p}: expected a mapping")
+    tree = read_config_tree(path, "grid config")
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep:
@@ -129,15 +115,11 @@ def load_grid_config(path: str | Path, overrides: list[str] | None = None) -> Gr
         if key.startswith("run."):
             tree.setdefault("overrides", []).append(f"{key[4:]}={raw}")
             continue
-        node = tree
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(raw)
+        _set_dotted(tree, key, yaml.safe_load(raw))
     try:
         return _build(GridConfig, tree, "")
     except ConfigError as err:
-        raise ConfigError(f"{p}: {err}") from err
+        raise ConfigError(f"{path}: {err}") from err
 
 
 _NESTED = {"base_budget": Budget, "finetune_budget": Budget, "temporal": TemporalGrid,
