@@ -110,6 +110,12 @@ class ColdItemEditor:
                                   "with a non-empty training history?)")
         if previous is not None:
             previous.check_base(self.base_hash)
+            if previous.scheme != self.cfg.scheme:
+                raise ArtifactMismatchError(f"cannot stack a {self.cfg.scheme} batch on a {previous.scheme} artifact")
+        positions = range(self.n_pos) if self.cfg.positions is None else sorted(set(self.cfg.positions))
+        if any(not 0 <= p < self.n_pos for p in positions) or not positions:
+            raise ConfigError(f"edit.positions must be a non-empty subset of 0..{self.n_pos - 1}, "
+                              f"got {self.cfg.positions}")
         timings: dict[str, float] = {}
         start = time.perf_counter()
         probe_table = None
@@ -125,10 +131,6 @@ class ColdItemEditor:
         if object_wise:
             layers = [layers[0]] * self.n_pos  # one edit layer: the one located for the subject's last token
         # the sites edited: every position, or index 0 alone for an object-wise edit
-        positions = range(self.n_pos) if self.cfg.positions is None else sorted(set(self.cfg.positions))
-        if any(not 0 <= p < self.n_pos for p in positions) or not positions:
-            raise ConfigError(f"edit.positions must be a non-empty subset of 0..{self.n_pos - 1}, "
-                              f"got {self.cfg.positions}")
         sites = [(layers[0], 0)] if object_wise else [(layers[p], p) for p in positions]
         t0 = time.perf_counter()
         rng = np.random.default_rng(self.cfg.seed + 1)
@@ -174,9 +176,10 @@ class ColdItemEditor:
         for _, p in sites:
             k1 = torch.cat(keys[p])
             prev_cov = previous.previous_cov(p) if previous else None
-            # R = Z' − W_cur K1 = δ, because z above already is the current (possibly edited) value
-            batch_dw[p] = closed_form_update(k1, torch.cat(deltas[p]), c0[(layers[p], p)], self.cfg.lam, prev_cov)
             batch_cov[p] = k1.to(torch.float64).T @ k1.to(torch.float64)
+            # R = Z' − W_cur K1 = δ, because z above already is the current (possibly edited) value
+            batch_dw[p] = closed_form_update(k1, torch.cat(deltas[p]), c0[(layers[p], p)], self.cfg.lam, prev_cov,
+                                             batch_cov[p])
         timings["solve"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         gates = self._fit_gates(keys, sites, requests, codes) if self.cfg.gate_fpr is not None else {}
@@ -190,8 +193,6 @@ class ColdItemEditor:
                           batch_dw, batch_cov,
                           {"lam": self.cfg.lam, "n_requests": len(requests), "timings_s": dict(timings),
                            "gate_fpr": self.cfg.gate_fpr}, gates)
-        if previous is not None and previous.scheme != self.cfg.scheme:
-            raise ArtifactMismatchError(f"cannot stack a {self.cfg.scheme} batch on a {previous.scheme} artifact")
         artifact = EditArtifact(self.base_hash, layers, list(previous.batches) if previous else [],
                                 self.cfg.scheme)
         artifact.batches.append(batch)
