@@ -23,6 +23,7 @@ def validation_midpoint(split) -> float:
 
 
 def uses_observed(run: LoadedRun) -> bool:
+    """Whether the configured knowledge includes the cold items' observed validation interactions."""
     return run.config.knowledge.source in ("observed", "pseudo+observed")
 
 
@@ -35,7 +36,7 @@ def build_requests(run: LoadedRun, items: np.ndarray | None = None) -> EditReque
     if kcfg.source in ("pseudo", "pseudo+observed"):
         parts.append(pseudo_histories(split.train, split.warm, prepared.embeddings, items, kcfg.histories_per_item,
                                       kcfg.neighbours))
-    if kcfg.source in ("observed", "pseudo+observed"):
+    if uses_observed(run):
         observed = split.valid
         if run.config.eval.cases == "valid":  # selecting on validation: knowledge from its first half only
             observed = observed.subset(np.flatnonzero(observed.timestamps < validation_midpoint(split)))
