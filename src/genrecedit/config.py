@@ -41,7 +41,9 @@ class KnowledgeConfig:
 class EvalConfig:
     cases: Literal["test", "valid"] = "test"  # which split's cases evaluate/sweep score (selection uses valid)
     max_cases: int | None = None  # sample cases (seeded) to bound evaluation time; None = all
-    trigger: Literal["one_one", "all"] = "one_one"
+    # one_one: the paper; prefix: one-one, and a ΔW_t fires only after a decoded prefix of an edited item (same cold
+    # scores, less collateral on other beams); all: the w/o one-one triggering ablation
+    trigger: Literal["one_one", "prefix", "all"] = "prefix"
     seed: int = 0
     bootstrap: int = 1000
 

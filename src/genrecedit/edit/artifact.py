@@ -15,9 +15,9 @@ from genrecedit.atomic import atomic_directory
 from genrecedit.edit.gate import KeyGate
 from genrecedit.errors import ArtifactMismatchError
 from genrecedit.model.beam import EditSchedule
-from genrecedit.model.decoder import FFNEdit, StepEdits
+from genrecedit.model.decoder import FFNEdit, StepEdits, prefix_keys
 
-TriggerMode = Literal["one_one", "all"]
+TriggerMode = Literal["one_one", "prefix", "all"]
 MANIFEST = "edits.json"
 
 
@@ -71,13 +71,21 @@ class EditArtifact:
         return torch.stack(parts).sum(0) if parts else None
 
     def schedule(self, mode: TriggerMode = "one_one", device: torch.device | str = "cpu") -> EditSchedule | None:
-        """The decoding schedule: ``one_one`` fires ΔW_t at step t only; ``all`` fires every ΔW at every step and
-        caches the edited stream (the paper's w/o one-one triggering ablation). An object-wise edit has no
-        positions to trigger by, so it is always ``all``."""
+        """The decoding schedule: ``one_one`` fires ΔW_t at step t only (the paper); ``prefix`` is one-one
+        triggering that fires a batch's ΔW_t (t ≥ 1) only on beams whose decoded prefix c_0..c_{t-1} begins one of
+        that batch's items' SIDs: the edited items score exactly as under ``one_one``, and beams that cannot lead to
+        an edited item are left as the base model scores them; ``all`` fires every ΔW at every step and caches the
+        edited stream (the paper's w/o one-one triggering ablation). An object-wise edit has no positions to
+        trigger by, so it is always ``all``."""
+        if mode not in ("one_one", "prefix", "all"):
+            raise ValueError(f"unknown trigger mode {mode!r}: one_one, prefix or all")
+        per_batch = mode == "prefix" and self.scheme == "position_wise"
         edits: dict[int, list[FFNEdit]] = {}
         for p in range(len(self.layers)):
-            if any(p in b.gates for b in self.batches):  # gated: each batch's ΔW behind its own gate
-                edits[p] = [FFNEdit(self.layers[p], b.delta_w[p].float().to(device), b.gates.get(p))
+            gated = per_batch and p > 0
+            if gated or any(p in b.gates for b in self.batches):  # each batch's ΔW behind its own gate(s)
+                edits[p] = [FFNEdit(self.layers[p], b.delta_w[p].float().to(device), b.gates.get(p),
+                                    _prefix_set(b.sids, p, device) if gated else None)
                             for b in self.batches if p in b.delta_w]
             elif (d := self.total_delta(p)) is not None:
                 edits[p] = [FFNEdit(self.layers[p], d.to(device))]
@@ -133,3 +141,8 @@ class EditArtifact:
         if base_hash is not None:
             artifact.check_base(base_hash)
         return artifact
+
+
+def _prefix_set(sids: np.ndarray, p: int, device: torch.device | str) -> torch.Tensor:
+    """Sorted unique ``prefix_keys`` of the first p codes of a batch's item SIDs [n, P]."""
+    return torch.unique(prefix_keys(torch.from_numpy(np.ascontiguousarray(sids[:, :p])).long())).to(device)

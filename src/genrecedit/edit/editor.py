@@ -240,7 +240,8 @@ class ColdItemEditor:
             for name, schedule in schedules.items():
                 cache = DecoderCache()
                 for p in range(self.n_pos):
-                    out, cache = self.decoder.step(dec_in[:, p], cache, enc, schedule(p) if schedule else None)
+                    out, cache = self.decoder.step(dec_in[:, p], cache, enc, schedule(p) if schedule else None,
+                                                   prefix=target[:, :p])
                     pred = out.logits[:, self.layout.position_slice(p)].argmax(1)
                     hits[name][p] += float((pred == target[:, p]).sum())
         n = max(len(sample), 1)

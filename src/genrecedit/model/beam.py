@@ -65,13 +65,14 @@ def beam_search(decoder: SteppedDecoder, layout: TokenLayout, trie: PrefixTrie, 
         step_edits = edits(t) if edits else None
         if cached:
             tokens = (sids[:, :, -1] + layout.offsets[t - 1]).reshape(-1)
-            out, cache = decoder.step(tokens, cache, enc, step_edits, columns=layout.position_slice(t))
+            out, cache = decoder.step(tokens, cache, enc, step_edits, columns=layout.position_slice(t),
+                                      prefix=sids.reshape(batch * width, -1))
             logits = out.logits
         else:
             prefix_codes = sids.reshape(batch * width, -1) + torch.tensor(layout.offsets[:t], device=device)
             start = torch.full((batch * width, 1), PAD, dtype=torch.long, device=device)
-            logits = decoder.prefix_logits(torch.cat([start, prefix_codes], dim=1), enc,
-                                           step_edits)[:, layout.position_slice(t)]
+            logits = decoder.prefix_logits(torch.cat([start, prefix_codes], dim=1), enc, step_edits,
+                                           codes=sids.reshape(batch * width, -1))[:, layout.position_slice(t)]
         scores, new_codes, nodes, parent = _extend(logits, layout, trie, t, nodes.reshape(-1), scores, beam,
                                                    constrained)
         width_t = scores.shape[1]

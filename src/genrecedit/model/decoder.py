@@ -22,11 +22,31 @@ class FFNEdit:
     """ΔW [d_model, d_ff] added to the FFN output at one decoder layer: z' = wo(k) + ΔW k.
 
     gate: optional ``[B, d_ff] keys -> [B] bool``; rows where it is False are left unedited (probe gate).
+    prefixes: optional sorted int64 ``prefix_keys`` of the SID prefixes c_0..c_{t-1} after which the edit may fire
+    (prefix-consistent triggering): a row whose decoded prefix is none of them is left unedited, since no item this
+    edit teaches can follow it. Needs the decoded prefix (``step(prefix=...)``).
     """
 
     layer: int
     delta_w: torch.Tensor
     gate: Callable[[torch.Tensor], torch.Tensor] | None = None
+    prefixes: torch.Tensor | None = None
+
+
+PREFIX_CODE_BITS = 15  # codes < 2^15 and prefixes of ≤ 4 codes pack into one int64
+
+
+def prefix_keys(codes: torch.Tensor) -> torch.Tensor:
+    """SID prefixes [R, t] (codes, not token ids) -> one int64 per row, injective for codes < 2^15 and t ≤ 4."""
+    t = codes.shape[1]
+    if t * PREFIX_CODE_BITS > 62:
+        raise ValueError(f"prefix-consistent triggering packs at most {62 // PREFIX_CODE_BITS} codes, got {t}")
+    if codes.numel() and int(codes.max()) >= 1 << PREFIX_CODE_BITS:
+        raise ValueError(f"SID codes must be < {1 << PREFIX_CODE_BITS} for prefix-consistent triggering")
+    keys = torch.zeros(codes.shape[0], dtype=torch.long, device=codes.device)
+    for i in range(t):
+        keys = (keys << PREFIX_CODE_BITS) | codes[:, i].long()
+    return keys
 
 
 @dataclass
@@ -221,11 +241,13 @@ class SteppedDecoder:
         return F.linear(x, self.model.lm_head.weight[columns])
 
     def run_layers(self, h: torch.Tensor, t: int, cache: DecoderCache, enc: EncodedBatch, start: int,
-                   edits: list[FFNEdit] | None = None, new_kv: list | None = None) -> torch.Tensor:
+                   edits: list[FFNEdit] | None = None, new_kv: list | None = None,
+                   row_keys: torch.Tensor | None = None) -> torch.Tensor:
         """Layers ``start..L-1`` at index t from residual h [B, d] -> final residual [B, d].
 
         Used by δ optimisation to run only the layers above the edit layer. ``new_kv``, when given, collects each
-        layer's (K, V) of index t.
+        layer's (K, V) of index t. ``row_keys``: ``prefix_keys`` of each row's decoded prefix, for prefix-gated
+        edits.
         """
         by_layer: dict[int, list[FFNEdit]] = {}
         for e in edits or []:
@@ -236,24 +258,26 @@ class SteppedDecoder:
                 new_kv.append((k_new, v_new))
             key = self.ffn_key(layer, h)
             h = h + self.ffn_value(layer, key)
-            delta = _edit_delta(by_layer.get(layer, ()), key)
+            delta = _edit_delta(by_layer.get(layer, ()), key, row_keys)
             if delta is not None:
                 h = h + delta
         return h
 
     def step(self, token_ids: torch.Tensor, cache: DecoderCache, enc: EncodedBatch,
              edits: StepEdits | None = None, capture: bool = False,
-             columns: slice | None = None) -> tuple[StepOutput, DecoderCache]:
+             columns: slice | None = None, prefix: torch.Tensor | None = None) -> tuple[StepOutput, DecoderCache]:
         """Decode index t = cache.length for tokens [B]; returns logits [B, V] (only ``columns`` of them when
         given) and the cache extended by index t.
 
         One-one edits (``cache_edited`` False): the plain stream fills the cache and is what ``capture`` reports;
         at the lowest edit layer an edited stream forks off and runs the layers above it for the logits only
         (layers at or below the edit layer are shared by both). ``cache_edited`` True: a single, edited stream
-        (the all-edits-active ablation).
+        (the all-edits-active ablation). ``prefix`` [B, t]: the SID codes decoded before index t, which
+        prefix-gated edits (``FFNEdit.prefixes``) need.
         """
         t = cache.length
         active = list(edits.edits) if edits else []
+        row_keys = _row_keys(active, prefix, t)
         single_stream = bool(edits and edits.cache_edited)
         keys, values, pre = ([], [], []) if capture else (None, None, None)
         new_kv: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -268,25 +292,31 @@ class SteppedDecoder:
                 pre.append(h)
                 keys.append(key)
                 values.append(z)
-            delta = _edit_delta([e for e in active if e.layer == layer], key) if h_edit is None else None
+            delta = _edit_delta([e for e in active if e.layer == layer], key, row_keys) if h_edit is None else None
             if single_stream:
                 h = h + z if delta is None else h + z + delta
                 continue
             if delta is not None:
-                h_edit = self.run_layers(h + z + delta, t, cache, enc, layer + 1, active)
+                h_edit = self.run_layers(h + z + delta, t, cache, enc, layer + 1, active, row_keys=row_keys)
             h = h + z
         out = StepOutput(self.logits(h if h_edit is None else h_edit, columns), keys, values, pre)
         return out, _extend(cache, new_kv)
 
 
-    def prefix_logits(self, prefix: torch.Tensor, enc: EncodedBatch, edits: StepEdits | None = None) -> torch.Tensor:
+    def prefix_logits(self, prefix: torch.Tensor, enc: EncodedBatch, edits: StepEdits | None = None,
+                      codes: torch.Tensor | None = None) -> torch.Tensor:
         """Reference semantics without a cache: HF's decoder over the whole prefix [B, t+1] -> logits [B, V] at t.
 
         Edits fire at the last index only (one-one) or at every index (``cache_edited``), through forward hooks on
-        ``wo``: an implementation independent of ``step``, so tests can hold the cached path against it.
+        ``wo``: an implementation independent of ``step``, so tests can hold the cached path against it. ``codes``
+        [B, t]: the SID codes of the prefix, for prefix-gated edits.
         """
         t = prefix.shape[1] - 1
         handles = []
+        allowed = {id(e): torch.isin(prefix_keys(codes), e.prefixes) for e in (edits.edits if edits else [])
+                   if e.prefixes is not None} if codes is not None else {}
+        if edits and any(e.prefixes is not None for e in edits.edits) and codes is None:
+            raise ValueError("a prefix-gated edit needs the decoded prefix's codes")
         for e in (edits.edits if edits else []):
             wo = self.blocks[e.layer].layer[2].DenseReluDense.wo
             every_index = edits.cache_edited
@@ -299,6 +329,8 @@ class SteppedDecoder:
                 d = k @ e.delta_w.T.to(k.dtype)
                 if e.gate is not None:
                     d = d * e.gate(k.reshape(-1, k.shape[-1])).reshape(k.shape[:-1]).to(d.dtype)[..., None]
+                if id(e) in allowed:
+                    d = d * allowed[id(e)].to(d.dtype)[:, None, None]
                 add[:, idx] = d
                 return output + add
 
@@ -312,15 +344,36 @@ class SteppedDecoder:
         return self.model.lm_head(hidden[:, -1])
 
 
-def _edit_delta(edits, key: torch.Tensor) -> torch.Tensor | None:
-    """Σ ΔW k over the given edits (gated rows left at zero) or None when there is nothing to add."""
+def _row_keys(edits: list[FFNEdit], prefix: torch.Tensor | None, t: int) -> torch.Tensor | None:
+    """``prefix_keys`` of the rows' decoded prefixes when some edit is prefix-gated, else None."""
+    if not any(e.prefixes is not None for e in edits):
+        return None
+    if prefix is None or prefix.shape[1] != t:
+        raise ValueError(f"a prefix-gated edit at index {t} needs the {t} codes decoded before it (step(prefix=...))")
+    return prefix_keys(prefix)
+
+
+def _edit_delta(edits, key: torch.Tensor, row_keys: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Σ ΔW k over the given edits (rows that a gate or a prefix gate closes left at zero) or None when there is
+    nothing to add."""
     total = None
     for e in edits:
-        d = key @ e.delta_w.T.to(key.dtype)
-        if e.gate is not None:
-            d = d * e.gate(key).to(d.dtype)[:, None]
+        if e.prefixes is not None:  # only the open rows: a batch's prefixes are a small share of all beams
+            rows = torch.isin(row_keys, e.prefixes).nonzero().squeeze(1)
+            if not len(rows):
+                continue
+            d = torch.zeros(key.shape[0], e.delta_w.shape[0], dtype=key.dtype, device=key.device)
+            d[rows] = _gated(e, key[rows])
+        else:
+            d = _gated(e, key)
         total = d if total is None else total + d
     return total
+
+
+def _gated(e: FFNEdit, key: torch.Tensor) -> torch.Tensor:
+    """ΔW k for keys [B, d_ff], rows the probe gate closes set to zero."""
+    d = key @ e.delta_w.T.to(key.dtype)
+    return d if e.gate is None else d * e.gate(key).to(d.dtype)[:, None]
 
 
 def _extend(cache: DecoderCache, new_kv: list[tuple[torch.Tensor, torch.Tensor]]) -> DecoderCache:

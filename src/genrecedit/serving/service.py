@@ -75,7 +75,7 @@ class ServiceConfig:
     max_history_items: int = 1_000  # per request; the model reads the last split.max_history of them
     batch_window_ms: float = 2.0
     max_micro_batch: int = 32
-    trigger: TriggerMode = "one_one"
+    trigger: TriggerMode = "prefix"
 
 
 @dataclass(frozen=True)
