@@ -52,7 +52,7 @@ def run_grid(cfg: GridConfig, run_dir: Path, echo=print) -> dict:
 
 def temporal_run_config(cfg: GridConfig) -> RunConfig:
     q_test = cfg.temporal.period_quantiles[-1]
-    return cfg.run([f"split.protocol=time", f"split.valid_quantile={q_test}", f"split.test_quantile={q_test}",
+    return cfg.run(["split.protocol=time", f"split.valid_quantile={q_test}", f"split.test_quantile={q_test}",
                     "split.filter_test_users=false", f"eval.max_cases={cfg.eval_max_cases}",
                     f"eval.seed={cfg.eval_seed}"])
 
@@ -139,7 +139,6 @@ def run_temporal(cfg: GridConfig, run_dir: Path, echo=print) -> dict:
     roles = user_roles(len(split.user_ids), cfg.temporal.valid_user_fraction, cfg.temporal.eval_user_fraction,
                        cfg.user_seed)
     n_periods = len(periods.names) - 1
-    layout = layout_for(prepared.tokenizer)
     tok_hash = prepared.tokenizer.quantizer_hash()
     cells_dir = run_dir / "cells"
     results = _load_results(run_dir)
