@@ -112,3 +112,31 @@ def test_probe_gate_is_saved_and_only_lets_request_like_keys_through(tiny_run, t
         assert gate(req_keys).float().mean() > gate(train_keys).float().mean()
     schedule = artifact.schedule()
     assert all(e.gate is not None for e in schedule(1).edits)
+
+
+def test_lam_scale_gives_each_position_its_own_lambda(tiny_run):
+    """A position's ΔW with λ·s_p equals the ΔW of a plain edit at that λ (the solves are per position)."""
+    import pytest
+
+    from genrecedit.errors import ConfigError
+
+    plain = load_run(tiny_run, ["edit.lam=1.0"])
+    codes, ids = plain.prepared.codes, plain.prepared.split.item_ids
+    requests = build_requests(plain)
+    ref, _ = make_editor(plain).edit(requests, codes, ids)
+    n_pos = plain.recommender.layout.n_positions
+    # scale the position with the largest update (some positions may need none on the tiny run)
+    target = max(range(n_pos), key=lambda p: float(ref.batches[0].delta_w[p].norm()))
+    assert ref.batches[0].delta_w[target].norm() > 0
+    scale = [1.0] * n_pos
+    scale[target] = 1e4
+    got, _ = make_editor(load_run(tiny_run, ["edit.lam=1.0", f"edit.lam_scale={scale}"])).edit(requests, codes, ids)
+    strong, _ = make_editor(load_run(tiny_run, ["edit.lam=1e4"])).edit(requests, codes, ids)
+    assert got.batches[0].meta["lam_scale"] == scale
+    for p in range(n_pos):
+        expected = strong if p == target else ref
+        torch.testing.assert_close(got.batches[0].delta_w[p], expected.batches[0].delta_w[p])
+    assert got.batches[0].delta_w[target].norm() < 0.5 * ref.batches[0].delta_w[target].norm()  # λ took effect
+    for bad in ("[1, 2]", "[1, 0, 1, 1]"):
+        with pytest.raises(ConfigError, match="lam_scale"):
+            make_editor(load_run(tiny_run, [f"edit.lam_scale={bad}"])).edit(requests, codes, ids)

@@ -29,6 +29,9 @@ from genrecedit.model.recommender import Recommender
 @dataclass
 class EditConfig:
     lam: float = 1000.0  # λ: preservation vs injection
+    # per-position multipliers of λ (one per SID position; None: λ everywhere). The shallow positions' edits fire on
+    # many warm beams (every beam sharing c_0) and the deep ones on few, so they can afford a smaller λ
+    lam_scale: list[float] | None = None
     layer_policy: LayerPolicy = "probe"
     # position_wise: GenRecEdit (one request, δ and ΔW per SID position). object_wise: the paper's "w/o
     # position-wise" ablation, a conventional history → whole-SID edit at (l_0, index 0) (see objectwise.py)
@@ -100,6 +103,10 @@ class ColdItemEditor:
                                            self.train.targets[neg], self.cfg.seed)
         return ProbeTable(acc)
 
+    def lam(self, p: int) -> float:
+        """λ of SID position p: ``lam`` times its ``lam_scale`` multiplier."""
+        return self.cfg.lam * (self.cfg.lam_scale[p] if self.cfg.lam_scale is not None else 1.0)
+
     # -- the edit ------------------------------------------------------------------------------------------
     def edit(self, requests: EditRequests, codes: np.ndarray, item_ids: list[str],
              previous: EditArtifact | None = None) -> tuple[EditArtifact, EditReport]:
@@ -116,6 +123,10 @@ class ColdItemEditor:
         if any(not 0 <= p < self.n_pos for p in positions) or not positions:
             raise ConfigError(f"edit.positions must be a non-empty subset of 0..{self.n_pos - 1}, "
                               f"got {self.cfg.positions}")
+        if self.cfg.lam_scale is not None and (len(self.cfg.lam_scale) != self.n_pos
+                                               or not all(x > 0 for x in self.cfg.lam_scale)):
+            raise ConfigError(f"edit.lam_scale must hold {self.n_pos} positive multipliers (one per SID position), "
+                              f"got {self.cfg.lam_scale}")
         timings: dict[str, float] = {}
         start = time.perf_counter()
         probe_table = None
@@ -178,7 +189,7 @@ class ColdItemEditor:
             prev_cov = previous.previous_cov(p) if previous else None
             batch_cov[p] = k1.to(torch.float64).T @ k1.to(torch.float64)
             # R = Z' − W_cur K1 = δ, because z above already is the current (possibly edited) value
-            batch_dw[p] = closed_form_update(k1, torch.cat(deltas[p]), c0[(layers[p], p)], self.cfg.lam, prev_cov,
+            batch_dw[p] = closed_form_update(k1, torch.cat(deltas[p]), c0[(layers[p], p)], self.lam(p), prev_cov,
                                              batch_cov[p])
         timings["solve"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -191,7 +202,7 @@ class ColdItemEditor:
         edited_items = np.unique(requests.items)
         batch = EditBatch(uuid.uuid4().hex[:12], [item_ids[i] for i in edited_items], codes[edited_items],
                           batch_dw, batch_cov,
-                          {"lam": self.cfg.lam, "n_requests": len(requests), "timings_s": dict(timings),
+                          {"lam": self.cfg.lam, "lam_scale": self.cfg.lam_scale, "n_requests": len(requests), "timings_s": dict(timings),
                            "gate_fpr": self.cfg.gate_fpr}, gates)
         artifact = EditArtifact(self.base_hash, layers, list(previous.batches) if previous else [],
                                 self.cfg.scheme)
