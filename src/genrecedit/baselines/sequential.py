@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 from tqdm.auto import tqdm
 
+from genrecedit.atomic import write_bytes
 from genrecedit.baselines.base import (WEIGHTS_FILE, Baseline, BaselineData, FitResult, can_reuse, read_fit,
                                        topk_from_scores, write_fit)
 from genrecedit.data.dataset import PAD_ITEM, CaseSet
@@ -253,9 +254,7 @@ class SequentialBaseline(Baseline):
         out_dir.mkdir(parents=True, exist_ok=True)
         tensors = {f"net.{k}": v.detach().contiguous().cpu() for k, v in self.net.state_dict().items()}
         tensors["scorable"] = self.scorable.cpu()
-        tmp = out_dir / f".{WEIGHTS_FILE}.tmp"
-        save_file(tensors, str(tmp))
-        tmp.replace(out_dir / WEIGHTS_FILE)
+        write_bytes(out_dir / WEIGHTS_FILE, save(tensors))
         write_fit(out_dir, {**self.describe(), "spec": self.spec, "fingerprint": fingerprint})
 
     def restore(self, meta: dict, out_dir: Path, run: LoadedRun | None) -> None:

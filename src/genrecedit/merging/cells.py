@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -119,9 +118,7 @@ def seed_from_parent(parent_model: Path, out_dir: Path, model_cfg: TigerConfig, 
     torch.save({"optim": optim.state_dict(), "sched": sched.state_dict()}, out_dir / OPTIM_FILE)
     state = {"epoch": 0, "best_epoch": -1, "best": -1.0, "history": [], "seconds": 0.0,
              "config": {"model": asdict(model_cfg), "train": asdict(tcfg)}, "init_weights_hash": meta.weights_hash}
-    tmp = out_dir / (STATE_FILE + ".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    os.replace(tmp, out_dir / STATE_FILE)
+    write_json(out_dir / STATE_FILE, state)
     return meta.weights_hash
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from genrecedit.atomic import write_json
+from genrecedit.atomic import write_bytes, write_json
 from genrecedit.data.dataset import PAD_ITEM, CaseSet, RecDataset, Split
 from genrecedit.data.protocols import make_split
 from genrecedit.data.readers import load_dataset
@@ -72,10 +72,7 @@ def _write_atomic(folder: Path, users: list[str], items: list[str], times: np.nd
     inter += [f"{u}\t{i}\t{t:.0f}" for u, i, t in zip(users, items, times)]
     item_lines = ["item_id:token\ttitle:token_seq"] + [f"{i}\t{t}" for i, t in zip(item_ids, texts)]
     for suffix, lines in ((".inter", inter), (".item", item_lines)):
-        path = folder / f"{folder.name}{suffix}"
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("\n".join(lines) + "\n")
-        tmp.replace(path)
+        write_bytes(folder / f"{folder.name}{suffix}", ("\n".join(lines) + "\n").encode())
 
 
 def fit_union_tokenizer(cfg, union_ds: RecDataset, splits: list[Split]) -> SemanticIdTokenizer:
