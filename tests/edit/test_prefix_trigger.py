@@ -113,3 +113,30 @@ def test_prefix_gated_step_needs_the_prefix(tiny_model, tiny_layout, tiny_codes,
 def test_unknown_trigger_mode_refused(tiny_model, tiny_codes):
     with pytest.raises(ValueError, match="unknown trigger"):
         _artifact(tiny_model, np.array([0]), tiny_codes).schedule("everywhere")
+
+
+def test_edit_delta_fires_each_batch_only_after_its_own_prefixes(tiny_model, tiny_codes):
+    """What a later batch is solved against: each earlier batch's ΔW k where the request's prefix is one of that
+    batch's, zero elsewhere (``edit_delta`` is the decoder's own rule)."""
+    from genrecedit.model.decoder import edit_delta
+
+    g = torch.Generator().manual_seed(5)
+    d_model = tiny_model.config.d_model
+    d_ff = tiny_model.decoder.block[0].layer[2].DenseReluDense.wo.in_features
+    batches = [EditBatch(f"b{i}", [f"i{j}" for j in items], tiny_codes[items],
+                         {2: torch.randn(d_model, d_ff, generator=g, dtype=torch.float64)}, {})
+               for i, items in enumerate((np.array([0, 1]), np.array([2, 3])))]
+    art = EditArtifact("base", [0, 0, 1, 0], batches)
+    edits = art.schedule("prefix")(2).edits
+    rows = np.array([0, 1, 2, 3, 4, 5])
+    prefix = torch.from_numpy(tiny_codes[rows, :2])
+    key = torch.randn(len(rows), d_ff, generator=g)
+    got = edit_delta(edits, key, prefix)
+    for r, row in enumerate(rows):
+        expected = torch.zeros(d_model)
+        for b in batches:
+            if any((tiny_codes[row, :2] == c[:2]).all() for c in b.sids):
+                expected += (key[r] @ b.delta_w[2].float().T)
+        torch.testing.assert_close(got[r], expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="needs the decoded prefix"):
+        edit_delta(edits, key)

@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from genrecedit.data.dataset import CaseSet
-from genrecedit.edit.artifact import EditArtifact, EditBatch
+from genrecedit.edit.artifact import EditArtifact, EditBatch, TriggerMode
 from genrecedit.edit.gate import KeyGate, fit_gate
 from genrecedit.edit.keys import collect_keys, second_moments, teacher_force, train_fingerprint
 from genrecedit.edit.knowledge import EditRequests
@@ -22,7 +22,7 @@ from genrecedit.edit.objectwise import optimise_object_deltas
 from genrecedit.edit.probe import LayerPolicy, ProbeTable, locate_layers, probe_accuracy
 from genrecedit.edit.update import closed_form_update
 from genrecedit.errors import ArtifactMismatchError, ConfigError, EmptyInputError
-from genrecedit.model.decoder import DecoderCache
+from genrecedit.model.decoder import DecoderCache, edit_delta
 from genrecedit.model.recommender import Recommender
 
 
@@ -73,8 +73,11 @@ class ColdItemEditor:
     """
 
     def __init__(self, base: Recommender, train: CaseSet, base_hash: str, cfg: EditConfig,
-                 cache_dir: Path | None = None) -> None:
+                 cache_dir: Path | None = None, trigger: TriggerMode = "prefix") -> None:
         self.base = base
+        # how the artifacts will be decoded: a later batch is solved against the earlier batches' edits as they
+        # fire under this mode (prefix-gated or not) at each request's own prefix
+        self.trigger = trigger
         self.train = train
         self.base_hash = base_hash
         self.cfg = cfg
@@ -153,8 +156,9 @@ class ColdItemEditor:
         timings["c0"] = time.perf_counter() - t0
 
         device = self.decoder.device
-        prev_delta = {p: (d.to(device) if previous and (d := previous.total_delta(p)) is not None else None)
-                      for _, p in sites}
+        # earlier batches as they fire at decoding time (the all-edits ablation: their ΔW_p at index p, as one-one)
+        prev_schedule = previous.schedule("one_one" if self.trigger == "all" else self.trigger, device) \
+            if previous else None
         keys = {p: [] for _, p in sites}
         deltas = {p: [] for _, p in sites}
         converged = [0] * self.n_pos
@@ -170,7 +174,10 @@ class ColdItemEditor:
             t0 = time.perf_counter()
             for layer, p in sites:
                 k = tf.keys[p][layer]
-                z = tf.values[p][layer] + (k @ prev_delta[p].T if prev_delta[p] is not None else 0.0)
+                prev_step = prev_schedule(p) if prev_schedule else None
+                prev = edit_delta([e for e in prev_step.edits if e.layer == layer], k,
+                                  targets_all[rows, :p].to(k.device)) if prev_step else None
+                z = tf.values[p][layer] + (prev if prev is not None else 0.0)
                 if object_wise:
                     result = optimise_object_deltas(self.decoder, self.layout, tf, layer,
                                                     targets_all[rows].to(k.device), z.detach(), self.cfg.delta)
@@ -238,8 +245,9 @@ class ColdItemEditor:
         idx = np.sort(rng.choice(len(requests), min(len(requests), self.cfg.efficacy_samples), replace=False))
         sample = requests.subset(idx)
         hits = {"before": np.zeros(self.n_pos), "after": np.zeros(self.n_pos)}
-        schedules = {"before": previous.schedule(device=self.decoder.device) if previous else None,
-                     "after": artifact.schedule(device=self.decoder.device)}
+        mode = "one_one" if self.trigger == "all" else self.trigger
+        schedules = {"before": previous.schedule(mode, self.decoder.device) if previous else None,
+                     "after": artifact.schedule(mode, self.decoder.device)}
         device = self.decoder.device
         for start in range(0, len(sample), self.cfg.chunk_size):
             rows = slice(start, start + self.cfg.chunk_size)

@@ -344,6 +344,14 @@ class SteppedDecoder:
         return self.model.lm_head(hidden[:, -1])
 
 
+def edit_delta(edits: list[FFNEdit], key: torch.Tensor, prefix: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Σ ΔW k that ``edits`` add for keys [B, d_ff] of rows whose decoded prefix is ``prefix`` [B, t] (SID codes;
+    prefix-gated edits need it), exactly as decoding applies them; None when nothing fires."""
+    if prefix is None and any(e.prefixes is not None for e in edits):
+        raise ValueError("a prefix-gated edit needs the decoded prefix (the SID codes before this index)")
+    return _edit_delta(edits, key, _row_keys(edits, prefix, 0 if prefix is None else prefix.shape[1]))
+
+
 def _row_keys(edits: list[FFNEdit], prefix: torch.Tensor | None, t: int) -> torch.Tensor | None:
     """``prefix_keys`` of the rows' decoded prefixes when some edit is prefix-gated, else None."""
     if not any(e.prefixes is not None for e in edits):

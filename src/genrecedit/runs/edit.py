@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from genrecedit.edit.artifact import EditArtifact
+from genrecedit.edit.artifact import EditArtifact, TriggerMode
 from genrecedit.edit.editor import ColdItemEditor, EditReport
 from genrecedit.edit.knowledge import EditRequests, case_histories, items_to_edit, pseudo_histories
 from genrecedit.runs.backbone import LoadedRun
@@ -46,10 +46,11 @@ def build_requests(run: LoadedRun, items: np.ndarray | None = None) -> EditReque
     return EditRequests.concat(parts)
 
 
-def make_editor(run: LoadedRun) -> ColdItemEditor:
+def make_editor(run: LoadedRun, trigger: TriggerMode | None = None) -> ColdItemEditor:
+    """The run's editor; ``trigger``: how its artifacts will be decoded (default: the run's ``eval.trigger``)."""
     edit_cfg = dataclasses.replace(run.config.edit, seed=run.config.seed)
     return ColdItemEditor(run.recommender, run.prepared.split.train, run.base_hash, edit_cfg,
-                          Path(run.config.cache_dir) / "c0")
+                          Path(run.config.cache_dir) / "c0", trigger or run.config.eval.trigger)
 
 
 def edit_run(run: LoadedRun, out_dir: Path, items: np.ndarray | None = None,

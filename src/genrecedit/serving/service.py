@@ -92,7 +92,7 @@ class LiveService:
         self.decode = run.config.decode
         self.max_history = run.config.split.max_history
         run.recommender.model.requires_grad_(False)
-        self.editor = make_editor(run)
+        self.editor = make_editor(run, self.cfg.trigger)
         self.encoder = make_encoder(run.config.embedding.encoder, run.config.device, run.config.embedding.batch_size)
         self.embedding_cache = Path(run.config.cache_dir) / "embeddings"
         self.base_catalog = Catalog.base(run.prepared)
