@@ -77,6 +77,24 @@ class RunConfig:
         os.replace(tmp, path)
 
 
+# Knobs added after experiment cells were first cached, with the value that reproduces what came before: cache keys
+# leave them out at that value, so adding a knob does not invalidate every finished cell. (A changed *default* needs
+# no entry: resolved configs always spell the value out.)
+CACHE_NEUTRAL: dict[tuple[str, str], Any] = {("edit", "lam_scale"): None}
+
+
+def cache_view(tree: dict, section: str | None = None) -> dict:
+    """A resolved config (or one ``section`` of it) as cache keys hash it: CACHE_NEUTRAL fields at their neutral
+    value dropped."""
+    def strip(name: str, part: dict) -> dict:
+        return {k: v for k, v in part.items()
+                if not ((name, k) in CACHE_NEUTRAL and v == CACHE_NEUTRAL[(name, k)])}
+
+    if section is not None:
+        return strip(section, tree)
+    return {k: strip(k, v) if isinstance(v, dict) else v for k, v in tree.items()}
+
+
 def _plain(x: Any) -> Any:
     if isinstance(x, dict):
         return {k: _plain(v) for k, v in x.items()}

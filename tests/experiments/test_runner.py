@@ -92,3 +92,23 @@ def test_lambda_and_n_are_chosen_on_validation(tiny_run, tmp_path, monkeypatch):
     cell_files = [json.loads(p.read_text()) for p in (tmp_path / "sel" / "cells").glob("*.json")]
     edits = [c["params"] for c in cell_files if c["kind"] == "edit"]
     assert edits == [{"source": "pseudo", "lam": 7.0, "n": 2, "cases": "test", "max_cases": 30, "seed": 0}]
+
+
+def test_a_new_knob_at_its_neutral_value_keeps_cached_cells(tiny_run, tmp_path):
+    """Cells cached before ``edit.lam_scale`` existed are still found while it is None, and not once it is set."""
+    import dataclasses
+
+    from genrecedit.config import cache_view
+    from genrecedit.experiments.cells import CellCache
+    from genrecedit.runs.backbone import load_run
+
+    run = load_run(tiny_run, [])
+    tree = run.config.to_dict()
+    assert tree["edit"]["lam_scale"] is None
+    old_tree = {**tree, "edit": {k: v for k, v in tree["edit"].items() if k != "lam_scale"}}  # before the knob
+    assert cache_view(tree) == cache_view(old_tree)
+    assert cache_view(tree["edit"], "edit") == old_tree["edit"]
+    key = CellCache(tmp_path, run).key("tiger", {"cases": "test"})
+    scaled = dataclasses.replace(run, config=dataclasses.replace(
+        run.config, edit=dataclasses.replace(run.config.edit, lam_scale=[1.0, 2.0, 1.0, 1.0])))
+    assert CellCache(tmp_path, scaled).key("tiger", {"cases": "test"}) != key

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from genrecedit.atomic import write_json
+from genrecedit.config import cache_view
 from genrecedit.edit.editor import ColdItemEditor
 from genrecedit.errors import ConfigError, EmptyInputError, GenRecEditError
 from genrecedit.runs.ablate import ablate
@@ -33,7 +34,7 @@ class CellCache:
 
     def __init__(self, out_dir: Path, run: LoadedRun) -> None:
         self.dir = Path(out_dir) / "cells"
-        config = {k: v for k, v in run.config.to_dict().items() if k not in RUNTIME_KEYS}
+        config = {k: v for k, v in cache_view(run.config.to_dict()).items() if k not in RUNTIME_KEYS}
         self.context = {"base": run.base_hash, "config": config}
         self.reused: list[str] = []
         self.computed: list[str] = []

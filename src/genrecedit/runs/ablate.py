@@ -16,6 +16,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from genrecedit.atomic import write_json
+from genrecedit.config import cache_view
 from genrecedit.edit.editor import ColdItemEditor
 from genrecedit.runs.backbone import LoadedRun
 from genrecedit.runs.edit import build_requests
@@ -38,7 +39,8 @@ def _summary(result) -> dict:
 
 
 def _cell_key(run: LoadedRun, name: str, seed: int, n_cases: int) -> str:
-    recipe = json.dumps([run.base_hash, dataclasses.asdict(run.config.edit), dataclasses.asdict(run.config.knowledge),
+    recipe = json.dumps([run.base_hash, cache_view(dataclasses.asdict(run.config.edit), "edit"),
+                         dataclasses.asdict(run.config.knowledge),
                          dataclasses.asdict(run.config.decode), name, seed, n_cases], sort_keys=True, default=str)
     return hashlib.sha256(recipe.encode()).hexdigest()[:16]
 
