@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genrecedit.baselines.base import BaselineData
 from genrecedit.baselines.sequential import (MASK_ITEM, IdTable, SequenceEncoder, SequentialBaseline,
                                              SequentialConfig)
 from genrecedit.data.dataset import PAD_ITEM
@@ -49,9 +48,6 @@ class BERT4RecNet(nn.Module):
 class BERT4Rec(SequentialBaseline):
     name = "bert4rec"
     config_class = BERT4RecConfig
-
-    def prepare(self, data: BaselineData) -> dict:
-        return {"n_items": data.n_items, "max_history": data.max_history}
 
     def build(self, spec: dict) -> nn.Module:
         return BERT4RecNet(spec["n_items"], spec["max_history"] + 1, self.cfg)

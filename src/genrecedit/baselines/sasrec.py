@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genrecedit.baselines.base import BaselineData
 from genrecedit.baselines.sequential import IdTable, SequenceEncoder, SequentialBaseline, SequentialConfig
 from genrecedit.data.dataset import PAD_ITEM
 
@@ -62,9 +61,6 @@ def next_item_loss(net: SASRecNet, histories: torch.Tensor, targets: torch.Tenso
 class SASRec(SequentialBaseline):
     name = "sasrec"
     config_class = SASRecConfig
-
-    def prepare(self, data: BaselineData) -> dict:
-        return {"n_items": data.n_items, "max_history": data.max_history}
 
     def build(self, spec: dict) -> nn.Module:
         return SASRecNet(IdTable(spec["n_items"], self.cfg.d_model), spec["n_items"], spec["max_history"],

@@ -124,9 +124,10 @@ class SequentialBaseline(Baseline):
         self.scorable: torch.Tensor | None = None  # [n_items] bool: items the model can rank at all
 
     # --- what a subclass defines -------------------------------------------------------------------------------
-    @abstractmethod
     def prepare(self, data: BaselineData) -> dict:
-        """Everything ``build`` needs, as JSON (sizes), computed from the data; may stash arrays on self."""
+        """Everything ``build`` needs, as JSON (sizes), computed from the data; may stash arrays on self. The
+        item-ID models need the catalog size and the history length."""
+        return {"n_items": data.n_items, "max_history": data.max_history}
 
     @abstractmethod
     def build(self, spec: dict) -> nn.Module:
