@@ -12,6 +12,7 @@ from typing import Any, Literal
 import yaml
 
 from genrecedit.data.protocols import SplitConfig
+from genrecedit.edit.artifact import TriggerMode
 from genrecedit.edit.editor import EditConfig
 from genrecedit.errors import ConfigError
 from genrecedit.model.recommender import DecodeConfig
@@ -43,7 +44,7 @@ class EvalConfig:
     max_cases: int | None = None  # sample cases (seeded) to bound evaluation time; None = all
     # one_one: the paper; prefix: one-one, and a ΔW_t fires only after a decoded prefix of an edited item (same cold
     # scores, less collateral on other beams); all: the w/o one-one triggering ablation
-    trigger: Literal["one_one", "prefix", "all"] = "prefix"
+    trigger: TriggerMode = "prefix"
     seed: int = 0
     bootstrap: int = 1000
 

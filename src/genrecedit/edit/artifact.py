@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -77,8 +77,8 @@ class EditArtifact:
         an edited item are left as the base model scores them; ``all`` fires every ΔW at every step and caches the
         edited stream (the paper's w/o one-one triggering ablation). An object-wise edit has no positions to
         trigger by, so it is always ``all``."""
-        if mode not in ("one_one", "prefix", "all"):
-            raise ValueError(f"unknown trigger mode {mode!r}: one_one, prefix or all")
+        if mode not in get_args(TriggerMode):
+            raise ValueError(f"unknown trigger mode {mode!r}: one of {', '.join(get_args(TriggerMode))}")
         per_batch = mode == "prefix" and self.scheme == "position_wise"
         edits: dict[int, list[FFNEdit]] = {}
         for p in range(len(self.layers)):

@@ -76,8 +76,9 @@ class ColdItemEditor:
                  cache_dir: Path | None = None, trigger: TriggerMode = "prefix") -> None:
         self.base = base
         # how the artifacts will be decoded: a later batch is solved against the earlier batches' edits as they
-        # fire under this mode (prefix-gated or not) at each request's own prefix
-        self.trigger = trigger
+        # fire under this mode (prefix-gated or not) at each request's own prefix, and efficacy is scored under it.
+        # Teacher forcing sees one index at a time, so the all-edits ablation is taken as one-one there.
+        self.trigger: TriggerMode = "one_one" if trigger == "all" else trigger
         self.train = train
         self.base_hash = base_hash
         self.cfg = cfg
@@ -156,9 +157,7 @@ class ColdItemEditor:
         timings["c0"] = time.perf_counter() - t0
 
         device = self.decoder.device
-        # earlier batches as they fire at decoding time (the all-edits ablation: their ΔW_p at index p, as one-one)
-        prev_schedule = previous.schedule("one_one" if self.trigger == "all" else self.trigger, device) \
-            if previous else None
+        prev_schedule = previous.schedule(self.trigger, device) if previous else None  # as they fire when decoding
         keys = {p: [] for _, p in sites}
         deltas = {p: [] for _, p in sites}
         converged = [0] * self.n_pos
@@ -245,9 +244,8 @@ class ColdItemEditor:
         idx = np.sort(rng.choice(len(requests), min(len(requests), self.cfg.efficacy_samples), replace=False))
         sample = requests.subset(idx)
         hits = {"before": np.zeros(self.n_pos), "after": np.zeros(self.n_pos)}
-        mode = "one_one" if self.trigger == "all" else self.trigger
-        schedules = {"before": previous.schedule(mode, self.decoder.device) if previous else None,
-                     "after": artifact.schedule(mode, self.decoder.device)}
+        schedules = {"before": previous.schedule(self.trigger, self.decoder.device) if previous else None,
+                     "after": artifact.schedule(self.trigger, self.decoder.device)}
         device = self.decoder.device
         for start in range(0, len(sample), self.cfg.chunk_size):
             rows = slice(start, start + self.cfg.chunk_size)
