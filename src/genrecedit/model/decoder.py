@@ -313,10 +313,10 @@ class SteppedDecoder:
         """
         t = prefix.shape[1] - 1
         handles = []
-        allowed = {id(e): torch.isin(prefix_keys(codes), e.prefixes) for e in (edits.edits if edits else [])
-                   if e.prefixes is not None} if codes is not None else {}
-        if edits and any(e.prefixes is not None for e in edits.edits) and codes is None:
+        gated = [e for e in (edits.edits if edits else []) if e.prefixes is not None]
+        if gated and codes is None:
             raise ValueError("a prefix-gated edit needs the decoded prefix's codes")
+        allowed = {id(e): torch.isin(prefix_keys(codes), e.prefixes) for e in gated}  # rows whose prefix opens e
         for e in (edits.edits if edits else []):
             wo = self.blocks[e.layer].layer[2].DenseReluDense.wo
             every_index = edits.cache_edited
