@@ -24,6 +24,7 @@ from genrecedit.edit.update import closed_form_update
 from genrecedit.errors import ArtifactMismatchError, ConfigError, EmptyInputError
 from genrecedit.model.decoder import DecoderCache, edit_delta
 from genrecedit.model.recommender import Recommender
+from genrecedit.model.tokens import length_order
 
 
 @dataclass
@@ -163,9 +164,11 @@ class ColdItemEditor:
         converged = [0] * self.n_pos
         timings["keys"] = timings["delta"] = 0.0
         targets_all = torch.from_numpy(codes[requests.items])
+        order = length_order(requests.histories)  # chunks of similar history length: little encoder padding
         for start_row in tqdm(range(0, len(requests), self.cfg.chunk_size), desc="memory construction (δ)",
                               unit="chunk"):
-            rows = slice(start_row, start_row + self.cfg.chunk_size)
+            rows = order[start_row : start_row + self.cfg.chunk_size]
+            trows = torch.from_numpy(rows)
             t0 = time.perf_counter()
             tf = teacher_force(self.decoder, self.layout, requests.histories[rows], codes[requests.items[rows]],
                                codes)
@@ -175,14 +178,14 @@ class ColdItemEditor:
                 k = tf.keys[p][layer]
                 prev_step = prev_schedule(p) if prev_schedule else None
                 prev = edit_delta([e for e in prev_step.edits if e.layer == layer], k,
-                                  targets_all[rows, :p].to(k.device)) if prev_step else None
+                                  targets_all[trows, :p].to(k.device)) if prev_step else None
                 z = tf.values[p][layer] + (prev if prev is not None else 0.0)
                 if object_wise:
                     result = optimise_object_deltas(self.decoder, self.layout, tf, layer,
-                                                    targets_all[rows].to(k.device), z.detach(), self.cfg.delta)
+                                                    targets_all[trows].to(k.device), z.detach(), self.cfg.delta)
                 else:
                     result = optimise_deltas(self.decoder, self.layout, tf, p, layer,
-                                             targets_all[rows, p].to(k.device), z.detach(), self.cfg.delta)
+                                             targets_all[trows, p].to(k.device), z.detach(), self.cfg.delta)
                 keys[p].append(k.cpu())
                 deltas[p].append(result.delta.cpu())
                 converged[p] += int(result.converged.sum())
@@ -247,8 +250,9 @@ class ColdItemEditor:
         schedules = {"before": previous.schedule(self.trigger, self.decoder.device) if previous else None,
                      "after": artifact.schedule(self.trigger, self.decoder.device)}
         device = self.decoder.device
+        order = length_order(sample.histories)
         for start in range(0, len(sample), self.cfg.chunk_size):
-            rows = slice(start, start + self.cfg.chunk_size)
+            rows = order[start : start + self.cfg.chunk_size]
             target_codes = codes[sample.items[rows]]
             ids, mask = self.layout.encoder_inputs(sample.histories[rows], codes)
             enc = self.decoder.encode(ids.to(device), mask.to(device))

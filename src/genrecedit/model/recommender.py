@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 from genrecedit.errors import ConfigError
 from genrecedit.model.beam import Beams, EditSchedule, beam_search
 from genrecedit.model.decoder import SteppedDecoder
-from genrecedit.model.tokens import TokenLayout
+from genrecedit.model.tokens import TokenLayout, length_order
 from genrecedit.model.trie import PrefixTrie
 
 
@@ -52,15 +52,19 @@ class Recommender:
                   progress: bool | str = False) -> Beams:
         """[n, L] item-index histories (left-padded with PAD_ITEM) -> top-``cfg.k`` items for each."""
         parts: list[Beams] = []
+        # batches of similar history length (each row's beams are independent of the other rows'); the lists are
+        # put back in input order below
+        order = length_order(histories)
         starts = range(0, len(histories), cfg.batch_size)
         bar = tqdm(starts, desc=progress if isinstance(progress, str) else "recommend", disable=not progress,
                    unit="batch")
         for start in bar:
-            ids, mask = self.layout.encoder_inputs(histories[start : start + cfg.batch_size], self.codes)
+            ids, mask = self.layout.encoder_inputs(histories[order[start : start + cfg.batch_size]], self.codes)
             parts.append(beam_search(self.decoder, self.layout, self.trie, ids, mask, cfg.beam, cfg.k,
                                      cfg.constrained, edits))
         if not parts:
             empty = torch.zeros((0, cfg.k), dtype=torch.long)
             return Beams(empty, empty.float(), torch.zeros((0, cfg.k, self.layout.n_positions), dtype=torch.long))
-        return Beams(torch.cat([p.items for p in parts]).cpu(), torch.cat([p.scores for p in parts]).cpu(),
-                     torch.cat([p.sids for p in parts]).cpu())
+        back = torch.from_numpy(np.argsort(order))
+        items, scores, sids = (torch.cat([getattr(p, f) for p in parts]).cpu()[back] for f in ("items", "scores", "sids"))
+        return Beams(items, scores, sids)

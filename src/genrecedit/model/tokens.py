@@ -17,6 +17,14 @@ EOS = 1
 N_SPECIAL = 2
 
 
+def length_order(histories: np.ndarray) -> np.ndarray:
+    """[n] indices that sort left-padded histories by real length (stable). Batches cut from this order carry
+    little padding: ``encoder_inputs`` drops a batch's all-pad columns, and the encoder's and cross-attention's
+    cost grows with the batch's longest history (on game test cases ≈ 3× fewer encoder tokens than in input order).
+    """
+    return np.argsort((np.asarray(histories) != PAD_ITEM).sum(axis=1), kind="stable")
+
+
 @dataclass(frozen=True)
 class TokenLayout:
     """Token-id layout for SIDs of ``len(sizes)`` positions, position p having ``sizes[p]`` codes."""
