@@ -7,7 +7,9 @@ Python functions by own time (``cProfile``).
 
 ``--before-ref REF`` also loads ``model/decoder.py`` and ``model/beam.py`` as they are at git REF and times both
 versions on the same model, data and process, interleaved, so that a speed-up is measured side by side (the edit
-paths take the decoder as an argument, so they run on either version unchanged).
+paths take the decoder as an argument, so they run on either version unchanged). ``--before-input-order`` makes
+the before version cut its batches in input order, as the editor and ``Recommender.recommend`` did before they
+batched requests by history length (``model.tokens.length_order``).
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from common import base_spec, bench_config, ensure_base, hardware, md_table, tes
 from genrecedit.edit.keys import teacher_force
 from genrecedit.edit.memory import optimise_deltas
 from genrecedit.model.beam import beam_search
+from genrecedit.model.tokens import length_order
 from genrecedit.runs.edit import build_requests
 
 NAME = "profile"
@@ -55,11 +58,18 @@ def modules_at(ref: str) -> tuple[type, Callable]:
     return loaded["decoder"].SteppedDecoder, loaded["beam"].beam_search
 
 
-def recommend(decoder, search: Callable, run, histories: np.ndarray, beam: int, k: int, batch_size: int) -> None:
+def batch_order(histories: np.ndarray, ordered: bool) -> np.ndarray:
+    """The order batches are cut in: by history length (what the product does) or input order (before)."""
+    return length_order(histories) if ordered else np.arange(len(histories))
+
+
+def recommend(decoder, search: Callable, run, histories: np.ndarray, beam: int, k: int, batch_size: int,
+              ordered: bool = True) -> None:
     """What ``Recommender.recommend`` does, with a given decoder and beam search implementation."""
     rec = run.recommender
+    order = batch_order(histories, ordered)
     for start in range(0, len(histories), batch_size):
-        ids, mask = rec.layout.encoder_inputs(histories[start : start + batch_size], rec.codes)
+        ids, mask = rec.layout.encoder_inputs(histories[order[start : start + batch_size]], rec.codes)
         search(decoder, rec.layout, rec.trie, ids, mask, beam, k, True, None)
 
 
@@ -97,6 +107,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--before-ref", default=None, help="git ref of model/{decoder,beam}.py to time side by side")
     ap.add_argument("--details-before", action="store_true", help="op/function tables for the before version too")
+    ap.add_argument("--before-input-order", action="store_true",
+                    help="the before version cuts batches in input order (not by history length)")
     args = ap.parse_args()
     cfg = bench_config(args.size)[NAME]
     out_dir = args.out or Path("runs/bench") / args.size / "profile"
@@ -113,27 +125,35 @@ def main() -> None:
     targets = torch.from_numpy(codes[requests.items])
     hist = test_sample(run, cfg["beam_requests"], seed=2).histories
     beam, k = run.config.decode.beam, 10
-    variants = {"after": (dec, beam_search)}
+    chunk = run.config.edit.chunk_size
+    variants = {"after": (dec, beam_search, True)}
     if args.before_ref:
         old_decoder, old_search = modules_at(args.before_ref)
-        variants = {"before": (old_decoder(run.recommender.model, layout.n_positions), old_search), **variants}
+        variants = {"before": (old_decoder(run.recommender.model, layout.n_positions), old_search,
+                               not args.before_input_order), **variants}
 
-    def paths(decoder, search) -> dict[str, Callable[[], object]]:
-        tf = teacher_force(decoder, layout, requests.histories, codes[requests.items], codes)
+    def paths(decoder, search, ordered) -> dict[str, Callable[[], object]]:
+        """The editor's chunks (``edit.chunk_size``) for keys and δ; batches of 256 for beam search."""
+        order = batch_order(requests.histories, ordered)
+        chunks = [order[start : start + chunk] for start in range(0, len(order), chunk)]
+        forced = [teacher_force(decoder, layout, requests.histories[rows], codes[requests.items[rows]], codes)
+                  for rows in chunks]
 
         def keys():
-            teacher_force(decoder, layout, requests.histories, codes[requests.items], codes)
+            for rows in chunks:
+                teacher_force(decoder, layout, requests.histories[rows], codes[requests.items[rows]], codes)
 
         def deltas():
-            for p, layer in enumerate(layers):
-                optimise_deltas(decoder, layout, tf, p, layer, targets[:, p], tf.values[p][layer].detach(),
-                                run.config.edit.delta)
+            for rows, tf in zip(chunks, forced):
+                for p, layer in enumerate(layers):
+                    optimise_deltas(decoder, layout, tf, p, layer, targets[rows, p], tf.values[p][layer].detach(),
+                                    run.config.edit.delta)
 
         def beam_batch():
-            recommend(decoder, search, run, hist, beam, k, 256)
+            recommend(decoder, search, run, hist, beam, k, 256, ordered)
 
         def beam_single():
-            recommend(decoder, search, run, hist[:32], beam, k, 1)
+            recommend(decoder, search, run, hist[:32], beam, k, 1, ordered)
 
         return {"keys (teacher forcing)": keys, "δ optimisation (all positions)": deltas,
                 f"beam search, batch 256 ({len(hist)} requests)": beam_batch,
@@ -159,12 +179,14 @@ def main() -> None:
         table = md_table(["path", f"before ({args.before_ref}) s", "after (working tree) s", "speed-up ×"], rows)
     else:
         table = md_table(["path", "median s"], [[name, r["median_s"]] for name, r in results["after"].items()])
-    table += (f"\n{len(requests)} edit requests (layers {layers}, {run.config.edit.delta.steps} δ steps), beam {beam}, "
-              f"top-{k}, {args.threads} torch thread(s), median of {args.repeats} (interleaved).\n")
+    table += (f"\n{len(requests)} edit requests in chunks of {chunk} (layers {layers}, {run.config.edit.delta.steps} δ "
+              f"steps), beam {beam}, top-{k}, {args.threads} torch thread(s), median of {args.repeats} (interleaved)"
+              f"{'; before: batches in input order, after: by history length' if args.before_input_order else ''}.\n")
     details = "\n".join(f"### {name} ({v})\n\n```\n{r['ops']}\n{r['python']}\n```\n"
                         for v in results for name, r in results[v].items() if "ops" in r)
     write_result(out_dir, NAME, {"size": args.size, "config": cfg, "hardware": hw, "threads": args.threads,
                                  "layers": layers, "n_requests": len(requests), "before_ref": args.before_ref,
+                                 "before_input_order": args.before_input_order,
                                  "results": results}, table + "\n" + details, f"Hot paths ({args.size})")
     print(table)
 
