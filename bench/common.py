@@ -93,17 +93,25 @@ def evaluate(run: LoadedRun, cases: CaseSet, edits: EditSchedule | None = None,
 
     groups: extra subsets by target item (name -> item indices), e.g. the items of one edit round.
     """
+    out, seconds, _ = evaluate_detailed(run, cases, edits, groups)
+    return out, seconds
+
+
+def evaluate_detailed(run: LoadedRun, cases: CaseSet, edits: EditSchedule | None = None,
+                      groups: dict[str, np.ndarray] | None = None) -> tuple[dict, float, EvalResult]:
+    """``evaluate`` plus the per-case result (for paired bootstrap intervals between two evaluations)."""
     t0 = time.perf_counter()
     topk = run.recommender.recommend(cases.histories, run.config.decode, edits).items.numpy()
     seconds = time.perf_counter() - t0
-    out = _pick(score_topk(run, topk, cases), ("overall", "warm", "cold"))
+    result = score_topk(run, topk, cases)
+    out = _pick(result, ("overall", "warm", "cold"))
     for name, items in (groups or {}).items():
         mask = np.isin(cases.targets, items)
         if mask.any():
             out[name] = _pick(score_topk(run, topk[mask], cases.subset(mask)), ("overall",))["overall"]
         else:
             out[name] = {m: None for m in METRICS} | {"n_cases": 0}
-    return out, seconds
+    return out, seconds, result
 
 
 def _pick(result: EvalResult, subsets: tuple[str, ...]) -> dict:
@@ -144,10 +152,11 @@ def write_result(out_dir: Path, name: str, data: dict, table: str, title: str) -
 
 
 def cases_with_items(run: LoadedRun, n: int | None, items: np.ndarray, extra: int | None = None,
-                     seed: int = 0) -> CaseSet:
+                     seed: int = 0, warm: int = 0) -> CaseSet:
     """A seeded sample of ``n`` test cases plus (up to ``extra``, default ``n``) more whose target is one of
-    ``items``, so that metrics of a few hundred edited items rest on enough cases. Overall metrics of this set are
-    biased towards those items; warm metrics are not."""
+    ``items``, so that metrics of a few hundred edited items rest on enough cases, plus up to ``warm`` more warm
+    cases, so that a warm drop of a few percent is measurable. Overall metrics of this set are biased towards those
+    items; warm metrics are not."""
     split = run.prepared.split
     cases = split.test
     rng = np.random.default_rng(seed)
@@ -156,7 +165,9 @@ def cases_with_items(run: LoadedRun, n: int | None, items: np.ndarray, extra: in
     extra = n if extra is None else extra
     if extra is not None and len(pool) > extra:
         pool = rng.choice(pool, extra, replace=False)
-    return cases.subset(np.sort(np.concatenate([base, pool])))
+    warm_pool = np.setdiff1d(np.flatnonzero(~split.is_cold(cases)), base)
+    more_warm = rng.choice(warm_pool, min(warm, len(warm_pool)), replace=False) if warm > 0 else np.zeros(0, int)
+    return cases.subset(np.sort(np.concatenate([base, pool, more_warm]).astype(np.int64)))
 
 
 def bench_setup(name: str, doc: str | None) -> tuple[argparse.Namespace, dict, Path, LoadedRun]:

@@ -51,7 +51,8 @@ def main() -> None:
             if name == "profile_hot_paths":  # the op-level details stay in profile.md
                 text = text.split("\n### ")[0]
             parts.append(text)
-    parts.append("Wall time per benchmark: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + "\n")
+    parts.append("Wall time per benchmark: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
+                 + f"; in all {sum(timings.values()) / 60:.0f} min\n")
     write_bytes(out_dir / "SUMMARY.md", "\n".join(parts).encode())
     print(f"written {out_dir / 'SUMMARY.md'}")
     if failed:
