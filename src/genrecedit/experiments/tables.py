@@ -7,6 +7,7 @@ import yaml
 
 from genrecedit.atomic import write_bytes
 from genrecedit.runs.ablate import format_ablations
+from genrecedit.runs.sweep import SWEEP_COLUMNS, sweep_rows
 
 ROW_ORDER = ("TIGER", "GenRecEdit", "MostPop", "RecentPop", "SASRec", "BERT4Rec", "VQ-Rec", "SpecGR", "Retrain",
              "Finetune")
@@ -117,16 +118,8 @@ def sources_table(res: dict) -> str:
 
 def selection_table(res: dict) -> str:
     sel = res["selection"]
-    b = sel["base"]
-    lines = ["| λ | n | overall N@10 | warm N@10 | warm drop | cold R@10 | cold N@10 | efficacy after |",
-             "|---|---|---|---|---|---|---|---|",
-             f"| base | – | {_num(b['overall']['ndcg@10'])} | {_num(b['warm']['ndcg@10'])} | – | "
-             f"{_num(b['cold']['recall@10'])} | {_num(b['cold']['ndcg@10'])} | – |"]
-    for c in sel["cells"]:
-        m = c["metrics"]
-        lines.append(f"| {c['lam']:g} | {c['n']} | {_num(m['overall']['ndcg@10'])} | {_num(m['warm']['ndcg@10'])} | "
-                     f"{100 * c['warm_ndcg10_drop']:+.1f}% | {_num(m['cold']['recall@10'])} | "
-                     f"{_num(m['cold']['ndcg@10'])} | {c['efficacy']['after']} |")
+    lines = ["| " + " | ".join(SWEEP_COLUMNS) + " |", "|" + "---|" * len(SWEEP_COLUMNS)]
+    lines += ["| " + " | ".join(row) + " |" for row in sweep_rows(sel)]
     lines.append(f"\nchosen: λ = {res['chosen']['lam']:g}, n = {res['chosen']['n']} ({res['chosen']['by']}); "
                  f"{sel['cases']} cases: {sel['n_cases']}, max warm drop {100 * sel['max_warm_drop']:.0f}%.")
     return "\n".join(lines)

@@ -61,17 +61,35 @@ def sweep(run: LoadedRun, lams: list[float], per_item: list[int], out_dir: Path,
     return result
 
 
-def format_sweep(result: dict) -> str:
-    lines = [f"{'λ':>8} {'n':>3} {'overall N@10':>12} {'warm N@10':>10} {'warm drop':>9} {'cold R@10':>9} "
-             f"{'cold N@10':>9}  efficacy after"]
+SWEEP_COLUMNS = ("λ", "n", "overall N@10", "warm N@10", "warm drop", "cold R@10", "cold N@10", "efficacy after")
+
+
+def sweep_rows(result: dict) -> list[list[str]]:
+    """The sweep grid as text cells under ``SWEEP_COLUMNS``: the unedited base first, then one row per (λ, n)
+    cell (shared by the CLI's fixed-width table and the experiment report's markdown)."""
+    def num(value: float | None) -> str:
+        return "–" if value is None else f"{value:.4f}"
+
+    def metrics(m: dict) -> list[str]:
+        return [num(m["overall"]["ndcg@10"]), num(m["warm"]["ndcg@10"])]
+
+    def cold(m: dict) -> list[str]:
+        return [num(m["cold"]["recall@10"]), num(m["cold"]["ndcg@10"])]
+
     b = result["base"]
-    lines.append(f"{'base':>8} {'':>3} {b['overall']['ndcg@10']:>12.4f} {b['warm']['ndcg@10']:>10.4f} {'':>9} "
-                 f"{b['cold']['recall@10'] or 0:>9.4f} {b['cold']['ndcg@10'] or 0:>9.4f}")
+    rows = [["base", "–", *metrics(b), "–", *cold(b), "–"]]
     for c in result["cells"]:
         m = c["metrics"]
-        lines.append(f"{c['lam']:>8g} {c['n']:>3} {m['overall']['ndcg@10']:>12.4f} {m['warm']['ndcg@10']:>10.4f} "
-                     f"{100 * c['warm_ndcg10_drop']:>8.1f}% {m['cold']['recall@10'] or 0:>9.4f} "
-                     f"{m['cold']['ndcg@10'] or 0:>9.4f}  {c['efficacy']['after']}")
+        rows.append([f"{c['lam']:g}", str(c["n"]), *metrics(m), f"{100 * c['warm_ndcg10_drop']:+.1f}%", *cold(m),
+                     str(c["efficacy"]["after"])])
+    return rows
+
+
+def format_sweep(result: dict) -> str:
+    """The sweep grid as a fixed-width terminal table plus the chosen cell."""
+    rows = [list(SWEEP_COLUMNS), *sweep_rows(result)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(SWEEP_COLUMNS) - 1)]
+    lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)) + "  " + row[-1] for row in rows]
     lines.append(f"chosen: {result['chosen']} (max warm drop {100 * result['max_warm_drop']:.0f}%, "
                  f"{result['cases']} cases: {result['n_cases']})")
     return "\n".join(lines)
