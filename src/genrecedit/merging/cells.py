@@ -4,9 +4,8 @@ A cell's directory is what ``genrecedit evaluate`` / ``edit`` / ``merge`` read: 
 config), ``tokenizer/`` (a copy of the grid's one tokenizer), ``model/`` (written by ``train_tiger``), plus
 ``cell.json`` (its periods or domain, its parent cell and the weights hash it started from, training history).
 
-Fine-tuning from a parent uses ``train_tiger``'s resume path: the parent's best weights are written as the
-"last" weights of a run at epoch 0, with a fresh optimizer and schedule, so the one training loop of the product
-trains every cell. (A ``train_tiger(init_from=...)`` argument in model/train.py would make this seeding unnecessary.)
+Fine-tuning from a parent is ``train_tiger(init_from=<parent>/model)``: the parent's best weights, a fresh optimizer
+and schedule, so the one training loop of the product trains every cell.
 """
 from __future__ import annotations
 
@@ -18,18 +17,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from safetensors.torch import save_file
-from transformers import get_cosine_schedule_with_warmup
 
 from genrecedit.atomic import write_json
 from genrecedit.config import RunConfig
 from genrecedit.data.dataset import CaseSet
-from genrecedit.errors import ArtifactMismatchError, ConfigError
+from genrecedit.errors import ConfigError
 from genrecedit.merging.grid_config import Budget
-from genrecedit.model.tiger import TigerConfig, build_tiger, load_model, save_model, weights_hash
+from genrecedit.model.tiger import META_FILE, build_tiger, save_model, weights_hash
 from genrecedit.model.tokens import TokenLayout
-from genrecedit.model.train import LAST_WEIGHTS, OPTIM_FILE, STATE_FILE, TrainConfig, train_tiger
+from genrecedit.model.train import TrainConfig, train_tiger
 from genrecedit.runs.backbone import CONFIG_FILE, MODEL_DIR
 from genrecedit.runs.prepare import TOKENIZER_DIR
 from genrecedit.tokenizer.sids import SemanticIdTokenizer
@@ -76,50 +72,20 @@ def train_cell(name: str, cfg: RunConfig, data: CellData, budget: Budget, run_di
         shutil.copytree(data.tokenizer_dir, run_dir / TOKENIZER_DIR)
     tcfg = train_config(cfg, budget)
     model_dir = run_dir / MODEL_DIR
-    init_hash = None
-    if parent is not None:
-        init_hash = seed_from_parent(Path(parent) / MODEL_DIR, model_dir, cfg.model, tcfg, data.layout,
-                                     len(data.train))
+    init_from = Path(parent) / MODEL_DIR if parent is not None else None
+    if init_from is not None:
+        init_hash = json.loads((init_from / META_FILE).read_text())["weights_hash"]
     else:
         init_hash = weights_hash(build_tiger(cfg.model, data.layout, seed=tcfg.seed))
     t0 = time.perf_counter()
     result = train_tiger(data.train, data.valid, data.codes, data.layout, cfg.model, tcfg, model_dir,
-                         data.tokenizer_hash, resume=True)
+                         data.tokenizer_hash, resume=True, init_from=init_from)
     cell = {"name": name, **describe, "parent": str(parent) if parent else None, "init_weights_hash": init_hash,
             "n_train": len(data.train), "n_valid": len(data.valid), "budget": asdict(budget),
             "train": asdict(result), "wall_seconds": time.perf_counter() - t0,
             "weights_hash": json.loads((model_dir / "model.json").read_text())["weights_hash"]}
     write_json(run_dir / CELL_FILE, cell)
     return cell
-
-
-def seed_from_parent(parent_model: Path, out_dir: Path, model_cfg: TigerConfig, tcfg: TrainConfig,
-                     layout: TokenLayout, n_train: int) -> str:
-    """Write ``train_tiger``'s resume files at epoch 0 with the parent's weights; returns the parent's weights hash.
-
-    Left as is when a resume state already exists (an interrupted fine-tune resumes from its own last epoch).
-    """
-    model, pcfg, playout, meta = load_model(parent_model)
-    if asdict(pcfg) != asdict(model_cfg) or playout != layout:
-        raise ArtifactMismatchError(f"{parent_model}: parent architecture or token layout differs from the cell's")
-    if (out_dir / STATE_FILE).exists():
-        return meta.weights_hash
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # the same parameter groups, optimizer and schedule train_tiger builds, in their initial state
-    decay, no_decay = [], []
-    for pname, p in model.named_parameters():
-        (no_decay if p.ndim < 2 or "layer_norm" in pname else decay).append(p)
-    optim = torch.optim.AdamW([{"params": decay, "weight_decay": tcfg.weight_decay},
-                               {"params": no_decay, "weight_decay": 0.0}], lr=tcfg.lr)
-    steps_per_epoch = max(1, int(np.ceil(n_train / tcfg.batch_size)))
-    sched = get_cosine_schedule_with_warmup(optim, tcfg.warmup_steps, steps_per_epoch * tcfg.epochs)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items() if not k.endswith("embed_tokens.weight")},
-              str(out_dir / LAST_WEIGHTS))
-    torch.save({"optim": optim.state_dict(), "sched": sched.state_dict()}, out_dir / OPTIM_FILE)
-    state = {"epoch": 0, "best_epoch": -1, "best": -1.0, "history": [], "seconds": 0.0,
-             "config": {"model": asdict(model_cfg), "train": asdict(tcfg)}, "init_weights_hash": meta.weights_hash}
-    write_json(out_dir / STATE_FILE, state)
-    return meta.weights_hash
 
 
 def write_init_cell(cfg: RunConfig, data: CellData, run_dir: Path) -> dict:

@@ -18,7 +18,8 @@ from transformers import get_cosine_schedule_with_warmup
 from genrecedit.data.dataset import CaseSet
 from genrecedit.evaluation.metrics import ndcg_at, target_ranks
 from genrecedit.model.recommender import DecodeConfig, Recommender
-from genrecedit.model.tiger import TigerConfig, build_tiger, save_model
+from genrecedit.errors import ArtifactMismatchError
+from genrecedit.model.tiger import TigerConfig, build_tiger, load_model, save_model
 from genrecedit.model.tokens import TokenLayout
 
 STATE_FILE = "train_state.json"
@@ -92,11 +93,14 @@ def train_epoch(model: torch.nn.Module, optim: torch.optim.Optimizer, sched, lay
 
 
 def train_tiger(train: CaseSet, valid: CaseSet, codes: np.ndarray, layout: TokenLayout, model_cfg: TigerConfig,
-                cfg: TrainConfig, out_dir: Path, tokenizer_hash: str, resume: bool = True) -> TrainResult:
+                cfg: TrainConfig, out_dir: Path, tokenizer_hash: str, resume: bool = True,
+                init_from: Path | None = None) -> TrainResult:
     """Train from scratch (or resume ``out_dir``) and keep the best checkpoint by validation NDCG@10 in out_dir.
 
     train: training samples (history -> target); valid: validation cases, of which ``cfg.eval_cases`` are
-    sampled once (seeded) for early stopping; codes: [n_items, P] catalog SIDs.
+    sampled once (seeded) for early stopping; codes: [n_items, P] catalog SIDs. init_from: a model directory a
+    new run starts from instead of the seeded initialisation (a fine-tune: fresh optimizer and schedule; its
+    architecture and token layout must be this run's). A run resumed from ``out_dir`` ignores it.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -123,6 +127,13 @@ def train_tiger(train: CaseSet, valid: CaseSet, codes: np.ndarray, layout: Token
         saved = torch.load(out_dir / OPTIM_FILE, weights_only=True)
         optim.load_state_dict(saved["optim"])
         sched.load_state_dict(saved["sched"])
+    elif init_from is not None:
+        parent, parent_cfg, parent_layout, meta = load_model(init_from)
+        if asdict(parent_cfg) != asdict(model_cfg) or parent_layout != layout:
+            raise ArtifactMismatchError(f"{init_from}: its architecture or token layout differs from this run's "
+                                        "(a fine-tune keeps both)")
+        model.load_state_dict(parent.state_dict())
+        state["init_weights_hash"] = meta.weights_hash
     pos_mask = layout.position_mask().to(device)
     recommender = Recommender(model, layout, codes)
     bad_epochs = sum(1 for h in state["history"] if h["epoch"] > state["best_epoch"])
