@@ -44,7 +44,8 @@ def bench_config(size: str) -> dict:
     """bench/configs/<size>.yaml (or a path to a YAML file) -> dict."""
     path = Path(size) if Path(size).suffix in (".yaml", ".yml") else CONFIG_DIR / f"{size}.yaml"
     if not path.exists():
-        raise ConfigError(f"benchmark sizing {size!r} not found; have {sorted(p.stem for p in CONFIG_DIR.glob('*.yaml'))}")
+        have = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        raise ConfigError(f"benchmark sizing {size!r} not found; have {have}")
     return yaml.safe_load(path.read_text())
 
 

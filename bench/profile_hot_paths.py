@@ -179,8 +179,9 @@ def main() -> None:
         table = md_table(["path", f"before ({args.before_ref}) s", "after (working tree) s", "speed-up ×"], rows)
     else:
         table = md_table(["path", "median s"], [[name, r["median_s"]] for name, r in results["after"].items()])
-    table += (f"\n{len(requests)} edit requests in chunks of {chunk} (layers {layers}, {run.config.edit.delta.steps} δ "
-              f"steps), beam {beam}, top-{k}, {args.threads} torch thread(s), median of {args.repeats} (interleaved)"
+    table += (f"\n{len(requests)} edit requests in chunks of {chunk} (layers {layers}, "
+              f"{run.config.edit.delta.steps} δ steps), beam {beam}, top-{k}, {args.threads} torch thread(s), "
+              f"median of {args.repeats} (interleaved)"
               f"{'; before: batches in input order, after: by history length' if args.before_input_order else ''}.\n")
     details = "\n".join(f"### {name} ({v})\n\n```\n{r['ops']}\n{r['python']}\n```\n"
                         for v in results for name, r in results[v].items() if "ops" in r)

@@ -211,7 +211,8 @@ class ColdItemEditor:
         edited_items = np.unique(requests.items)
         batch = EditBatch(uuid.uuid4().hex[:12], [item_ids[i] for i in edited_items], codes[edited_items],
                           batch_dw, batch_cov,
-                          {"lam": self.cfg.lam, "lam_scale": self.cfg.lam_scale, "n_requests": len(requests), "timings_s": dict(timings),
+                          {"lam": self.cfg.lam, "lam_scale": self.cfg.lam_scale, "n_requests": len(requests),
+                           "timings_s": dict(timings),
                            "gate_fpr": self.cfg.gate_fpr}, gates)
         artifact = EditArtifact(self.base_hash, layers, list(previous.batches) if previous else [],
                                 self.cfg.scheme)

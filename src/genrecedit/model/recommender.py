@@ -66,5 +66,4 @@ class Recommender:
             empty = torch.zeros((0, cfg.k), dtype=torch.long)
             return Beams(empty, empty.float(), torch.zeros((0, cfg.k, self.layout.n_positions), dtype=torch.long))
         back = torch.from_numpy(np.argsort(order))
-        items, scores, sids = (torch.cat([getattr(p, f) for p in parts]).cpu()[back] for f in ("items", "scores", "sids"))
-        return Beams(items, scores, sids)
+        return Beams(*(torch.cat([getattr(p, f) for p in parts]).cpu()[back] for f in ("items", "scores", "sids")))
