@@ -34,6 +34,7 @@ def test_every_table_and_figure_then_resume(tiny_run, tmp_path, monkeypatch):
         assert "summary" in res["rows"][name], name
     assert "not_available" in res["rows"]["no-such-model"]  # a missing baseline is a row saying so, not numbers
     assert "not available" in report
+    assert "| LC-Rec | not run: " in report  # the paper's LLM baseline is listed with its reason, never dropped
     assert set(res["update_times"]) >= {"GenRecEdit (C0 cold)", "GenRecEdit (C0 cached)", "Finetune", "Retrain"}
     assert not res["update_times"]["GenRecEdit (C0 cold)"]["c0_cached"]
     assert res["update_times"]["GenRecEdit (C0 cached)"]["c0_cached"]
