@@ -313,10 +313,10 @@ class SteppedDecoder:
         """
         t = prefix.shape[1] - 1
         handles = []
-        gated = [e for e in (edits.edits if edits else []) if e.prefixes is not None]
-        if gated and codes is None:
-            raise ValueError("a prefix-gated edit needs the decoded prefix's codes")
-        allowed = {id(e): torch.isin(prefix_keys(codes), e.prefixes) for e in gated}  # rows whose prefix opens e
+        row_keys = _row_keys(list(edits.edits) if edits else [], codes, t)
+        # rows whose prefix opens each prefix-gated edit
+        allowed = {id(e): torch.isin(row_keys, e.prefixes) for e in (edits.edits if edits else [])
+                   if e.prefixes is not None}
         for e in (edits.edits if edits else []):
             wo = self.blocks[e.layer].layer[2].DenseReluDense.wo
             every_index = edits.cache_edited
@@ -366,15 +366,16 @@ def _edit_delta(edits, key: torch.Tensor, row_keys: torch.Tensor | None = None) 
     nothing to add."""
     total = None
     for e in edits:
-        if e.prefixes is not None:  # only the open rows: a batch's prefixes are a small share of all beams
-            rows = torch.isin(row_keys, e.prefixes).nonzero().squeeze(1)
-            if not len(rows):
-                continue
-            d = torch.zeros(key.shape[0], e.delta_w.shape[0], dtype=key.dtype, device=key.device)
-            d[rows] = _gated(e, key[rows])
-        else:
+        if e.prefixes is None:
             d = _gated(e, key)
-        total = d if total is None else total + d
+            total = d if total is None else total + d
+            continue
+        rows = torch.isin(row_keys, e.prefixes).nonzero().squeeze(1)  # only the open rows: a small share of beams
+        if not len(rows):
+            continue
+        if total is None:
+            total = torch.zeros(key.shape[0], e.delta_w.shape[0], dtype=key.dtype, device=key.device)
+        total.index_add_(0, rows, _gated(e, key[rows]))
     return total
 
 
