@@ -38,45 +38,42 @@ def main() -> None:
     base_warm = base_res.per_case("ndcg@10", "warm")
     scale = -1.0 / base_warm.mean() if base_warm.mean() else float("nan")  # a drop is a negative difference
     editor = make_editor(run)
-    artifact, results, rows = None, [], []
-    for r, items in enumerate(rounds):
+
+    def edit_and_score(items: np.ndarray, previous, groups: dict[str, np.ndarray]) -> tuple[object, dict]:
+        """Edit ``items`` on top of ``previous``; its timings, efficacy, metrics and the warm drop with its CI."""
         with measure() as m:
             artifact, report = editor.edit(requests.subset(np.flatnonzero(np.isin(requests.items, items))), codes,
-                                           split.item_ids, previous=artifact)
+                                           split.item_ids, previous=previous)
+        metrics, eval_s, result = evaluate_detailed(
+            run, cases, artifact.schedule(run.config.eval.trigger, run.recommender.device), groups)
+        _, lo, hi = paired_bootstrap_diff(result.per_case("ndcg@10", "warm"), base_warm)
+        return artifact, {"n_items": report.n_items, "n_requests": report.n_requests,
+                          "update_seconds": report.timings_s["update_total"], "peak_rss_mb": m.peak_rss_mb,
+                          "efficacy": report.efficacy, "metrics": metrics, "warm_ndcg10_drop": warm_drop(base, metrics),
+                          "warm_ndcg10_drop_ci95": [hi * scale, lo * scale], "eval_seconds": eval_s}
+
+    def row(label, n_items: int, res: dict, this_round: float | None) -> list:
+        metrics, (lo, hi) = res["metrics"], res["warm_ndcg10_drop_ci95"]
+        return [label, n_items, res["update_seconds"], metrics["warm"]["ndcg@10"], res["warm_ndcg10_drop"],
+                f"[{lo:.3f}, {hi:.3f}]", metrics["cold so far"]["recall@10"], metrics["cold so far"]["ndcg@10"],
+                metrics["round 1"]["recall@10"], this_round]
+
+    artifact, results, rows = None, [], []
+    for r, items in enumerate(rounds):
         so_far = np.concatenate(rounds[: r + 1])
-        metrics, eval_s, res_r = evaluate_detailed(
-            run, cases, artifact.schedule(run.config.eval.trigger, run.recommender.device),
-            {"cold so far": so_far, "round 1": rounds[0], "this round": items})
-        _, lo, hi = paired_bootstrap_diff(res_r.per_case("ndcg@10", "warm"), base_warm)
-        res = {"round": r + 1, "n_items": report.n_items, "n_requests": report.n_requests,
-               "update_seconds": report.timings_s["update_total"], "peak_rss_mb": m.peak_rss_mb,
-               "efficacy": report.efficacy, "metrics": metrics, "warm_ndcg10_drop": warm_drop(base, metrics),
-               "warm_ndcg10_drop_ci95": [hi * scale, lo * scale], "eval_seconds": eval_s}
-        results.append(res)
-        rows.append([r + 1, len(so_far), res["update_seconds"], metrics["warm"]["ndcg@10"], res["warm_ndcg10_drop"],
-                     f"[{hi * scale:.3f}, {lo * scale:.3f}]", metrics["cold so far"]["recall@10"],
-                     metrics["cold so far"]["ndcg@10"], metrics["round 1"]["recall@10"],
-                     metrics["this round"]["recall@10"]])
+        artifact, res = edit_and_score(items, artifact, {"cold so far": so_far, "round 1": rounds[0],
+                                                          "this round": items})
+        results.append({"round": r + 1, **res})
+        rows.append(row(r + 1, len(so_far), res, res["metrics"]["this round"]["recall@10"]))
         print(f"[{NAME}] round {r + 1}: update {res['update_seconds']:.1f} s, warm drop {res['warm_ndcg10_drop']:.4f} "
-              f"{rows[-1][5]}, cold so far R@10 {metrics['cold so far']['recall@10']:.4f}", flush=True)
+              f"{rows[-1][5]}, cold so far R@10 {res['metrics']['cold so far']['recall@10']:.4f}", flush=True)
     # the same items in one batch: what the rounds cost against editing everything at once
     everything = np.concatenate(rounds)
-    with measure() as m:
-        one_shot, report = editor.edit(requests.subset(np.flatnonzero(np.isin(requests.items, everything))), codes,
-                                       split.item_ids)
-    metrics, eval_s, res_1 = evaluate_detailed(
-        run, cases, one_shot.schedule(run.config.eval.trigger, run.recommender.device),
-        {"cold so far": everything, "round 1": rounds[0], "this round": everything})
-    _, lo, hi = paired_bootstrap_diff(res_1.per_case("ndcg@10", "warm"), base_warm)
-    once = {"n_items": report.n_items, "n_requests": report.n_requests,
-            "update_seconds": report.timings_s["update_total"], "peak_rss_mb": m.peak_rss_mb,
-            "efficacy": report.efficacy, "metrics": metrics, "warm_ndcg10_drop": warm_drop(base, metrics),
-            "warm_ndcg10_drop_ci95": [hi * scale, lo * scale], "eval_seconds": eval_s}
+    _, once = edit_and_score(everything, None, {"cold so far": everything, "round 1": rounds[0],
+                                                "this round": everything})
     rows.insert(0, [0, 0, None, base["warm"]["ndcg@10"], None, None, base["all rounds"]["recall@10"],
                     base["all rounds"]["ndcg@10"], base["round 1"]["recall@10"], None])
-    rows.append(["all at once", len(everything), once["update_seconds"], metrics["warm"]["ndcg@10"],
-                 once["warm_ndcg10_drop"], f"[{hi * scale:.3f}, {lo * scale:.3f}]", metrics["cold so far"]["recall@10"],
-                 metrics["cold so far"]["ndcg@10"], metrics["round 1"]["recall@10"], None])
+    rows.append(row("all at once", len(everything), once, None))
     table = md_table(["round", "items so far", "update s", "warm N@10", "warm N@10 drop", "drop 95 % CI",
                       "cold-so-far R@10", "cold-so-far N@10", "round-1 items R@10", "this round R@10"], rows)
     knowledge = run.config.knowledge
