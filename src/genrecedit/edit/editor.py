@@ -24,7 +24,7 @@ from genrecedit.edit.update import closed_form_update
 from genrecedit.errors import ArtifactMismatchError, ConfigError, EmptyInputError
 from genrecedit.model.decoder import DecoderCache, edit_delta
 from genrecedit.model.recommender import Recommender
-from genrecedit.model.tokens import length_order
+from genrecedit.model.tokens import length_batches
 
 
 @dataclass
@@ -164,10 +164,9 @@ class ColdItemEditor:
         converged = [0] * self.n_pos
         timings["keys"] = timings["delta"] = 0.0
         targets_all = torch.from_numpy(codes[requests.items])
-        order = length_order(requests.histories)  # chunks of similar history length: little encoder padding
-        for start_row in tqdm(range(0, len(requests), self.cfg.chunk_size), desc="memory construction (δ)",
-                              unit="chunk"):
-            rows = order[start_row : start_row + self.cfg.chunk_size]
+        # chunks of similar history length: little encoder padding
+        for rows in tqdm(length_batches(requests.histories, self.cfg.chunk_size), desc="memory construction (δ)",
+                         unit="chunk"):
             trows = torch.from_numpy(rows)
             t0 = time.perf_counter()
             tf = teacher_force(self.decoder, self.layout, requests.histories[rows], codes[requests.items[rows]],
@@ -251,9 +250,7 @@ class ColdItemEditor:
         schedules = {"before": previous.schedule(self.trigger, self.decoder.device) if previous else None,
                      "after": artifact.schedule(self.trigger, self.decoder.device)}
         device = self.decoder.device
-        order = length_order(sample.histories)
-        for start in range(0, len(sample), self.cfg.chunk_size):
-            rows = order[start : start + self.cfg.chunk_size]
+        for rows in length_batches(sample.histories, self.cfg.chunk_size):
             target_codes = codes[sample.items[rows]]
             ids, mask = self.layout.encoder_inputs(sample.histories[rows], codes)
             enc = self.decoder.encode(ids.to(device), mask.to(device))

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from genrecedit.model.decoder import DecoderCache, EncodedBatch, SteppedDecoder
-from genrecedit.model.tokens import TokenLayout, length_order
+from genrecedit.model.tokens import TokenLayout, length_batches
 
 
 @dataclass
@@ -62,14 +62,12 @@ def collect_keys(decoder: SteppedDecoder, layout: TokenLayout, histories: np.nda
                  desc: str | None = None) -> dict[tuple[int, int], torch.Tensor]:
     """Keys at each (layer, position) site for n teacher-forced samples -> {site: [n, d_ff] float32 (CPU)}."""
     out: dict[tuple[int, int], list[torch.Tensor]] = {s: [] for s in sites}
-    order = length_order(histories)  # batches of similar length; the keys are put back in input order below
-    for start in tqdm(range(0, len(histories), batch_size), desc=desc or "keys", disable=desc is None,
-                      leave=False):
-        rows = order[start : start + batch_size]
+    batches = length_batches(histories, batch_size)  # similar lengths; keys are put back in input order below
+    for rows in tqdm(batches, desc=desc or "keys", disable=desc is None, leave=False):
         tf = teacher_force(decoder, layout, histories[rows], target_codes[rows], catalog_codes)
         for layer, p in sites:
             out[(layer, p)].append(tf.keys[p][layer].float().cpu())
-    back = torch.from_numpy(np.argsort(order))
+    back = torch.from_numpy(np.argsort(np.concatenate(batches))) if batches else None
     return {s: torch.cat(v)[back] if v else torch.zeros(0) for s, v in out.items()}
 
 
@@ -114,9 +112,8 @@ def second_moments(decoder: SteppedDecoder, layout: TokenLayout, histories: np.n
     if not missing:
         return found, True
     moments: dict[tuple[int, int], SecondMoment] = {}
-    order = length_order(histories)  # a sum: the order only sets how much padding each batch carries
-    for start in tqdm(range(0, n0, batch_size), desc="C0 (training keys)", unit="batch", leave=False):
-        rows = order[start : start + batch_size]
+    # a sum: the order only sets how much padding each batch carries
+    for rows in tqdm(length_batches(histories, batch_size), desc="C0 (training keys)", unit="batch", leave=False):
         tf = teacher_force(decoder, layout, histories[rows], target_codes[rows], catalog_codes)
         for layer, p in missing:
             key = tf.keys[p][layer]

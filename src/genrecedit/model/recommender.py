@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 from genrecedit.errors import ConfigError
 from genrecedit.model.beam import Beams, EditSchedule, beam_search
 from genrecedit.model.decoder import SteppedDecoder
-from genrecedit.model.tokens import TokenLayout, length_order
+from genrecedit.model.tokens import TokenLayout, length_batches
 from genrecedit.model.trie import PrefixTrie
 
 
@@ -54,16 +54,15 @@ class Recommender:
         parts: list[Beams] = []
         # batches of similar history length (each row's beams are independent of the other rows'); the lists are
         # put back in input order below
-        order = length_order(histories)
-        starts = range(0, len(histories), cfg.batch_size)
-        bar = tqdm(starts, desc=progress if isinstance(progress, str) else "recommend", disable=not progress,
+        batches = length_batches(histories, cfg.batch_size)
+        bar = tqdm(batches, desc=progress if isinstance(progress, str) else "recommend", disable=not progress,
                    unit="batch")
-        for start in bar:
-            ids, mask = self.layout.encoder_inputs(histories[order[start : start + cfg.batch_size]], self.codes)
+        for rows in bar:
+            ids, mask = self.layout.encoder_inputs(histories[rows], self.codes)
             parts.append(beam_search(self.decoder, self.layout, self.trie, ids, mask, cfg.beam, cfg.k,
                                      cfg.constrained, edits))
         if not parts:
             empty = torch.zeros((0, cfg.k), dtype=torch.long)
             return Beams(empty, empty.float(), torch.zeros((0, cfg.k, self.layout.n_positions), dtype=torch.long))
-        back = torch.from_numpy(np.argsort(order))
+        back = torch.from_numpy(np.argsort(np.concatenate(batches)))
         return Beams(*(torch.cat([getattr(p, f) for p in parts]).cpu()[back] for f in ("items", "scores", "sids")))

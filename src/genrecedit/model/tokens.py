@@ -25,6 +25,13 @@ def length_order(histories: np.ndarray) -> np.ndarray:
     return np.argsort((np.asarray(histories) != PAD_ITEM).sum(axis=1), kind="stable")
 
 
+def length_batches(histories: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Row indices of the batches cut from ``length_order``; ``np.argsort(np.concatenate(batches))`` puts results
+    computed batch by batch back in input order."""
+    order = length_order(histories)
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
 @dataclass(frozen=True)
 class TokenLayout:
     """Token-id layout for SIDs of ``len(sizes)`` positions, position p having ``sizes[p]`` codes."""
