@@ -43,7 +43,8 @@ class EvalConfig:
     cases: Literal["test", "valid"] = "test"  # which split's cases evaluate/sweep score (selection uses valid)
     max_cases: int | None = None  # sample cases (seeded) to bound evaluation time; None = all
     # one_one: the paper; prefix: one-one, and a ΔW_t fires only after a decoded prefix of an edited item (same cold
-    # scores, less collateral on other beams); all: the w/o one-one triggering ablation
+    # scores, less collateral on other beams); preserve: prefix, and every item no edit teaches keeps the unedited
+    # model's score (the edit only adds the new items to the ranking); all: the w/o one-one triggering ablation
     trigger: TriggerMode = "prefix"
     seed: int = 0
     bootstrap: int = 1000

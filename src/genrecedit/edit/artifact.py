@@ -14,10 +14,10 @@ from safetensors.torch import load_file, save_file
 from genrecedit.atomic import atomic_directory
 from genrecedit.edit.gate import KeyGate
 from genrecedit.errors import ArtifactMismatchError
-from genrecedit.model.beam import EditSchedule
+from genrecedit.model.beam import EditSchedule, PreservingSchedule
 from genrecedit.model.decoder import FFNEdit, StepEdits, prefix_keys
 
-TriggerMode = Literal["one_one", "prefix", "all"]
+TriggerMode = Literal["one_one", "prefix", "preserve", "all"]
 MANIFEST = "edits.json"
 
 
@@ -74,12 +74,16 @@ class EditArtifact:
         """The decoding schedule: ``one_one`` fires ΔW_t at step t only (the paper); ``prefix`` is one-one
         triggering that fires a batch's ΔW_t (t ≥ 1) only on beams whose decoded prefix c_0..c_{t-1} begins one of
         that batch's items' SIDs: the edited items score exactly as under ``one_one``, and beams that cannot lead to
-        an edited item are left as the base model scores them; ``all`` fires every ΔW at every step and caches the
-        edited stream (the paper's w/o one-one triggering ablation). An object-wise edit has no positions to
-        trigger by, so it is always ``all``."""
+        an edited item are left as the base model scores them; ``preserve`` fires as ``prefix`` and scores every
+        item that no batch edits with the unedited model (its score does not move; only the edited items enter the
+        ranking, with their edited scores); ``all`` fires every ΔW at every step and caches the edited stream (the
+        paper's w/o one-one triggering ablation). An object-wise edit has no positions to trigger by, so it is
+        always ``all``."""
         if mode not in get_args(TriggerMode):
             raise ValueError(f"unknown trigger mode {mode!r}: one of {', '.join(get_args(TriggerMode))}")
-        per_batch = mode == "prefix" and self.scheme == "position_wise"
+        if mode == "preserve" and self.scheme != "position_wise":
+            raise ValueError("trigger 'preserve' needs a position-wise edit (an object-wise edit fires everywhere)")
+        per_batch = mode in ("prefix", "preserve") and self.scheme == "position_wise"
         edits: dict[int, list[FFNEdit]] = {}
         for p in range(len(self.layers)):
             gated = per_batch and p > 0
@@ -95,6 +99,8 @@ class EditArtifact:
             every = StepEdits([e for group in edits.values() for e in group], cache_edited=True)
             return lambda t: every
         per_step = {p: StepEdits(group) for p, group in edits.items()}
+        if mode == "preserve":
+            return PreservingSchedule(per_step.get, np.concatenate([b.sids for b in self.batches]))
         return lambda t: per_step.get(t)
 
     def remove_newest(self) -> EditBatch:

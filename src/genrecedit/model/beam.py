@@ -2,6 +2,10 @@
 
 Item score = Σ_p log softmax over position p's tokens (not renormalised over the trie's allowed children), so a
 constrained beam as wide as the catalog returns exactly the brute-force ranking of every catalog item.
+
+With a ``PreservingSchedule`` (trigger ``preserve``) each item is scored by the model that knows it: an edited item
+by the edited model, every other item by the unedited one, so the edit adds the new items to the ranking without
+moving any other item's score. A beam is ranked by the best score its subtree can still reach.
 """
 from __future__ import annotations
 
@@ -17,6 +21,29 @@ from genrecedit.model.tokens import PAD, TokenLayout
 from genrecedit.model.trie import PrefixTrie
 
 EditSchedule = Callable[[int], StepEdits | None]  # decoding step t -> the edits that fire at it
+
+
+class PreservingSchedule:
+    """An edit schedule whose items outside ``edited_sids`` [n, P] keep the unedited model's scores (see above)."""
+
+    def __init__(self, schedule: EditSchedule, edited_sids: np.ndarray) -> None:
+        self.schedule = schedule
+        self.edited_sids = np.asarray(edited_sids, dtype=np.int64).reshape(-1, edited_sids.shape[-1])
+        self._flags: tuple | None = None  # (trie, edited flags, other flags): tries are immutable
+
+    def __call__(self, t: int) -> StepEdits | None:
+        return self.schedule(t)
+
+    def subtree_flags(self, trie: PrefixTrie) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per trie level 1..P: whether a node's subtree holds an edited item, and whether it holds another one."""
+        cached = self._flags
+        if cached is None or cached[0] is not trie:
+            edited = np.zeros(trie.n_items, bool)
+            found = trie.walk(self.edited_sids)
+            edited[found[found >= 0]] = True
+            cached = (trie, trie.subtree_flags(np.flatnonzero(edited)), trie.subtree_flags(np.flatnonzero(~edited)))
+            self._flags = cached
+        return cached[1], cached[2]
 
 
 @dataclass
@@ -45,16 +72,21 @@ def beam_search(decoder: SteppedDecoder, layout: TokenLayout, trie: PrefixTrie, 
     n_pos = layout.n_positions
     batch = input_ids.shape[0]
     device = decoder.device
+    preserve = edits.subtree_flags(trie) if isinstance(edits, PreservingSchedule) else None
     enc = decoder.encode(input_ids.to(device), attention_mask.to(device))
     tokens = torch.full((batch,), PAD, dtype=torch.long, device=device)
+    step_edits = edits(0) if edits else None
     if cached:
-        out, cache = decoder.step(tokens, DecoderCache(), enc, edits(0) if edits else None,
-                                  columns=layout.position_slice(0))
-        logits = out.logits
+        out, cache = decoder.step(tokens, DecoderCache(), enc, step_edits, columns=layout.position_slice(0),
+                                  base_logits=preserve is not None)
+        logits, base = out.logits, out.base_logits
     else:
-        logits = decoder.prefix_logits(tokens[:, None], enc, edits(0) if edits else None)[:, layout.position_slice(0)]
+        logits = decoder.prefix_logits(tokens[:, None], enc, step_edits)[:, layout.position_slice(0)]
+        base = _reference_base(decoder, tokens[:, None], enc, step_edits, None, preserve)
+        base = None if base is None else base[:, layout.position_slice(0)]
     nodes = torch.zeros(batch, dtype=torch.long, device=device)
-    scores, codes, nodes = _extend(logits, layout, trie, 0, nodes, None, beam, constrained)
+    state = _extend(logits, base, layout, trie, 0, nodes, None, beam, constrained, preserve)
+    scores, codes, nodes = state.scores, state.codes, state.nodes
     width = scores.shape[1]
     rows = torch.arange(batch, device=device).repeat_interleave(width)
     # cached: each request's encoder output serves its beams without being copied per beam
@@ -66,15 +98,18 @@ def beam_search(decoder: SteppedDecoder, layout: TokenLayout, trie: PrefixTrie, 
         if cached:
             tokens = (sids[:, :, -1] + layout.offsets[t - 1]).reshape(-1)
             out, cache = decoder.step(tokens, cache, enc, step_edits, columns=layout.position_slice(t),
-                                      prefix=sids.reshape(batch * width, -1))
-            logits = out.logits
+                                      prefix=sids.reshape(batch * width, -1), base_logits=preserve is not None)
+            logits, base = out.logits, out.base_logits
         else:
             prefix_codes = sids.reshape(batch * width, -1) + torch.tensor(layout.offsets[:t], device=device)
             start = torch.full((batch * width, 1), PAD, dtype=torch.long, device=device)
-            logits = decoder.prefix_logits(torch.cat([start, prefix_codes], dim=1), enc, step_edits,
+            prefix = torch.cat([start, prefix_codes], dim=1)
+            logits = decoder.prefix_logits(prefix, enc, step_edits,
                                            codes=sids.reshape(batch * width, -1))[:, layout.position_slice(t)]
-        scores, new_codes, nodes, parent = _extend(logits, layout, trie, t, nodes.reshape(-1), scores, beam,
-                                                   constrained)
+            base = _reference_base(decoder, prefix, enc, step_edits, sids.reshape(batch * width, -1), preserve)
+            base = None if base is None else base[:, layout.position_slice(t)]
+        state = _extend(logits, base, layout, trie, t, nodes.reshape(-1), state, beam, constrained, preserve)
+        scores, new_codes, nodes, parent = state.scores, state.codes, state.nodes, state.parent
         width_t = scores.shape[1]
         flat_parent = (torch.arange(batch, device=device)[:, None] * width + parent).reshape(-1)
         sids = torch.cat([sids.reshape(batch * width, -1)[flat_parent].reshape(batch, width_t, -1),
@@ -92,30 +127,69 @@ def beam_search(decoder: SteppedDecoder, layout: TokenLayout, trie: PrefixTrie, 
     return _compact(items, scores, sids, k)
 
 
-def _extend(logits: torch.Tensor, layout: TokenLayout, trie: PrefixTrie, t: int, nodes: torch.Tensor,
-            scores: torch.Tensor | None, beam: int, constrained: bool):
+def _reference_base(decoder: SteppedDecoder, prefix: torch.Tensor, enc, step_edits: StepEdits | None,
+                    codes: torch.Tensor | None, preserve) -> torch.Tensor | None:
+    """The uncached path's unedited logits where the cached one would report them (an edit fired at this step)."""
+    if preserve is None or step_edits is None or not step_edits.edits:
+        return None
+    return decoder.prefix_logits(prefix, enc, None, codes=codes)
+
+
+@dataclass
+class _Step:
+    """Beam state after one step: scores [B, W] rank the beams; with preserved scoring, edited / base [B, W] are
+    each beam's cumulative log-probability under the edited and the unedited model."""
+
+    scores: torch.Tensor
+    codes: torch.Tensor
+    nodes: torch.Tensor
+    parent: torch.Tensor | None = None
+    edited: torch.Tensor | None = None
+    base: torch.Tensor | None = None
+
+
+def _extend(logits: torch.Tensor, base_logits: torch.Tensor | None, layout: TokenLayout, trie: PrefixTrie, t: int,
+            nodes: torch.Tensor, prev: _Step | None, beam: int, constrained: bool, preserve) -> _Step:
     """One beam step. logits [R, K_t] of position t's tokens with R = B*W rows (W = 1 at t = 0); returns the new
-    [B, W'] scores, codes, level-(t+1) nodes and (after t = 0) each new beam's parent index in [0, W)."""
+    [B, W'] scores, codes, level-(t+1) nodes and (after t = 0) each new beam's parent index in [0, W).
+
+    preserve: the schedule's subtree flags (``PreservingSchedule.subtree_flags``) or None. base_logits: the
+    unedited logits where an edit fired (None: the same as ``logits``). Nodes are tracked when constrained or
+    preserving (-1: the beam left the catalog; only unconstrained decoding gets there)."""
     logp = F.log_softmax(logits.float(), dim=-1)  # [R, K_t]
+    rows, size = logp.shape
+    batch = rows if prev is None else prev.scores.shape[0]
+    width = rows // batch
+    valid = nodes >= 0
     if constrained:
-        ok = trie.allowed(t, nodes.clamp(min=0)) & (nodes >= 0)[:, None]
+        ok = trie.allowed(t, nodes.clamp(min=0)) & valid[:, None]
         logp = logp.masked_fill(~ok, float("-inf"))
-    size = logp.shape[1]
-    if scores is None:
-        top, code = logp.topk(min(beam, size), dim=1)
-        new_nodes = trie.advance(t, torch.zeros_like(code), code) if constrained else torch.zeros_like(code)
-        return top, code, new_nodes
-    batch, width = scores.shape
-    total = (scores[:, :, None] + logp.view(batch, width, size)).view(batch, -1)
-    top, flat = total.topk(min(beam, width * size), dim=1)
+    edited = base = None
+    if preserve is None:
+        total = logp if prev is None else prev.scores.reshape(-1)[:, None] + logp
+    else:
+        logb = logp if base_logits is None else F.log_softmax(base_logits.float(), dim=-1)
+        if constrained and base_logits is not None:
+            logb = logb.masked_fill(~ok, float("-inf"))
+        edited = logp if prev is None else prev.edited.reshape(-1)[:, None] + logp
+        base = logb if prev is None else prev.base.reshape(-1)[:, None] + logb
+        # the level-(t+1) node each continuation reaches; -1: it leaves the catalog (scored by the unedited model)
+        child = torch.where(valid[:, None], trie.child[t][nodes.clamp(min=0)], -1)
+        flags_edited, flags_other = preserve
+        has_edit = flags_edited[t][child.clamp(min=0)] & (child >= 0)
+        has_other = flags_other[t][child.clamp(min=0)] | (child < 0)
+        neg = torch.full_like(edited, float("-inf"))
+        total = torch.maximum(torch.where(has_other, base, neg), torch.where(has_edit, edited, neg))
+    top, flat = total.view(batch, width * size).topk(min(beam, width * size), dim=1)
     parent, code = flat // size, flat % size
-    if constrained:
+    if constrained or preserve is not None:
         parent_nodes = nodes.view(batch, width).gather(1, parent)
         new_nodes = trie.advance(t, parent_nodes.clamp(min=0), code)
         new_nodes = torch.where(torch.isfinite(top) & (parent_nodes >= 0), new_nodes, -1)
     else:
         new_nodes = torch.zeros_like(code)
-    return top, code, new_nodes, parent
+    pick = (lambda x: None) if preserve is None else (lambda x: x.view(batch, width * size).gather(1, flat))
+    return _Step(top, code, new_nodes, None if prev is None else parent, pick(edited), pick(base))
 
 
 def _compact(items: torch.Tensor, scores: torch.Tensor, sids: torch.Tensor, k: int) -> Beams:

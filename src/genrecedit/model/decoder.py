@@ -140,12 +140,14 @@ class DecoderCache:
 @dataclass
 class StepOutput:
     """logits [B, V]; keys/values: per layer [B, d_ff] / [B, d_model] FFN key and (unedited) value at this index,
-    only when captured; pre_ffn: per layer the residual stream entering the FFN sub-layer [B, d]."""
+    only when captured; pre_ffn: per layer the residual stream entering the FFN sub-layer [B, d]; base_logits: the
+    unedited model's logits (same columns) when asked for and an edit fired at this index, else None."""
 
     logits: torch.Tensor
     keys: list[torch.Tensor] | None = None
     values: list[torch.Tensor] | None = None
     pre_ffn: list[torch.Tensor] | None = None
+    base_logits: torch.Tensor | None = None
 
 
 class SteppedDecoder:
@@ -265,7 +267,8 @@ class SteppedDecoder:
 
     def step(self, token_ids: torch.Tensor, cache: DecoderCache, enc: EncodedBatch,
              edits: StepEdits | None = None, capture: bool = False,
-             columns: slice | None = None, prefix: torch.Tensor | None = None) -> tuple[StepOutput, DecoderCache]:
+             columns: slice | None = None, prefix: torch.Tensor | None = None,
+             base_logits: bool = False) -> tuple[StepOutput, DecoderCache]:
         """Decode index t = cache.length for tokens [B]; returns logits [B, V] (only ``columns`` of them when
         given) and the cache extended by index t.
 
@@ -273,7 +276,8 @@ class SteppedDecoder:
         at the lowest edit layer an edited stream forks off and runs the layers above it for the logits only
         (layers at or below the edit layer are shared by both). ``cache_edited`` True: a single, edited stream
         (the all-edits-active ablation). ``prefix`` [B, t]: the SID codes decoded before index t, which
-        prefix-gated edits (``FFNEdit.prefixes``) need.
+        prefix-gated edits (``FFNEdit.prefixes``) need. ``base_logits``: also return the plain stream's logits when
+        an edited stream forked (one-one edits; they cost one more output projection).
         """
         t = cache.length
         active = list(edits.edits) if edits else []
@@ -299,7 +303,8 @@ class SteppedDecoder:
             if delta is not None:
                 h_edit = self.run_layers(h + z + delta, t, cache, enc, layer + 1, active, row_keys=row_keys)
             h = h + z
-        out = StepOutput(self.logits(h if h_edit is None else h_edit, columns), keys, values, pre)
+        out = StepOutput(self.logits(h if h_edit is None else h_edit, columns), keys, values, pre,
+                         self.logits(h, columns) if base_logits and h_edit is not None else None)
         return out, _extend(cache, new_kv)
 
 

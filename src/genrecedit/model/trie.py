@@ -24,6 +24,7 @@ class PrefixTrie:
         self.n_positions = n_pos
         self.child: list[torch.Tensor] = []
         node = np.zeros(n, np.int64)  # every item starts at the root
+        self._item_nodes: list[np.ndarray] = []  # per level 1..P: each item's node (its prefix of that length)
         for p in range(n_pos):
             pairs = node * self.sizes[p] + codes[:, p]
             uniq, next_node = np.unique(pairs, return_inverse=True)
@@ -31,6 +32,7 @@ class PrefixTrie:
             table.reshape(-1)[uniq] = np.arange(len(uniq))
             self.child.append(torch.from_numpy(table))
             node = next_node.reshape(-1)
+            self._item_nodes.append(node)
         if len(np.unique(node)) != n:
             dup = n - len(np.unique(node))
             raise DuplicateItemError(f"{dup} catalog items share a full SID; SIDs must be unique")
@@ -50,6 +52,16 @@ class PrefixTrie:
     def advance(self, p: int, nodes: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """[B] level-p nodes and [B] codes -> [B] level-(p+1) nodes (-1 where the code leaves the catalog)."""
         return self.child[p][nodes, codes]
+
+    def subtree_flags(self, items: np.ndarray) -> list[torch.Tensor]:
+        """Item indices -> per level p = 1..P a bool [n_nodes at level p] tensor (on the trie's device): whether the
+        node's subtree holds one of ``items``. Entry p - 1 is for level p (the node reached by p codes)."""
+        out = []
+        for nodes in self._item_nodes:
+            flags = np.zeros(int(nodes.max()) + 1, bool)
+            flags[nodes[items]] = True
+            out.append(torch.from_numpy(flags).to(self.leaf_item.device))
+        return out
 
     def to(self, device: torch.device | str) -> "PrefixTrie":
         self.child = [c.to(device) for c in self.child]
