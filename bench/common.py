@@ -172,11 +172,16 @@ def cases_with_items(run: LoadedRun, n: int | None, items: np.ndarray, extra: in
 
 
 def bench_setup(name: str, doc: str | None) -> tuple[argparse.Namespace, dict, Path, LoadedRun]:
-    """The shared command line of a benchmark script (``--size``, ``--out``) -> (args, its config section, output
-    folder, its base run, trained here on first use)."""
+    """The shared command line of a benchmark script (``--size``, ``--out``, ``-o``) -> (args, its config section,
+    output folder, its base run, trained here on first use)."""
     ap = argparse.ArgumentParser(description=(doc or name).split("\n")[0])
     ap.add_argument("--size", default="smoke", help="bench/configs/<size>.yaml")
     ap.add_argument("--out", type=Path, default=None, help="default runs/bench/<size>")
+    ap.add_argument("-o", "--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a run-config override applied after the size's load_overrides (e.g. eval.trigger=preserve)")
     args = ap.parse_args()
     cfg = bench_config(args.size)[name]
-    return args, cfg, args.out or Path("runs/bench") / args.size, ensure_base(base_spec(cfg["base"]))
+    spec = base_spec(cfg["base"])
+    spec.load_overrides += args.set
+    cfg["overrides"] = spec.load_overrides  # what the result was measured with
+    return args, cfg, args.out or Path("runs/bench") / args.size, ensure_base(spec)

@@ -1,5 +1,6 @@
 """Serving latency in-process: the run's whole catalog, N edited items active (the service's trigger mode), constrained
-beam search; p50/p99 latency of single requests and throughput of batches, base vs edited, one torch thread
+beam search; p50/p99 latency of single requests and throughput of batches, base vs edited (and vs edited under
+``preserve`` scoring when the service fires another mode), per torch thread
 setting. (``bench/serve_load.py`` is the HTTP load test of the live service.)
 
     python bench/serving.py --size full --out runs/bench/full
@@ -86,7 +87,9 @@ def main() -> None:
     items = np.sort(np.random.default_rng(0).choice(cold, min(cfg["edited_items"], len(cold)), replace=False))
     artifact, edit_s = edited_artifact(run, items, out_dir / "serving_edits")
     trigger = ServiceConfig().trigger  # what the service fires
-    schedule = artifact.schedule(trigger, run.recommender.device)
+    variants = [("base", None), ("edited", artifact.schedule(trigger, run.recommender.device))]
+    if trigger != "preserve":  # what keeping every other item's score costs, side by side
+        variants.append(("edited, preserve", artifact.schedule("preserve", run.recommender.device)))
     thread_counts = cfg["threads"] if isinstance(cfg["threads"], list) else [cfg["threads"]]
     n_single = int(cfg["single_requests"]) + int(cfg["warmup"])
     cases = test_sample(run, max(n_single, max(cfg["batch_sizes"])), seed=1)
@@ -97,7 +100,7 @@ def main() -> None:
     for threads in thread_counts:
         torch.set_num_threads(int(threads))  # after loading: the run's config may set its own thread count
         hw = hardware()
-        for variant, sched in (("base", None), ("edited", schedule)):
+        for variant, sched in variants:
             res = measure_variant(rec, cases.histories, cfg, sched, n_single)
             res["edited_share_of_top_k"] = share_of(rec, cases.histories[: max(cfg["batch_sizes"])], single, sched,
                                                     items)
