@@ -141,3 +141,24 @@ def test_metrics_and_health(client):
     assert m["edits"][-1]["kind"] == "add" and m["edits"][-1]["timings_s"]["edit"] > 0
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["added_items"] == 1 and health["catalog_size"] == 65
+
+
+def test_preserve_trigger_adds_items_without_moving_any_other_score(open_service):
+    """The live service with ``trigger=preserve``: the added items become recommendable and every item that was in
+    the catalog before keeps the score the unedited model gives it."""
+    service = open_service("state-preserve", trigger="preserve")
+    with TestClient(create_app(service)) as client:
+        before = outputs(client, HISTORIES)
+        added = client.post("/items", json={"items": new_items("p")})
+        assert added.status_code == 200, added.text
+        assert_recommendable(client, added.json(), min_share=0.5)
+        new_ids = {x["item_id"] for x in added.json()["items"]}
+        after = outputs(client, HISTORIES)
+        kept = 0
+        for (ids0, scores0), (ids1, scores1) in zip(before, after):
+            old = dict(zip(ids0, scores0))
+            for item, score in zip(ids1, scores1):
+                if item not in new_ids and item in old:
+                    assert abs(score - old[item]) < 1e-5, (item, score, old[item])
+                    kept += 1
+        assert kept and any(set(ids) & new_ids for ids, _ in after)  # both kinds of items were checked

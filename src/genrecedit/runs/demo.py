@@ -48,11 +48,13 @@ def run_demo(cfg: RunConfig, run_dir: Path, echo=print, upper_bound: bool = True
                    for s in results["GenRecEdit"]},
         "timing_s": {"train": train_s, "edit": report.timings_s["update_total"], "evaluate_base": base_s},
         "edit": {"layers": report.layers, "n_items": report.n_items, "n_requests": report.n_requests,
-                 "converged": report.converged, "efficacy": report.efficacy, "c0_cached": report.c0_cached},
+                 "converged": report.converged, "efficacy": report.efficacy, "c0_cached": report.c0_cached,
+                 "trigger": run.config.eval.trigger},
     }
     write_json(run_dir / "report.json", out)
     echo(format_table(results))
     echo(f"\nedit: {report.n_items} items, {report.n_requests} requests, layers {report.layers}, "
+         f"decoded with trigger {run.config.eval.trigger}, "
          f"efficacy before {report.efficacy['before']} after {report.efficacy['after']}")
     echo(f"time: train {train_s:.0f}s, edit {report.timings_s['update_total']:.1f}s "
          f"({100 * report.timings_s['update_total'] / max(train_s, 1e-9):.1f}% of training)")
