@@ -52,6 +52,12 @@ def synthetic_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_overrides() -> list[str]:
+    """Config overrides for a tiny, fast backbone (the tiny_run settings)."""
+    return list(TINY_OVERRIDES)
+
+
+@pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, synthetic_dir):
     """A trained tiny run directory (time split of the synthetic data)."""
     from genrecedit.config import load_config

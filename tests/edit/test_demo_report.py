@@ -7,14 +7,12 @@ import json
 from genrecedit.config import load_config
 from genrecedit.runs.demo import run_demo
 
-from conftest import TINY_OVERRIDES
-
 SUBSETS = ("overall", "warm", "cold")
 METRICS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20", "iid_ratio@10", "n_cases")
 
 
-def test_demo_writes_the_report(tmp_path, synthetic_dir):
-    cfg = load_config("demo", [f"dataset={synthetic_dir}", f"cache_dir={tmp_path / 'cache'}", *TINY_OVERRIDES,
+def test_demo_writes_the_report(tmp_path, synthetic_dir, tiny_overrides):
+    cfg = load_config("demo", [f"dataset={synthetic_dir}", f"cache_dir={tmp_path / 'cache'}", *tiny_overrides,
                                "edit.lam=10", "train.epochs=2", "decode.beam=20", "decode.k=20"])
     lines: list[str] = []
     out = run_demo(cfg, tmp_path / "demo", echo=lines.append, upper_bound=False)
