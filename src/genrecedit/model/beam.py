@@ -160,9 +160,11 @@ def _extend(logits: torch.Tensor, base_logits: torch.Tensor | None, layout: Toke
     rows, size = logp.shape
     batch = rows if prev is None else prev.scores.shape[0]
     width = rows // batch
-    valid = nodes >= 0
+    track = constrained or preserve is not None
+    # the level-(t+1) node each continuation reaches (-1: it leaves the catalog, or its beam already had)
+    child = torch.where((nodes >= 0)[:, None], trie.child[t][nodes.clamp(min=0)], -1) if track else None
     if constrained:
-        ok = trie.allowed(t, nodes.clamp(min=0)) & valid[:, None]
+        ok = child >= 0
         logp = logp.masked_fill(~ok, float("-inf"))
     edited = base = None
     if preserve is None:
@@ -173,8 +175,7 @@ def _extend(logits: torch.Tensor, base_logits: torch.Tensor | None, layout: Toke
             logb = logb.masked_fill(~ok, float("-inf"))
         edited = logp if prev is None else prev.edited.reshape(-1)[:, None] + logp
         base = logb if prev is None else prev.base.reshape(-1)[:, None] + logb
-        # the level-(t+1) node each continuation reaches; -1: it leaves the catalog (scored by the unedited model)
-        child = torch.where(valid[:, None], trie.child[t][nodes.clamp(min=0)], -1)
+        # a continuation that leaves the catalog is scored by the unedited model
         flags_edited, flags_other = preserve
         has_edit = flags_edited[t][child.clamp(min=0)] & (child >= 0)
         has_other = flags_other[t][child.clamp(min=0)] | (child < 0)
@@ -182,10 +183,8 @@ def _extend(logits: torch.Tensor, base_logits: torch.Tensor | None, layout: Toke
         total = torch.maximum(torch.where(has_other, base, neg), torch.where(has_edit, edited, neg))
     top, flat = total.view(batch, width * size).topk(min(beam, width * size), dim=1)
     parent, code = flat // size, flat % size
-    if constrained or preserve is not None:
-        parent_nodes = nodes.view(batch, width).gather(1, parent)
-        new_nodes = trie.advance(t, parent_nodes.clamp(min=0), code)
-        new_nodes = torch.where(torch.isfinite(top) & (parent_nodes >= 0), new_nodes, -1)
+    if track:
+        new_nodes = torch.where(torch.isfinite(top), child.view(batch, width * size).gather(1, flat), -1)
     else:
         new_nodes = torch.zeros_like(code)
     pick = (lambda x: None) if preserve is None else (lambda x: x.view(batch, width * size).gather(1, flat))

@@ -45,14 +45,6 @@ class PrefixTrie:
     def n_items(self) -> int:
         return int(self.leaf_item.shape[0])
 
-    def allowed(self, p: int, nodes: torch.Tensor) -> torch.Tensor:
-        """[B] level-p node ids -> [B, sizes[p]] bool mask of codes that continue to a catalog item."""
-        return self.child[p][nodes] >= 0
-
-    def advance(self, p: int, nodes: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-        """[B] level-p nodes and [B] codes -> [B] level-(p+1) nodes (-1 where the code leaves the catalog)."""
-        return self.child[p][nodes, codes]
-
     def subtree_flags(self, items: np.ndarray) -> list[torch.Tensor]:
         """Item indices -> per level p = 1..P a bool [n_nodes at level p] tensor (on the trie's device): whether the
         node's subtree holds one of ``items``. Entry p - 1 is for level p (the node reached by p codes)."""
