@@ -52,6 +52,24 @@ def synthetic_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def random_artifact(tiny_model):
+    """random_artifact(items, codes, seed=0, scale=0.5, scheme="position_wise") -> a one-batch edit artifact for
+    ``items`` with a random ΔW at every SID position (layers [1, 0, 1, 0]) on ``tiny_model``."""
+    from genrecedit.edit.artifact import EditArtifact, EditBatch
+
+    def make(items: np.ndarray, codes: np.ndarray, seed: int = 0, scale: float = 0.5,
+             scheme: str = "position_wise") -> EditArtifact:
+        g = torch.Generator().manual_seed(seed)
+        d_model = tiny_model.config.d_model
+        d_ff = tiny_model.decoder.block[0].layer[2].DenseReluDense.wo.in_features
+        dw = {p: torch.randn(d_model, d_ff, generator=g, dtype=torch.float64) * scale for p in range(codes.shape[1])}
+        batch = EditBatch("b0", [f"i{i}" for i in items], codes[items], dw, {})
+        return EditArtifact("base", [1, 0, 1, 0][: codes.shape[1]], [batch], scheme)
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def tiny_overrides() -> list[str]:
     """Config overrides for a tiny, fast backbone (the tiny_run settings)."""
     return list(TINY_OVERRIDES)

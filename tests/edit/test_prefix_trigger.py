@@ -32,15 +32,6 @@ def test_prefix_keys_refuses_what_it_cannot_pack():
         prefix_keys(torch.full((2, 2), 1 << 15, dtype=torch.long))
 
 
-def _artifact(tiny_model, items: np.ndarray, codes: np.ndarray, seed: int = 0) -> EditArtifact:
-    g = torch.Generator().manual_seed(seed)
-    d_model = tiny_model.config.d_model
-    d_ff = tiny_model.decoder.block[0].layer[2].DenseReluDense.wo.in_features
-    dw = {p: torch.randn(d_model, d_ff, generator=g, dtype=torch.float64) * 0.5 for p in range(codes.shape[1])}
-    batch = EditBatch("b0", [f"i{i}" for i in items], codes[items], dw, {})
-    return EditArtifact("base", [1, 0, 1, 0][: codes.shape[1]], [batch])
-
-
 def _teacher_forced_logits(dec, layout, ids, mask, targets, schedule):
     enc = dec.encode(ids, mask)
     dec_in, _ = layout.decoder_inputs(targets)
@@ -52,10 +43,11 @@ def _teacher_forced_logits(dec, layout, ids, mask, targets, schedule):
     return out
 
 
-def test_prefix_gate_fires_only_after_edited_prefixes(tiny_model, tiny_layout, tiny_codes, tiny_histories):
+def test_prefix_gate_fires_only_after_edited_prefixes(tiny_model, random_artifact, tiny_layout, tiny_codes,
+                                                      tiny_histories):
     dec = SteppedDecoder(tiny_model, tiny_layout.n_positions)
     edited = np.array([0, 1])
-    art = _artifact(tiny_model, edited, tiny_codes)
+    art = random_artifact(edited, tiny_codes)
     n = len(tiny_histories)
     targets = tiny_codes[np.arange(n) % len(tiny_codes)]
     ids, mask = tiny_layout.encoder_inputs(tiny_histories, tiny_codes)
@@ -78,11 +70,11 @@ def test_prefix_gate_fires_only_after_edited_prefixes(tiny_model, tiny_layout, t
     assert checked[True] and checked[False]  # both kinds of rows were exercised
 
 
-def test_prefix_trigger_beams_cached_equal_reference_and_keep_edited_scores(tiny_model, tiny_layout, tiny_codes,
-                                                                            tiny_histories):
+def test_prefix_trigger_beams_cached_equal_reference_and_keep_edited_scores(tiny_model, random_artifact, tiny_layout,
+                                                                            tiny_codes, tiny_histories):
     dec = SteppedDecoder(tiny_model, tiny_layout.n_positions)
     trie = PrefixTrie(tiny_codes, tiny_layout.sizes)
-    art = _artifact(tiny_model, np.array([2, 5]), tiny_codes, seed=3)
+    art = random_artifact(np.array([2, 5]), tiny_codes, seed=3)
     ids, mask = tiny_layout.encoder_inputs(tiny_histories, tiny_codes)
     wide = len(tiny_codes)  # a beam as wide as the catalog ranks every item
     with torch.no_grad():
@@ -98,9 +90,10 @@ def test_prefix_trigger_beams_cached_equal_reference_and_keep_edited_scores(tiny
             torch.testing.assert_close(s_pre, s_one, rtol=1e-5, atol=1e-5)
 
 
-def test_prefix_gated_step_needs_the_prefix(tiny_model, tiny_layout, tiny_codes, tiny_histories):
+def test_prefix_gated_step_needs_the_prefix(tiny_model, random_artifact, tiny_layout, tiny_codes,
+                                            tiny_histories):
     dec = SteppedDecoder(tiny_model, tiny_layout.n_positions)
-    sched = _artifact(tiny_model, np.array([0]), tiny_codes).schedule("prefix")
+    sched = random_artifact(np.array([0]), tiny_codes).schedule("prefix")
     ids, mask = tiny_layout.encoder_inputs(tiny_histories, tiny_codes)
     dec_in, _ = tiny_layout.decoder_inputs(tiny_codes[: len(tiny_histories)])
     with torch.no_grad():
@@ -110,9 +103,9 @@ def test_prefix_gated_step_needs_the_prefix(tiny_model, tiny_layout, tiny_codes,
             dec.step(dec_in[:, 1], cache, enc, sched(1))
 
 
-def test_unknown_trigger_mode_refused(tiny_model, tiny_codes):
+def test_unknown_trigger_mode_refused(random_artifact, tiny_codes):
     with pytest.raises(ValueError, match="unknown trigger"):
-        _artifact(tiny_model, np.array([0]), tiny_codes).schedule("everywhere")
+        random_artifact(np.array([0]), tiny_codes).schedule("everywhere")
 
 
 def test_edit_delta_fires_each_batch_only_after_its_own_prefixes(tiny_model, tiny_codes):

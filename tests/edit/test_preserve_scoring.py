@@ -6,22 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from genrecedit.edit.artifact import EditArtifact, EditBatch
 from genrecedit.model.beam import PreservingSchedule, beam_search
 from genrecedit.model.decoder import SteppedDecoder
 from genrecedit.model.trie import PrefixTrie
 
 EDITED = np.array([2, 5, 9])
-
-
-def _artifact(tiny_model, codes: np.ndarray, items: np.ndarray = EDITED, scale: float = 0.5,
-              scheme: str = "position_wise") -> EditArtifact:
-    g = torch.Generator().manual_seed(7)
-    d_model = tiny_model.config.d_model
-    d_ff = tiny_model.decoder.block[0].layer[2].DenseReluDense.wo.in_features
-    dw = {p: torch.randn(d_model, d_ff, generator=g, dtype=torch.float64) * scale for p in range(codes.shape[1])}
-    batch = EditBatch("b0", [f"i{i}" for i in items], codes[items], dw, {})
-    return EditArtifact("base", [1, 0, 1, 0][: codes.shape[1]], [batch], scheme)
 
 
 def _scores_by_item(beams, row: int) -> dict[int, float]:
@@ -46,9 +35,9 @@ def test_trie_subtree_flags_match_the_prefixes(tiny_layout, tiny_codes):
             assert bool(flags[p - 1][node]) == (tuple(codes[:p]) in edited_prefixes)
 
 
-def test_every_item_is_scored_by_the_model_that_knows_it(tiny_model, tiny_layout, tiny_codes, setting):
+def test_every_item_is_scored_by_the_model_that_knows_it(random_artifact, tiny_layout, tiny_codes, setting):
     dec, trie, ids, mask = setting
-    art = _artifact(tiny_model, tiny_codes)
+    art = random_artifact(EDITED, tiny_codes, seed=7)
     wide = len(tiny_codes)  # a beam as wide as the catalog ranks every item
     with torch.no_grad():
         base = beam_search(dec, tiny_layout, trie, ids, mask, wide, wide)
@@ -67,9 +56,9 @@ def test_every_item_is_scored_by_the_model_that_knows_it(tiny_model, tiny_layout
     assert moved  # the plain edit does move other items' scores: the test can tell the two apart
 
 
-def test_narrow_beam_keeps_other_items_in_their_base_order(tiny_model, tiny_layout, tiny_codes, setting):
+def test_narrow_beam_keeps_other_items_in_their_base_order(random_artifact, tiny_layout, tiny_codes, setting):
     dec, trie, ids, mask = setting
-    art = _artifact(tiny_model, tiny_codes, scale=2.0)
+    art = random_artifact(EDITED, tiny_codes, seed=7, scale=2.0)
     wide = len(tiny_codes)
     with torch.no_grad():
         base = beam_search(dec, tiny_layout, trie, ids, mask, wide, wide)
@@ -84,9 +73,9 @@ def test_narrow_beam_keeps_other_items_in_their_base_order(tiny_model, tiny_layo
 
 
 @pytest.mark.parametrize("constrained", [True, False])
-def test_preserve_cached_equals_reference(tiny_model, tiny_layout, tiny_codes, setting, constrained):
+def test_preserve_cached_equals_reference(random_artifact, tiny_layout, tiny_codes, setting, constrained):
     dec, trie, ids, mask = setting
-    sched = _artifact(tiny_model, tiny_codes).schedule("preserve")
+    sched = random_artifact(EDITED, tiny_codes, seed=7).schedule("preserve")
     with torch.no_grad():
         cached = beam_search(dec, tiny_layout, trie, ids, mask, 6, 6, constrained, sched, cached=True)
         ref = beam_search(dec, tiny_layout, trie, ids, mask, 6, 6, constrained, sched, cached=False)
@@ -94,9 +83,9 @@ def test_preserve_cached_equals_reference(tiny_model, tiny_layout, tiny_codes, s
     torch.testing.assert_close(cached.scores, ref.scores, rtol=1e-4, atol=1e-4)
 
 
-def test_a_zero_edit_leaves_decoding_unchanged(tiny_model, tiny_layout, tiny_codes, setting):
+def test_a_zero_edit_leaves_decoding_unchanged(random_artifact, tiny_layout, tiny_codes, setting):
     dec, trie, ids, mask = setting
-    sched = _artifact(tiny_model, tiny_codes, scale=0.0).schedule("preserve")
+    sched = random_artifact(EDITED, tiny_codes, seed=7, scale=0.0).schedule("preserve")
     assert isinstance(sched, PreservingSchedule)
     with torch.no_grad():
         base = beam_search(dec, tiny_layout, trie, ids, mask, 5, 5)
@@ -105,6 +94,6 @@ def test_a_zero_edit_leaves_decoding_unchanged(tiny_model, tiny_layout, tiny_cod
     torch.testing.assert_close(base.scores, kept.scores)
 
 
-def test_preserve_needs_a_position_wise_edit(tiny_model, tiny_codes):
+def test_preserve_needs_a_position_wise_edit(random_artifact, tiny_codes):
     with pytest.raises(ValueError, match="position-wise"):
-        _artifact(tiny_model, tiny_codes, scheme="object_wise").schedule("preserve")
+        random_artifact(EDITED, tiny_codes, seed=7, scheme="object_wise").schedule("preserve")
