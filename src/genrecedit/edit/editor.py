@@ -19,7 +19,7 @@ from genrecedit.edit.keys import collect_keys, second_moments, teacher_force, tr
 from genrecedit.edit.knowledge import EditRequests
 from genrecedit.edit.memory import DeltaConfig, optimise_deltas
 from genrecedit.edit.objectwise import optimise_object_deltas
-from genrecedit.edit.probe import LayerPolicy, ProbeTable, locate_layers, probe_accuracy
+from genrecedit.edit.probe import LayerPolicy, ProbeTable, fixed_layers, locate_layers, probe_accuracy
 from genrecedit.edit.update import closed_form_update
 from genrecedit.errors import ArtifactMismatchError, ConfigError, EmptyInputError
 from genrecedit.model.decoder import DecoderCache, edit_delta
@@ -34,6 +34,11 @@ class EditConfig:
     # many warm beams (every beam sharing c_0) and the deep ones on few, so they can afford a smaller λ
     lam_scale: list[float] | None = None
     layer_policy: LayerPolicy = "probe"
+    # the probe moves l_p off the official l_p = p only for a layer whose balanced accuracy is higher at this
+    # significance level (a corrected paired t-test over the probe's grouped folds, probe.py); with no signal in
+    # any layer the plain argmax leaves l_p = p 3 times in 4 (tests/edit/test_probe.py). None: the paper's argmax
+    probe_alpha: float | None = 0.05
+    probe_folds: int = 5
     # position_wise: GenRecEdit (one request, δ and ΔW per SID position). object_wise: the paper's "w/o
     # position-wise" ablation, a conventional history → whole-SID edit at (l_0, index 0) (see objectwise.py)
     scheme: Literal["position_wise", "object_wise"] = "position_wise"
@@ -102,11 +107,12 @@ class ColdItemEditor:
                                 desc="probe keys (requests)")
         neg_keys = collect_keys(self.decoder, self.layout, self.train.histories[neg], codes[self.train.targets[neg]],
                                 codes, sites, desc="probe keys (training)")
-        acc = np.zeros((self.n_pos, self.n_layers))
+        folds = np.full((self.n_pos, self.n_layers, self.cfg.probe_folds), np.nan)
         for layer, p in tqdm(sites, desc="linear probes", leave=False):
-            acc[p, layer] = probe_accuracy(pos_keys[(layer, p)], neg_keys[(layer, p)], req.items,
-                                           self.train.targets[neg], self.cfg.seed)
-        return ProbeTable(acc)
+            acc = probe_accuracy(pos_keys[(layer, p)], neg_keys[(layer, p)], req.items, self.train.targets[neg],
+                                 self.cfg.seed, self.cfg.probe_folds)
+            folds[p, layer, :len(acc)] = acc  # fewer items than folds: fewer folds (NaN-padded)
+        return ProbeTable.from_folds(folds)
 
     def lam(self, p: int) -> float:
         """λ of SID position p: ``lam`` times its ``lam_scale`` multiplier."""
@@ -128,6 +134,9 @@ class ColdItemEditor:
         if any(not 0 <= p < self.n_pos for p in positions) or not positions:
             raise ConfigError(f"edit.positions must be a non-empty subset of 0..{self.n_pos - 1}, "
                               f"got {self.cfg.positions}")
+        if self.cfg.probe_folds < 2 or (self.cfg.probe_alpha is not None and not 0 < self.cfg.probe_alpha < 1):
+            raise ConfigError(f"edit.probe_folds must be ≥ 2 and edit.probe_alpha in (0, 1) or null, got "
+                              f"{self.cfg.probe_folds} and {self.cfg.probe_alpha}")
         if self.cfg.lam_scale is not None and (len(self.cfg.lam_scale) != self.n_pos
                                                or not all(x > 0 for x in self.cfg.lam_scale)):
             raise ConfigError(f"edit.lam_scale must hold {self.n_pos} positive multipliers (one per SID position), "
@@ -140,7 +149,8 @@ class ColdItemEditor:
         else:
             if self.cfg.layer_policy in ("probe", "worst"):
                 probe_table = self.probe(requests, codes)
-            layers = locate_layers(self.cfg.layer_policy, self.n_pos, self.n_layers, probe_table, self.cfg.seed)
+            layers = locate_layers(self.cfg.layer_policy, self.n_pos, self.n_layers, probe_table, self.cfg.seed,
+                                   self.cfg.probe_alpha)
         timings["probe"] = time.perf_counter() - start
 
         object_wise = self.cfg.scheme == "object_wise"
@@ -217,8 +227,9 @@ class ColdItemEditor:
                                 self.cfg.scheme)
         artifact.batches.append(batch)
         efficacy = self.efficacy(requests, codes, layers, artifact, previous)
-        report = EditReport(layers, probe_table.to_dict() if probe_table else None, len(requests),
-                            len(edited_items), converged, efficacy, timings, c0_cached)
+        probe = probe_table.to_dict(fixed_layers(self.n_pos, self.n_layers), self.cfg.probe_alpha) \
+            if probe_table else None
+        report = EditReport(layers, probe, len(requests), len(edited_items), converged, efficacy, timings, c0_cached)
         return artifact, report
 
     def _fit_gates(self, keys: dict[int, list[torch.Tensor]], sites: list[tuple[int, int]],
