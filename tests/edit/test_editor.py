@@ -18,6 +18,11 @@ def test_edit_run_writes_a_usable_artifact(tiny_run, tmp_path):
     assert (tmp_path / "edits" / "edits.json").exists() and (tmp_path / "edit_report.json").exists()
     assert report.n_items == len(np.unique(build_requests(run).items))
     assert all(0 <= layer < run.recommender.decoder.n_layers for layer in report.layers)
+    # the layer probe (default policy): its table, spread and both choices are reported; the edit uses the resolved one
+    n_pos, n_layers = run.recommender.layout.n_positions, run.recommender.decoder.n_layers
+    assert np.asarray(report.probe["accuracy"]).shape == np.asarray(report.probe["stderr"]).shape == (n_pos, n_layers)
+    assert report.layers == report.probe["best_layers"]
+    assert report.probe["argmax_layers"] == [int(np.argmax(r)) for r in report.probe["accuracy"]]
     assert len(report.efficacy["after"]) == run.recommender.layout.n_positions
     # a small λ must lift teacher-forced efficacy of the requests above the unedited model's
     assert sum(report.efficacy["after"]) > sum(report.efficacy["before"])
