@@ -7,14 +7,13 @@ edit is strong. Without a gate (the default) every key at (l_p, p) gets ΔW k, a
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
+from genrecedit.edit.probe import fit_small
 from genrecedit.errors import EmptyInputError
 
 
@@ -43,10 +42,7 @@ def fit_gate(positives: torch.Tensor, negatives: torch.Tensor, false_positive_ra
     x = torch.cat([positives.double(), fit_neg]).numpy()
     y = np.concatenate([np.ones(len(positives)), np.zeros(len(fit_neg))])
     mean, scale = x.mean(0), x.std(0) + 1e-6
-    clf = LogisticRegression(max_iter=300, tol=1e-4, class_weight="balanced")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        clf.fit((x - mean) / scale, y)
+    clf = fit_small(LogisticRegression(max_iter=300, tol=1e-4, class_weight="balanced"), (x - mean) / scale, y)
     w = clf.coef_[0] / scale
     b = float(clf.intercept_[0] - (clf.coef_[0] * mean / scale).sum())
     threshold = float(np.quantile(held.numpy() @ w + b, 1.0 - false_positive_rate))

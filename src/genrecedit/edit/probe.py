@@ -61,6 +61,15 @@ class ProbeTable:
                 "argmax_layers": self.best_layers(), "best_layers": self.best_layers(default, alpha)}
 
 
+def fit_small(clf, x: np.ndarray, y: np.ndarray):
+    """Fit a small sklearn classifier (the layer probe, the probe gate) on one BLAS thread, convergence warnings
+    silenced. With two threads these fits were 7× slower on 2 cores and their numbers moved with the thread count
+    (enough to flip the probe's argmax layer on game)."""
+    with warnings.catch_warnings(), threadpool_limits(limits=1):
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return clf.fit(x, y)
+
+
 def _stderr(values: np.ndarray) -> float:
     v = values[~np.isnan(values)]
     return float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
@@ -95,18 +104,16 @@ def probe_accuracy(positives: torch.Tensor, negatives: torch.Tensor, pos_groups:
     groups = np.concatenate([pos_groups[pi], neg_groups[ni] + int(pos_groups.max()) + 1])
     n_groups = min(len(np.unique(groups[:n])), len(np.unique(groups[n:])))
     if n_groups < 2:
-        return np.full(max(folds, 1), 0.5)  # too few groups to tell; an uninformative score rather than an error
+        return np.full(folds, 0.5)  # too few groups to tell; an uninformative score rather than an error
     k = min(folds, n_groups)
     accs = []
     for train_idx, test_idx in StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed).split(x, y, groups):
         if len(np.unique(y[train_idx])) < 2 or len(np.unique(y[test_idx])) < 2:
             accs.append(0.5)
             continue
-        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=200, tol=1e-3))
-        # one BLAS thread: these fits are small, and a second thread made them 7× slower on 2 cores (measured)
-        with warnings.catch_warnings(), threadpool_limits(limits=1):
-            warnings.simplefilter("ignore", ConvergenceWarning)  # a not-quite-converged probe still ranks layers
-            clf.fit(x[train_idx], y[train_idx])
+        # a not-quite-converged probe still ranks layers
+        clf = fit_small(make_pipeline(StandardScaler(), LogisticRegression(max_iter=200, tol=1e-3)),
+                        x[train_idx], y[train_idx])
         accs.append(float(balanced_accuracy_score(y[test_idx], clf.predict(x[test_idx]))))
     return np.asarray(accs)
 
