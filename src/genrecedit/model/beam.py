@@ -82,8 +82,7 @@ def beam_search(decoder: SteppedDecoder, layout: TokenLayout, trie: PrefixTrie, 
         logits, base = out.logits, out.base_logits
     else:
         logits = decoder.prefix_logits(tokens[:, None], enc, step_edits)[:, layout.position_slice(0)]
-        base = _reference_base(decoder, tokens[:, None], enc, step_edits, None, preserve)
-        base = None if base is None else base[:, layout.position_slice(0)]
+        base = _reference_base(decoder, tokens[:, None], enc, step_edits, None, preserve, layout.position_slice(0))
     nodes = torch.zeros(batch, dtype=torch.long, device=device)
     state = _extend(logits, base, layout, trie, 0, nodes, None, beam, constrained, preserve)
     scores, codes, nodes = state.scores, state.codes, state.nodes
@@ -106,8 +105,8 @@ def beam_search(decoder: SteppedDecoder, layout: TokenLayout, trie: PrefixTrie, 
             prefix = torch.cat([start, prefix_codes], dim=1)
             logits = decoder.prefix_logits(prefix, enc, step_edits,
                                            codes=sids.reshape(batch * width, -1))[:, layout.position_slice(t)]
-            base = _reference_base(decoder, prefix, enc, step_edits, sids.reshape(batch * width, -1), preserve)
-            base = None if base is None else base[:, layout.position_slice(t)]
+            base = _reference_base(decoder, prefix, enc, step_edits, sids.reshape(batch * width, -1), preserve,
+                                   layout.position_slice(t))
         state = _extend(logits, base, layout, trie, t, nodes.reshape(-1), state, beam, constrained, preserve)
         scores, new_codes, nodes, parent = state.scores, state.codes, state.nodes, state.parent
         width_t = scores.shape[1]
@@ -128,11 +127,12 @@ def beam_search(decoder: SteppedDecoder, layout: TokenLayout, trie: PrefixTrie, 
 
 
 def _reference_base(decoder: SteppedDecoder, prefix: torch.Tensor, enc, step_edits: StepEdits | None,
-                    codes: torch.Tensor | None, preserve) -> torch.Tensor | None:
-    """The uncached path's unedited logits where the cached one would report them (an edit fired at this step)."""
+                    codes: torch.Tensor | None, preserve, columns: slice) -> torch.Tensor | None:
+    """The uncached path's unedited logits (``columns`` of them) where the cached one would report them (an edit
+    fired at this step)."""
     if preserve is None or step_edits is None or not step_edits.edits:
         return None
-    return decoder.prefix_logits(prefix, enc, None, codes=codes)
+    return decoder.prefix_logits(prefix, enc, None, codes=codes)[:, columns]
 
 
 @dataclass
