@@ -125,6 +125,42 @@ def sweep(run_dir: RunDir, overrides: Overrides = None,
 
 
 @app.command()
+def calibrate(run_dir: RunDir, overrides: Overrides = None,
+              by: Annotated[str, typer.Option(help="warm_drop (§5.10's bound) or exposure (the chosen cell's share "
+                                                   "of top-10 slots cold items take on warm cases)")] = "warm_drop",
+              target: Annotated[Optional[float], typer.Option(help="the bound (default: from the sweep)")] = None,
+              sweep_json: Annotated[Optional[Path], typer.Option(
+                  "--sweep", help="the sweep that chose λ and n (default <run>/sweep.json)")] = None,
+              lam_min: Annotated[Optional[float], typer.Option(help="default: the sweep's chosen λ")] = None,
+              lam_max: Annotated[Optional[float], typer.Option(help="default: 16 × λ min")] = None,
+              steps: Annotated[int, typer.Option(help="bisections in log λ after the two ends")] = 5,
+              device: Device = None) -> None:
+    """Re-fit λ for the edit that ships (it learns from the whole validation period, the sweep's edit from half):
+    the smallest λ ≥ the chosen one whose shipped edit keeps the bound on validation. Then: edit -o edit.lam=…"""
+    import json
+
+    from genrecedit.runs.backbone import load_run
+    from genrecedit.runs.calibrate import calibrate as run_calibrate, format_calibration, from_sweep
+
+    extra = ["eval.cases=valid", *(overrides or []), *([f"device={device}"] if device else [])]
+    try:
+        path = sweep_json or run_dir / "sweep.json"
+        if path.is_file():
+            swept_target, swept_lam, swept_n = from_sweep(json.loads(path.read_text()), by)
+            extra.insert(1, f"knowledge.histories_per_item={swept_n}")  # the chosen n, unless -o says otherwise
+            target = swept_target if target is None else target
+            lam_min = swept_lam if lam_min is None else lam_min
+        elif target is None or lam_min is None:
+            raise FileNotFoundError(f"no sweep at {path}: run `genrecedit sweep` first, or pass --target and "
+                                    "--lam-min")
+        result = run_calibrate(load_run(run_dir, extra), target, run_dir, by, lam_min,
+                               16 * lam_min if lam_max is None else lam_max, steps)
+    except (GenRecEditError, FileNotFoundError) as err:
+        _fail(err)
+    typer.echo(format_calibration(result))
+
+
+@app.command()
 def ablate(run_dir: RunDir, overrides: Overrides = None,
            seeds: Annotated[str, typer.Option(help="comma-separated seeds")] = "0,1,2",
            out: Annotated[Optional[Path], typer.Option(help="output directory (default: <run>/ablations)")] = None,

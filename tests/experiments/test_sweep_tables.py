@@ -14,7 +14,7 @@ SWEEP = {
     "base": _metrics(0.0200, 0.0300, 0.0, 0.0),
     "cells": [
         {"lam": 300.0, "n": 3, "metrics": _metrics(0.0210, 0.0285, 0.0123, 0.0045), "warm_ndcg10_drop": 0.05,
-         "efficacy": {"after": [0.1, 0.5]}},
+         "cold_exposure": 0.0412, "efficacy": {"after": [0.1, 0.5]}},
         {"lam": 1000.0, "n": 5, "metrics": _metrics(0.0190, 0.0306, None, None), "warm_ndcg10_drop": -0.02,
          "efficacy": {"after": [0.1, 0.4]}},
     ],
@@ -30,6 +30,8 @@ def test_rows_hold_every_cell_once_base_first():
     assert rows[2][SWEEP_COLUMNS.index("warm drop")] == "-2.0%"
     assert rows[1][SWEEP_COLUMNS.index("cold R@10")] == "0.0123"
     assert rows[2][SWEEP_COLUMNS.index("cold R@10")] == "–"  # an empty cold subset is undefined, not 0
+    assert rows[1][SWEEP_COLUMNS.index("cold exposure")] == "4.1%"
+    assert rows[2][SWEEP_COLUMNS.index("cold exposure")] == "–"  # a sweep.json from before it was recorded
 
 
 def test_terminal_and_markdown_show_the_same_cells():

@@ -52,6 +52,15 @@ class EvalResult:
     def __len__(self) -> int:
         return int(self.ranks.shape[0])
 
+    def cold_exposure(self, k: int = 10) -> float:
+        """Mean share of the top-k slots that hold cold items, over the warm cases: how much room the new items
+        take from the recommendations of users who wanted a known item. It needs no label beyond which cases are
+        warm, and under ``preserve`` decoding the warm NDCG@k drop is close to it (README, "Cold exposure")."""
+        if k not in self.ks:
+            raise ValueError(f"cold exposure at k={k}: the cutoffs are {self.ks}")
+        warm = ~self.cold_mask
+        return float(self.cold_share[warm, self.ks.index(k)].mean()) if warm.any() else 0.0
+
     def subset_mask(self, subset: str) -> np.ndarray:
         """[n] bool selecting the cases of ``"overall"``, ``"warm"`` or ``"cold"``."""
         if subset == "overall":

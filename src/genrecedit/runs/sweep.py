@@ -47,6 +47,7 @@ def sweep(run: LoadedRun, lams: list[float], per_item: list[int], out_dir: Path,
         row = _row(edited.summary())
         warm_drop = 1 - row["warm"]["ndcg@10"] / max(base_row["warm"]["ndcg@10"], 1e-12)
         cells.append({"lam": lam, "n": n, "metrics": row, "warm_ndcg10_drop": warm_drop,
+                      "cold_exposure": edited.cold_exposure(10),
                       "efficacy": report.efficacy, "converged": report.converged,
                       "update_seconds": report.timings_s["update_total"], "layers": report.layers})
         write_json(Path(out_dir) / "sweep.json", {"base": base_row, "cells": cells, "chosen": None})
@@ -54,14 +55,15 @@ def sweep(run: LoadedRun, lams: list[float], per_item: list[int], out_dir: Path,
     best = max(ok, key=lambda c: c["metrics"]["overall"]["ndcg@10"], default=None)
     chosen = None
     if best is not None and best["metrics"]["overall"]["ndcg@10"] > base_row["overall"]["ndcg@10"]:
-        chosen = {"lam": best["lam"], "n": best["n"]}
+        chosen = {"lam": best["lam"], "n": best["n"], "cold_exposure": best["cold_exposure"]}
     result = {"base": base_row, "cells": cells, "chosen": chosen, "max_warm_drop": max_warm_drop,
               "cases": run.config.eval.cases, "n_cases": len(cases)}
     write_json(Path(out_dir) / "sweep.json", result)
     return result
 
 
-SWEEP_COLUMNS = ("λ", "n", "overall N@10", "warm N@10", "warm drop", "cold R@10", "cold N@10", "efficacy after")
+SWEEP_COLUMNS = ("λ", "n", "overall N@10", "warm N@10", "warm drop", "cold R@10", "cold N@10", "cold exposure",
+                 "efficacy after")
 
 
 def sweep_rows(result: dict) -> list[list[str]]:
@@ -77,11 +79,12 @@ def sweep_rows(result: dict) -> list[list[str]]:
         return [num(m["cold"]["recall@10"]), num(m["cold"]["ndcg@10"])]
 
     b = result["base"]
-    rows = [["base", "–", *metrics(b), "–", *cold(b), "–"]]
+    rows = [["base", "–", *metrics(b), "–", *cold(b), "–", "–"]]
     for c in result["cells"]:
         m = c["metrics"]
+        exposure = c.get("cold_exposure")  # absent from sweeps written before it was recorded
         rows.append([f"{c['lam']:g}", str(c["n"]), *metrics(m), f"{100 * c['warm_ndcg10_drop']:+.1f}%", *cold(m),
-                     str(c["efficacy"]["after"])])
+                     "–" if exposure is None else f"{100 * exposure:.1f}%", str(c["efficacy"]["after"])])
     return rows
 
 
