@@ -13,7 +13,7 @@ METRICS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20", "iid_ratio@10", "n_ca
 
 def test_demo_writes_the_report(tmp_path, synthetic_dir, tiny_overrides):
     cfg = load_config("demo", [f"dataset={synthetic_dir}", f"cache_dir={tmp_path / 'cache'}", *tiny_overrides,
-                               "edit.lam=10", "train.epochs=2", "decode.beam=20", "decode.k=20"])
+                               "edit.lam=1000", "train.epochs=2", "decode.beam=20", "decode.k=20"])
     lines: list[str] = []
     out = run_demo(cfg, tmp_path / "demo", echo=lines.append, upper_bound=False)
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
@@ -27,4 +27,9 @@ def test_demo_writes_the_report(tmp_path, synthetic_dir, tiny_overrides):
     assert report["base"]["cold"]["n_cases"] > 0  # the holdout launch leaves cold test cases to measure
     assert report["timing_s"]["train"] > 0 and report["timing_s"]["edit"] > 0
     assert report["edit"]["trigger"] == "preserve" and report["edit"]["n_items"] > 0
+    # the demo re-fits λ for the shipped edit on validation: never below the selected λ, and within the bound there
+    refit = json.loads((tmp_path / "demo" / "calibrate.json").read_text())
+    assert report["edit"]["lam_selected"] == 1000 and report["edit"]["lam"] == refit["chosen_lam"] >= 1000
+    shipped = next(t for t in refit["trials"] if t["lam"] == refit["chosen_lam"])
+    assert refit["by"] == "warm_drop" and shipped["warm_ndcg10_drop"] <= 0.05
     assert any("GenRecEdit" in line for line in lines) and (tmp_path / "demo" / "metrics.md").exists()

@@ -33,8 +33,10 @@ def run_demo(cfg: RunConfig, run_dir: Path, echo=print, upper_bound: bool = True
     if upper_bound:
         # the same edit fed the cold items' true test histories: an analysis row that shows what the edit can do
         # with perfect knowledge (it reads the test set, so it is never a method to deploy)
+        # (at the shipped λ: no re-fit, which would decode validation with test knowledge)
         ub_run = dataclasses.replace(run, config=dataclasses.replace(
-            run.config, knowledge=dataclasses.replace(run.config.knowledge, source="upper_bound")))
+            run.config, knowledge=dataclasses.replace(run.config.knowledge, source="upper_bound"),
+            edit=dataclasses.replace(run.config.edit, lam=artifact.batches[-1].meta["lam"], refit=None)))
         ub_artifact, _ = edit_run(ub_run, run_dir / "upper_bound")
         ub, _ = evaluate_model(run, cases, ub_artifact.schedule(run.config.eval.trigger, run.recommender.device),
                                desc="evaluate upper bound")
@@ -49,11 +51,15 @@ def run_demo(cfg: RunConfig, run_dir: Path, echo=print, upper_bound: bool = True
         "timing_s": {"train": train_s, "edit": report.timings_s["update_total"], "evaluate_base": base_s},
         "edit": {"layers": report.layers, "n_items": report.n_items, "n_requests": report.n_requests,
                  "converged": report.converged, "efficacy": report.efficacy, "c0_cached": report.c0_cached,
-                 "trigger": run.config.eval.trigger},
+                 "trigger": run.config.eval.trigger, "lam": artifact.batches[-1].meta["lam"],
+                 "lam_selected": run.config.edit.lam},
     }
     write_json(run_dir / "report.json", out)
     echo(format_table(results))
     echo(f"\nedit: {report.n_items} items, {report.n_requests} requests, layers {report.layers}, "
+         f"λ {artifact.batches[-1].meta['lam']:.4g}"
+         + (f" (re-fit from {run.config.edit.lam:g}: {run_dir / 'calibrate.json'})" if run.config.edit.refit else "")
+         + ", "
          f"decoded with trigger {run.config.eval.trigger}, "
          f"efficacy before {report.efficacy['before']} after {report.efficacy['after']}")
     echo(f"time: train {train_s:.0f}s, edit {report.timings_s['update_total']:.1f}s "

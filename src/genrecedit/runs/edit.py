@@ -55,14 +55,24 @@ def make_editor(run: LoadedRun, trigger: TriggerMode | None = None) -> ColdItemE
 
 def edit_run(run: LoadedRun, out_dir: Path, items: np.ndarray | None = None,
              previous: EditArtifact | None = None) -> tuple[EditArtifact, EditReport]:
-    """Inject ``items`` (default: all cold items) and write ``<out_dir>/edits/`` and ``edit_report.json``."""
+    """Inject ``items`` (default: all cold items) and write ``<out_dir>/edits/`` and ``edit_report.json``. With
+    ``edit.refit`` set (and no ``previous`` batch) λ is first re-fit on validation (``calibrate.json``)."""
+    refit = None
+    if run.config.edit.refit is not None and previous is None:
+        from genrecedit.runs.calibrate import refit_lam  # it builds on this module
+
+        result = refit_lam(run, out_dir, items)
+        refit = {"by": result["by"], "target": result["target"], "lam_selected": run.config.edit.lam,
+                 "lam_shipped": result["chosen_lam"], "edits_tried": len(result["trials"])}
+        run = dataclasses.replace(run, config=dataclasses.replace(
+            run.config, edit=dataclasses.replace(run.config.edit, lam=result["chosen_lam"])))
     requests = build_requests(run, items)
     artifact, report = make_editor(run).edit(requests, run.prepared.codes, run.prepared.split.item_ids, previous)
     out_dir = Path(out_dir)
     artifact.save(out_dir / ARTIFACT_DIR)
     run.config.save(out_dir / "edit_config.yaml")
     write_json(out_dir / "edit_report.json", {**report.to_dict(), "knowledge": dataclasses.asdict(run.config.knowledge),
-                                              "lam": run.config.edit.lam})
+                                              "lam": run.config.edit.lam, "refit": refit})
     if report.probe is not None:
         write_bytes(out_dir / "probe.png", probe_figure_png(np.asarray(report.probe["accuracy"]), report.layers))
     return artifact, report
