@@ -81,10 +81,13 @@ def edit(run_dir: RunDir, overrides: Overrides = None,
 
     try:
         run = load_run(run_dir, list(overrides or []) + ([f"device={device}"] if device else []))
-        _, report = edit_run(run, out or run_dir)
+        artifact, report = edit_run(run, out or run_dir)
     except GenRecEditError as err:
         _fail(err)
-    typer.echo(f"edited {report.n_items} items ({report.n_requests} requests) at layers {report.layers} in "
+    lam = artifact.batches[-1].meta["lam"]
+    refit = f" (re-fit from {run.config.edit.lam:g})" if lam != run.config.edit.lam else ""
+    typer.echo(f"edited {report.n_items} items ({report.n_requests} requests) at layers {report.layers}, "
+               f"λ {lam:.4g}{refit}, in "
                f"{report.timings_s['update_total']:.1f}s; efficacy before {report.efficacy['before']} "
                f"after {report.efficacy['after']}")
 
