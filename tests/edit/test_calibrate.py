@@ -150,7 +150,7 @@ def test_edit_run_refits_lambda_before_editing(tiny_run, tmp_path, monkeypatch):
     saved = json.loads((tmp_path / "a" / "edit_report.json").read_text())
     refit = json.loads((tmp_path / "a" / "calibrate.json").read_text())
     assert saved["refit"]["lam_selected"] == 1000 and saved["refit"]["lam_shipped"] == refit["chosen_lam"] >= 1000
-    assert saved["lam"] == refit["chosen_lam"]
+    assert saved["lam"] == refit["chosen_lam"] and saved["refit"]["seconds"] > 0
     assert EditArtifact.load(tmp_path / "a" / ARTIFACT_DIR).batches[-1].meta["lam"] == refit["chosen_lam"]
     # the exposure target is the selection edit's: λ as configured, first-half knowledge, second-half cases
     valid = load_run(tiny_run, over + ["eval.cases=valid"])

@@ -32,4 +32,5 @@ def test_demo_writes_the_report(tmp_path, synthetic_dir, tiny_overrides):
     assert report["edit"]["lam_selected"] == 1000 and report["edit"]["lam"] == refit["chosen_lam"] >= 1000
     shipped = next(t for t in refit["trials"] if t["lam"] == refit["chosen_lam"])
     assert refit["by"] == "warm_drop" and shipped["warm_ndcg10_drop"] <= 0.05
+    assert report["timing_s"]["edit_wall"] > report["timing_s"]["edit"]  # the re-fit's edits are not update time
     assert any("GenRecEdit" in line for line in lines) and (tmp_path / "demo" / "metrics.md").exists()

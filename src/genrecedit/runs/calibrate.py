@@ -27,7 +27,7 @@ from genrecedit.errors import ConfigError
 from genrecedit.runs.backbone import LoadedRun
 from genrecedit.runs.edit import build_requests, make_editor
 from genrecedit.runs.evaluate import evaluate_model, evaluation_cases
-from genrecedit.runs.sweep import _row
+from genrecedit.runs.sweep import metrics_row, warm_drop
 
 
 def search_lam(measure: Callable[[float], float], target: float, lam_min: float, lam_max: float,
@@ -109,7 +109,7 @@ def calibrate(run: LoadedRun, target: float, out_dir: Path, by: Criterion = "war
         run.config, eval=dataclasses.replace(run.config.eval, cases="test")))
     requests = build_requests(shipped, items)
     base, _ = evaluate_model(run, cases, desc="calibrate: base")
-    base_row = _row(base.summary())
+    base_row = metrics_row(base.summary())
     trials: list[dict] = []
     bar = tqdm(total=steps + 2, desc="calibrate λ", unit="edit")
 
@@ -119,9 +119,9 @@ def calibrate(run: LoadedRun, target: float, out_dir: Path, by: Criterion = "war
         artifact, _ = make_editor(cell).edit(requests, run.prepared.codes, run.prepared.split.item_ids)
         edited, _ = evaluate_model(run, cases, artifact.schedule(run.config.eval.trigger, run.recommender.device),
                                    desc=f"calibrate: λ={lam:g}")
-        row = _row(edited.summary())
+        row = metrics_row(edited.summary())
         trials.append({"lam": lam, "cold_exposure": edited.cold_exposure(10), "metrics": row,
-                       "warm_ndcg10_drop": 1 - row["warm"]["ndcg@10"] / max(base_row["warm"]["ndcg@10"], 1e-12)})
+                       "warm_ndcg10_drop": warm_drop(row, base_row)})
         bar.update()
         return trials[-1][_TRIAL_KEY[by]]
 

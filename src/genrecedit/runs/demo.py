@@ -26,7 +26,9 @@ def run_demo(cfg: RunConfig, run_dir: Path, echo=print, upper_bound: bool = True
     run = load_run(run_dir)
     cases = evaluation_cases(run)
     base, base_s = evaluate_model(run, cases, desc="evaluate base")
+    t0 = time.perf_counter()
     artifact, report = edit_run(run, run_dir)
+    edit_wall_s = time.perf_counter() - t0  # with edit.refit: the λ re-fit on validation included
     edited, _ = evaluate_model(run, cases, artifact.schedule(run.config.eval.trigger, run.recommender.device),
                                desc="evaluate edited")
     results = {"TIGER": base.summary(), "GenRecEdit": edited.summary()}
@@ -48,7 +50,8 @@ def run_demo(cfg: RunConfig, run_dir: Path, echo=print, upper_bound: bool = True
         "base": {s: {k: v for k, v in results["TIGER"][s].items() if k in REPORT_KEYS} for s in results["TIGER"]},
         "edited": {s: {k: v for k, v in results["GenRecEdit"][s].items() if k in REPORT_KEYS}
                    for s in results["GenRecEdit"]},
-        "timing_s": {"train": train_s, "edit": report.timings_s["update_total"], "evaluate_base": base_s},
+        "timing_s": {"train": train_s, "edit": report.timings_s["update_total"], "evaluate_base": base_s,
+                     "edit_wall": edit_wall_s},
         "edit": {"layers": report.layers, "n_items": report.n_items, "n_requests": report.n_requests,
                  "converged": report.converged, "efficacy": report.efficacy, "c0_cached": report.c0_cached,
                  "trigger": run.config.eval.trigger, "lam": artifact.batches[-1].meta["lam"],
@@ -63,6 +66,7 @@ def run_demo(cfg: RunConfig, run_dir: Path, echo=print, upper_bound: bool = True
          f"decoded with trigger {run.config.eval.trigger}, "
          f"efficacy before {report.efficacy['before']} after {report.efficacy['after']}")
     echo(f"time: train {train_s:.0f}s, edit {report.timings_s['update_total']:.1f}s "
-         f"({100 * report.timings_s['update_total'] / max(train_s, 1e-9):.1f}% of training)")
+         f"({100 * report.timings_s['update_total'] / max(train_s, 1e-9):.1f}% of training)"
+         + (f", λ re-fit + edit {edit_wall_s:.0f}s" if run.config.edit.refit else ""))
     echo(f"written: {run_dir / 'report.json'}, {run_dir / 'metrics.md'}")
     return out

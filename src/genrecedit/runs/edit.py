@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 import numpy as np
@@ -61,9 +62,11 @@ def edit_run(run: LoadedRun, out_dir: Path, items: np.ndarray | None = None,
     if run.config.edit.refit is not None and previous is None:
         from genrecedit.runs.calibrate import refit_lam  # it builds on this module
 
+        t0 = time.perf_counter()
         result = refit_lam(run, out_dir, items)
         refit = {"by": result["by"], "target": result["target"], "lam_selected": run.config.edit.lam,
-                 "lam_shipped": result["chosen_lam"], "edits_tried": len(result["trials"])}
+                 "lam_shipped": result["chosen_lam"], "edits_tried": len(result["trials"]),
+                 "seconds": time.perf_counter() - t0}  # edits and validation decoding: not part of the update time
         run = dataclasses.replace(run, config=dataclasses.replace(
             run.config, edit=dataclasses.replace(run.config.edit, lam=result["chosen_lam"])))
     requests = build_requests(run, items)

@@ -17,8 +17,14 @@ from genrecedit.atomic import write_json
 REPORTED = ("recall@10", "ndcg@10", "iid_ratio@10")
 
 
-def _row(summary: dict) -> dict:
+def metrics_row(summary: dict) -> dict:
+    """The reported metrics of one evaluation summary, per subset (a sweep cell's or calibration trial's row)."""
     return {s: {m: summary[s][m] for m in REPORTED} | {"n_cases": summary[s]["n_cases"]} for s in summary}
+
+
+def warm_drop(row: dict, base_row: dict) -> float:
+    """Relative warm NDCG@10 drop of an edited row against the unedited one (> 0: the edit costs warm items)."""
+    return 1 - row["warm"]["ndcg@10"] / max(base_row["warm"]["ndcg@10"], 1e-12)
 
 
 def sweep(run: LoadedRun, lams: list[float], per_item: list[int], out_dir: Path,
@@ -32,7 +38,7 @@ def sweep(run: LoadedRun, lams: list[float], per_item: list[int], out_dir: Path,
     cases = evaluation_cases(run)
     run.config.save(Path(out_dir) / "sweep_config.yaml")
     base, _ = evaluate_model(run, cases, desc="sweep: base")
-    base_row = _row(base.summary())
+    base_row = metrics_row(base.summary())
     cells = []
     requests: dict[int, EditRequests] = {}
     for lam, n in tqdm(list(itertools.product(lams, per_item)), desc="sweep", unit="cell"):
@@ -44,9 +50,8 @@ def sweep(run: LoadedRun, lams: list[float], per_item: list[int], out_dir: Path,
         artifact, report = make_editor(cell_run).edit(requests[n], run.prepared.codes, run.prepared.split.item_ids)
         edited, _ = evaluate_model(run, cases, artifact.schedule(run.config.eval.trigger, run.recommender.device),
                                    desc=f"sweep: λ={lam:g} n={n}")
-        row = _row(edited.summary())
-        warm_drop = 1 - row["warm"]["ndcg@10"] / max(base_row["warm"]["ndcg@10"], 1e-12)
-        cells.append({"lam": lam, "n": n, "metrics": row, "warm_ndcg10_drop": warm_drop,
+        row = metrics_row(edited.summary())
+        cells.append({"lam": lam, "n": n, "metrics": row, "warm_ndcg10_drop": warm_drop(row, base_row),
                       "cold_exposure": edited.cold_exposure(10),
                       "efficacy": report.efficacy, "converged": report.converged,
                       "update_seconds": report.timings_s["update_total"], "layers": report.layers})
