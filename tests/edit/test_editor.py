@@ -145,3 +145,29 @@ def test_lam_scale_gives_each_position_its_own_lambda(tiny_run):
     for bad in ("[1, 2]", "[1, 0, 1, 1]"):
         with pytest.raises(ConfigError, match="lam_scale"):
             make_editor(load_run(tiny_run, [f"edit.lam_scale={bad}"])).edit(requests, codes, ids)
+
+
+def test_one_memory_solved_at_any_lambda_equals_a_fresh_edit_at_that_lambda(tiny_run):
+    """``memorize`` holds everything λ-independent: solving it at λ gives the very ΔW an edit at λ gives (what the
+    λ searches of sweep and calibrate rely on), and a bad λ is refused."""
+    import pytest
+
+    from genrecedit.errors import ConfigError
+
+    run = load_run(tiny_run, ["edit.lam=3.0"])
+    requests = build_requests(run)
+    editor = make_editor(run)
+    memory = editor.memorize(requests, run.prepared.codes)
+    for lam in (3.0, 30.0):
+        solved, report = editor.solve(memory, run.prepared.codes, run.prepared.split.item_ids, lam)
+        fresh, _ = make_editor(load_run(tiny_run, [f"edit.lam={lam}"])).edit(
+            requests, run.prepared.codes, run.prepared.split.item_ids)
+        a, b = solved.batches[-1], fresh.batches[-1]
+        assert a.meta["lam"] == lam and solved.layers == fresh.layers
+        assert all(torch.equal(a.delta_w[p], b.delta_w[p]) for p in b.delta_w)
+    small, _ = editor.solve(memory, run.prepared.codes, run.prepared.split.item_ids, 3.0)
+    big, _ = editor.solve(memory, run.prepared.codes, run.prepared.split.item_ids, 30.0)
+    norms = [(big.batches[-1].delta_w[p].norm(), small.batches[-1].delta_w[p].norm()) for p in big.batches[-1].delta_w]
+    assert all(b <= s for b, s in norms) and any(b < s for b, s in norms)  # (a position whose δ is 0 has ΔW 0)
+    with pytest.raises(ConfigError, match="λ"):
+        editor.solve(memory, run.prepared.codes, run.prepared.split.item_ids, 0.0)

@@ -77,6 +77,23 @@ class EditReport:
         return asdict(self)
 
 
+@dataclass
+class EditMemory:
+    """The λ-independent part of one batch (METHOD §5.3–5.4): the layers, and each request's key and optimised δ
+    at (l_p, p). ``ColdItemEditor.solve`` turns it into ΔW for any λ, so a λ search edits once."""
+    requests: EditRequests
+    previous: EditArtifact | None
+    layers: list[int]
+    sites: list[tuple[int, int]]  # (layer, position) edited
+    probe: ProbeTable | None
+    c0: dict[tuple[int, int], torch.Tensor]
+    c0_cached: bool
+    keys: dict[int, list[torch.Tensor]]  # per position, chunks of K1ᵀ rows [m, d_ff]
+    deltas: dict[int, list[torch.Tensor]]
+    converged: list[int]
+    timings: dict[str, float]  # probe, c0, keys, delta
+
+
 class ColdItemEditor:
     """Computes GenRecEdit batches against one unedited base model.
 
@@ -120,15 +137,21 @@ class ColdItemEditor:
             folds[p, layer, :len(acc)] = acc  # fewer items than folds: fewer folds (NaN-padded)
         return ProbeTable.from_folds(folds)
 
-    def lam(self, p: int) -> float:
-        """λ of SID position p: ``lam`` times its ``lam_scale`` multiplier."""
-        return self.cfg.lam * (self.cfg.lam_scale[p] if self.cfg.lam_scale is not None else 1.0)
+    def lam(self, p: int, lam: float | None = None) -> float:
+        """λ of SID position p: ``lam`` (default: the config's) times its ``lam_scale`` multiplier."""
+        return (self.cfg.lam if lam is None else lam) * (self.cfg.lam_scale[p] if self.cfg.lam_scale is not None
+                                                         else 1.0)
 
     # -- the edit ------------------------------------------------------------------------------------------
     def edit(self, requests: EditRequests, codes: np.ndarray, item_ids: list[str],
              previous: EditArtifact | None = None) -> tuple[EditArtifact, EditReport]:
         """Inject the items of ``requests`` (item indices into ``codes``); returns the artifact with this batch
         appended to ``previous`` (whose layer map is kept) and a report. ``item_ids`` names the batch's items."""
+        return self.solve(self.memorize(requests, codes, previous), codes, item_ids)
+
+    def memorize(self, requests: EditRequests, codes: np.ndarray,
+                 previous: EditArtifact | None = None) -> EditMemory:
+        """Layer location, C0, keys and δ of one batch: everything of ``edit`` that does not depend on λ."""
         if len(requests) == 0:
             raise EmptyInputError("no edit requests: the items have no pseudo-histories (no similar warm item "
                                   "with a non-empty training history?)")
@@ -205,37 +228,49 @@ class ColdItemEditor:
                 deltas[p].append(result.delta.cpu())
                 converged[p] += int(result.converged.sum())
             timings["delta"] += time.perf_counter() - t0
+        return EditMemory(requests, previous, layers, sites, probe_table, c0, c0_cached, keys, deltas, converged,
+                          timings)
 
+    def solve(self, memory: EditMemory, codes: np.ndarray, item_ids: list[str],
+              lam: float | None = None) -> tuple[EditArtifact, EditReport]:
+        """The closed-form update of a memorised batch at ``lam`` (default: the config's λ; ``lam_scale`` still
+        applies), appended to the batch's ``previous`` artifact, with its report (as ``edit``)."""
+        lam = self.cfg.lam if lam is None else float(lam)
+        if not lam > 0:
+            raise ConfigError(f"λ must be > 0, got {lam:g}")
+        requests, previous, layers, sites = memory.requests, memory.previous, memory.layers, memory.sites
+        timings = dict(memory.timings)
         t0 = time.perf_counter()
         batch_dw, batch_cov = {}, {}
         for _, p in sites:
-            k1 = torch.cat(keys[p])
+            k1 = torch.cat(memory.keys[p])
             prev_cov = previous.previous_cov(p) if previous else None
             batch_cov[p] = k1.to(torch.float64).T @ k1.to(torch.float64)
             # R = Z' − W_cur K1 = δ, because z above already is the current (possibly edited) value
-            batch_dw[p] = closed_form_update(k1, torch.cat(deltas[p]), c0[(layers[p], p)], self.lam(p), prev_cov,
-                                             batch_cov[p])
+            batch_dw[p] = closed_form_update(k1, torch.cat(memory.deltas[p]), memory.c0[(layers[p], p)],
+                                             self.lam(p, lam), prev_cov, batch_cov[p])
         timings["solve"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        gates = self._fit_gates(keys, sites, requests, codes) if self.cfg.gate_fpr is not None else {}
+        gates = self._fit_gates(memory.keys, sites, requests, codes) if self.cfg.gate_fpr is not None else {}
         timings["gate"] = time.perf_counter() - t0
         timings["update_total"] = (timings["probe"] + timings["keys"] + timings["delta"] + timings["solve"]
                                    + timings["gate"]
-                                   + (0.0 if c0_cached else timings["c0"]))
+                                   + (0.0 if memory.c0_cached else timings["c0"]))
 
         edited_items = np.unique(requests.items)
         batch = EditBatch(uuid.uuid4().hex[:12], [item_ids[i] for i in edited_items], codes[edited_items],
                           batch_dw, batch_cov,
-                          {"lam": self.cfg.lam, "lam_scale": self.cfg.lam_scale, "n_requests": len(requests),
+                          {"lam": lam, "lam_scale": self.cfg.lam_scale, "n_requests": len(requests),
                            "timings_s": dict(timings),
                            "gate_fpr": self.cfg.gate_fpr}, gates)
         artifact = EditArtifact(self.base_hash, layers, list(previous.batches) if previous else [],
                                 self.cfg.scheme)
         artifact.batches.append(batch)
         efficacy = self.efficacy(requests, codes, layers, artifact, previous)
-        probe = probe_table.to_dict(fixed_layers(self.n_pos, self.n_layers), self.cfg.probe_alpha) \
-            if probe_table else None
-        report = EditReport(layers, probe, len(requests), len(edited_items), converged, efficacy, timings, c0_cached)
+        probe = memory.probe.to_dict(fixed_layers(self.n_pos, self.n_layers), self.cfg.probe_alpha) \
+            if memory.probe else None
+        report = EditReport(layers, probe, len(requests), len(edited_items), list(memory.converged), efficacy,
+                            timings, memory.c0_cached)
         return artifact, report
 
     def _fit_gates(self, keys: dict[int, list[torch.Tensor]], sites: list[tuple[int, int]],

@@ -110,13 +110,13 @@ def calibrate(run: LoadedRun, target: float, out_dir: Path, by: Criterion = "war
     requests = build_requests(shipped, items)
     base, _ = evaluate_model(run, cases, desc="calibrate: base")
     base_row = metrics_row(base.summary())
+    editor = make_editor(run)
+    memory = editor.memorize(requests, run.prepared.codes)  # layers, keys and δ do not depend on λ: once
     trials: list[dict] = []
     bar = tqdm(total=steps + 2, desc="calibrate λ", unit="edit")
 
     def measure(lam: float) -> float:
-        cell = dataclasses.replace(run, config=dataclasses.replace(
-            run.config, edit=dataclasses.replace(run.config.edit, lam=lam)))
-        artifact, _ = make_editor(cell).edit(requests, run.prepared.codes, run.prepared.split.item_ids)
+        artifact, _ = editor.solve(memory, run.prepared.codes, run.prepared.split.item_ids, lam)
         edited, _ = evaluate_model(run, cases, artifact.schedule(run.config.eval.trigger, run.recommender.device),
                                    desc=f"calibrate: λ={lam:g}")
         row = metrics_row(edited.summary())

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from genrecedit.edit.knowledge import EditRequests
+from genrecedit.edit.editor import EditMemory
 from genrecedit.runs.backbone import LoadedRun
 from genrecedit.runs.edit import build_requests, make_editor
 from genrecedit.runs.evaluate import evaluate_model, evaluation_cases
@@ -40,14 +40,15 @@ def sweep(run: LoadedRun, lams: list[float], per_item: list[int], out_dir: Path,
     base, _ = evaluate_model(run, cases, desc="sweep: base")
     base_row = metrics_row(base.summary())
     cells = []
-    requests: dict[int, EditRequests] = {}
-    for lam, n in tqdm(list(itertools.product(lams, per_item)), desc="sweep", unit="cell"):
-        cell_run = dataclasses.replace(run, config=dataclasses.replace(
-            run.config, edit=dataclasses.replace(run.config.edit, lam=lam),
-            knowledge=dataclasses.replace(run.config.knowledge, histories_per_item=n)))
-        if n not in requests:
-            requests[n] = build_requests(cell_run)
-        artifact, report = make_editor(cell_run).edit(requests[n], run.prepared.codes, run.prepared.split.item_ids)
+    editor = make_editor(run)
+    memories: dict[int, EditMemory] = {}  # per n: layers, keys and δ do not depend on λ
+    for n, lam in tqdm(list(itertools.product(per_item, lams)), desc="sweep", unit="cell"):
+        if n not in memories:
+            memories.clear()  # one n at a time: cells are visited n by n
+            n_run = dataclasses.replace(run, config=dataclasses.replace(
+                run.config, knowledge=dataclasses.replace(run.config.knowledge, histories_per_item=n)))
+            memories[n] = editor.memorize(build_requests(n_run), run.prepared.codes)
+        artifact, report = editor.solve(memories[n], run.prepared.codes, run.prepared.split.item_ids, lam)
         edited, _ = evaluate_model(run, cases, artifact.schedule(run.config.eval.trigger, run.recommender.device),
                                    desc=f"sweep: λ={lam:g} n={n}")
         row = metrics_row(edited.summary())
