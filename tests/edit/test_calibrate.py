@@ -75,6 +75,8 @@ def test_calibration_decodes_validation_with_the_shipped_knowledge(tiny_run, tmp
         calibrate(run, 1.5, tmp_path)
     with pytest.raises(ConfigError, match="calibrate by"):
         calibrate(run, 0.05, tmp_path, by="recall")
+    with pytest.raises(ConfigError, match="λ min < λ max"):
+        calibrate(run, 0.05, tmp_path, lam_min=10.0, lam_max=1.0)
     assert not (tmp_path / "calibrate.json").exists()  # refused before anything is written
 
     items = np.unique(run.prepared.split.valid.targets)  # any items: the tiny run has few cold ones in validation

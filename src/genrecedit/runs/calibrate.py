@@ -30,6 +30,13 @@ from genrecedit.runs.evaluate import evaluate_model, evaluation_cases
 from genrecedit.runs.sweep import metrics_row, warm_drop
 
 
+def _check_bracket(lam_min: float, lam_max: float, steps: int) -> None:
+    if not 0 < lam_min < lam_max:
+        raise ConfigError(f"calibration needs 0 < λ min < λ max, got {lam_min:g} and {lam_max:g}")
+    if steps < 0:
+        raise ConfigError(f"calibration steps must be ≥ 0, got {steps}")
+
+
 def search_lam(measure: Callable[[float], float], target: float, lam_min: float, lam_max: float,
                steps: int) -> tuple[float | None, list[tuple[float, float]]]:
     """The smallest λ in [lam_min, lam_max] whose ``measure`` (exposure, falling as λ grows) is ≤ ``target``.
@@ -39,10 +46,7 @@ def search_lam(measure: Callable[[float], float], target: float, lam_min: float,
     tried in order. The answer is within a factor (lam_max / lam_min) ** (1 / 2**steps) of the crossing when
     ``measure`` is monotone; when it is not, it is still a λ that was measured within the target.
     """
-    if not 0 < lam_min < lam_max:
-        raise ConfigError(f"calibration needs 0 < λ min < λ max, got {lam_min:g} and {lam_max:g}")
-    if steps < 0:
-        raise ConfigError(f"calibration steps must be ≥ 0, got {steps}")
+    _check_bracket(lam_min, lam_max, steps)
     tried: list[tuple[float, float]] = []
 
     def within(lam: float) -> bool:
@@ -103,6 +107,7 @@ def calibrate(run: LoadedRun, target: float, out_dir: Path, by: Criterion = "war
         raise ConfigError(f"calibrate by one of {CRITERIA}, got {by!r}")
     if not 0 < target < 1:
         raise ConfigError(f"the target ({by}) is a share in (0, 1), got {target:g}")
+    _check_bracket(lam_min, lam_max, steps)  # before any decoding
     cases = evaluation_cases(run)
     # the requests of the edit that ships: with observed knowledge, the whole validation period
     shipped = dataclasses.replace(run, config=dataclasses.replace(
@@ -127,10 +132,9 @@ def calibrate(run: LoadedRun, target: float, out_dir: Path, by: Criterion = "war
 
     chosen, _ = search_lam(measure, target, lam_min, lam_max, steps)
     bar.close()
-    result = {"by": by, "target": target, "chosen_lam": chosen, "lam_min": lam_min, "lam_max": lam_max, "base": base_row,
-              "trials": trials, "n": run.config.knowledge.histories_per_item, "n_requests": len(requests),
-              "n_cases": len(cases),
-              "trigger": run.config.eval.trigger}
+    result = {"by": by, "target": target, "chosen_lam": chosen, "lam_min": lam_min, "lam_max": lam_max,
+              "base": base_row, "trials": trials, "n": run.config.knowledge.histories_per_item,
+              "n_requests": len(requests), "n_cases": len(cases), "trigger": run.config.eval.trigger}
     write_json(Path(out_dir) / "calibrate.json", result)
     return result
 
