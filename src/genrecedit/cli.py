@@ -136,7 +136,7 @@ def calibrate(run_dir: RunDir, overrides: Overrides = None,
                   "--sweep", help="the sweep that chose λ and n (default <run>/sweep.json)")] = None,
               lam_min: Annotated[Optional[float], typer.Option(help="default: the sweep's chosen λ")] = None,
               lam_max: Annotated[Optional[float], typer.Option(help="default: 16 × λ min")] = None,
-              steps: Annotated[int, typer.Option(help="bisections in log λ after the two ends")] = 5,
+              steps: Annotated[int, typer.Option(help="bisections in log λ after the two ends")] = 5,  # STEPS
               device: Device = None) -> None:
     """Re-fit λ for the edit that ships (it learns from the whole validation period, the sweep's edit from half):
     the smallest λ ≥ the chosen one whose shipped edit keeps the bound on validation. Then: edit -o edit.lam=…"""
@@ -156,8 +156,7 @@ def calibrate(run_dir: RunDir, overrides: Overrides = None,
         elif target is None or lam_min is None:
             raise FileNotFoundError(f"no sweep at {path}: run `genrecedit sweep` first, or pass --target and "
                                     "--lam-min")
-        result = run_calibrate(load_run(run_dir, extra), target, run_dir, by, lam_min,
-                               16 * lam_min if lam_max is None else lam_max, steps)
+        result = run_calibrate(load_run(run_dir, extra), target, run_dir, by, lam_min, lam_max, steps)
     except (GenRecEditError, FileNotFoundError) as err:
         _fail(err)
     typer.echo(format_calibration(result))

@@ -164,7 +164,7 @@ def test_edit_run_refits_lambda_before_editing(tiny_run, tmp_path, monkeypatch):
     # a bound no λ in range can keep is refused, and no edit is written
     import genrecedit.runs.calibrate as mod
 
-    def nothing_within(run, target, out_dir, by, lam_min, lam_max, steps, items):
+    def nothing_within(run, target, out_dir, by, lam_min, lam_max, steps, items, **kwargs):
         return {"by": by, "target": target, "chosen_lam": None, "trials": []}
     monkeypatch.setattr(mod, "calibrate", nothing_within)
     strict = load_run(tiny_run, over + ["edit.refit=warm_drop"])

@@ -28,6 +28,12 @@ class LoadedRun:
     recommender: Recommender
     base_hash: str
 
+    def with_settings(self, section: str, **values) -> "LoadedRun":
+        """The same run with some settings of one config section replaced (``run.with_settings("edit", lam=3)``):
+        no reload, the data and model are shared."""
+        return replace(self, config=replace(self.config, **{section: replace(getattr(self.config, section),
+                                                                            **values)}))
+
 
 def train_backbone(cfg: RunConfig, run_dir: Path, resume: bool = True) -> tuple[Prepared, TrainResult]:
     """prepare → train; writes config.yaml, split_summary.json, tokenizer/, model/ and train.json into run_dir."""

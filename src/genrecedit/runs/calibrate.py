@@ -14,7 +14,6 @@ Only validation cases are decoded; the test set is never read.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 from typing import Callable, Literal
@@ -24,10 +23,15 @@ from tqdm.auto import tqdm
 
 from genrecedit.atomic import write_json
 from genrecedit.errors import ConfigError
+from genrecedit.edit.editor import EditMemory
 from genrecedit.runs.backbone import LoadedRun
 from genrecedit.runs.edit import build_requests, make_editor
 from genrecedit.runs.evaluate import evaluate_model, evaluation_cases
 from genrecedit.runs.sweep import metrics_row, warm_drop
+
+
+LAM_SPAN = 16.0  # the default search range: λ min … 16 × λ min
+STEPS = 5  # bisections after the two ends: λ within 16 ** (1 / 32) ≈ 9 %
 
 
 def _check_bracket(lam_min: float, lam_max: float, steps: int) -> None:
@@ -73,11 +77,15 @@ CRITERIA: tuple[str, ...] = ("warm_drop", "exposure")
 _TRIAL_KEY = {"warm_drop": "warm_ndcg10_drop", "exposure": "cold_exposure"}
 
 
+def _check_by(by: str) -> None:
+    if by not in CRITERIA:
+        raise ConfigError(f"calibrate by one of {CRITERIA}, got {by!r}")
+
+
 def from_sweep(sweep_json: dict, by: Criterion) -> tuple[float, float, int]:
     """(target, selected λ, selected n) from a ``sweep.json``: the bound on the warm drop, or the chosen cell's cold
     exposure. A clear error when the sweep chose nothing or predates what is asked."""
-    if by not in CRITERIA:
-        raise ConfigError(f"calibrate by one of {CRITERIA}, got {by!r}")
+    _check_by(by)
     chosen = sweep_json.get("chosen")
     if not chosen:
         raise ConfigError("the sweep chose no cell (none kept the warm drop within bounds and raised overall "
@@ -92,31 +100,31 @@ def from_sweep(sweep_json: dict, by: Criterion) -> tuple[float, float, int]:
 
 
 def calibrate(run: LoadedRun, target: float, out_dir: Path, by: Criterion = "warm_drop", lam_min: float = 100.0,
-              lam_max: float = 1e5, steps: int = 5, items: np.ndarray | None = None) -> dict:
-    """Smallest λ in [lam_min, lam_max] whose edit, built from the knowledge the shipped edit learns from, keeps
-    ``by`` (warm NDCG@10 drop or cold exposure) on the validation cases at most ``target``.
-    ``run.config.eval.cases`` must be ``valid``; ``items``: the items to inject (default: every item absent from
-    training); writes ``calibrate.json``.
+              lam_max: float | None = None, steps: int = STEPS, items: np.ndarray | None = None,
+              memory: EditMemory | None = None) -> dict:
+    """Smallest λ in [lam_min, lam_max] (default LAM_SPAN × lam_min) whose edit, built from the knowledge the
+    shipped edit learns from, keeps ``by`` (warm NDCG@10 drop or cold exposure) on the validation cases at most
+    ``target``. ``run.config.eval.cases`` must be ``valid``; ``items``: the items to inject (default: every item
+    absent from training); ``memory``: the shipped batch already memorised by the caller (else memorised here);
+    writes ``calibrate.json``.
 
     Returns {"by", "target", "chosen_lam" (None: even λ max exceeds the target), "base": metrics, "trials": [{lam,
     cold_exposure, warm_ndcg10_drop, metrics}], "n_requests", "n_cases"}.
     """
     if run.config.eval.cases != "valid":
         raise ConfigError("calibration decodes validation cases only: run it with eval.cases=valid")
-    if by not in CRITERIA:
-        raise ConfigError(f"calibrate by one of {CRITERIA}, got {by!r}")
+    _check_by(by)
     if not 0 < target < 1:
         raise ConfigError(f"the target ({by}) is a share in (0, 1), got {target:g}")
+    lam_max = LAM_SPAN * lam_min if lam_max is None else lam_max
     _check_bracket(lam_min, lam_max, steps)  # before any decoding
     cases = evaluation_cases(run)
-    # the requests of the edit that ships: with observed knowledge, the whole validation period
-    shipped = dataclasses.replace(run, config=dataclasses.replace(
-        run.config, eval=dataclasses.replace(run.config.eval, cases="test")))
-    requests = build_requests(shipped, items)
+    editor = make_editor(run)
+    if memory is None:  # layers, keys and δ do not depend on λ: once
+        # the requests of the edit that ships: with observed knowledge, the whole validation period
+        memory = editor.memorize(build_requests(run.with_settings("eval", cases="test"), items), run.prepared.codes)
     base, _ = evaluate_model(run, cases, desc="calibrate: base")
     base_row = metrics_row(base.summary())
-    editor = make_editor(run)
-    memory = editor.memorize(requests, run.prepared.codes)  # layers, keys and δ do not depend on λ: once
     trials: list[dict] = []
     bar = tqdm(total=steps + 2, desc="calibrate λ", unit="edit")
 
@@ -134,7 +142,7 @@ def calibrate(run: LoadedRun, target: float, out_dir: Path, by: Criterion = "war
     bar.close()
     result = {"by": by, "target": target, "chosen_lam": chosen, "lam_min": lam_min, "lam_max": lam_max,
               "base": base_row, "trials": trials, "n": run.config.knowledge.histories_per_item,
-              "n_requests": len(requests), "n_cases": len(cases), "trigger": run.config.eval.trigger}
+              "n_requests": len(memory.requests), "n_cases": len(cases), "trigger": run.config.eval.trigger}
     write_json(Path(out_dir) / "calibrate.json", result)
     return result
 
@@ -156,13 +164,14 @@ def format_calibration(result: dict) -> str:
     return "\n".join(lines)
 
 
-def refit_lam(run: LoadedRun, out_dir: Path, items: np.ndarray | None = None) -> dict:
-    """``edit.refit`` for one run: calibrate from its λ up to 16 × λ (5 bisections) against ``edit.refit_bound``
-    (warm_drop) or the exposure of the edit selection validated at λ (exposure; one more edit). Writes
-    ``calibrate.json`` into ``out_dir``; returns its result. A clear error when no λ in range keeps the bound."""
+def refit_lam(run: LoadedRun, out_dir: Path, items: np.ndarray | None = None,
+              memory: EditMemory | None = None) -> dict:
+    """``edit.refit`` for one run: calibrate from its λ up to LAM_SPAN × λ against ``edit.refit_bound``
+    (warm_drop) or the exposure of the edit selection validated at λ (exposure; one more edit). ``memory``: the
+    shipped batch, when the caller has memorised it. Writes ``calibrate.json`` into ``out_dir``; returns its
+    result. A clear error when no λ in range keeps the bound."""
     by, lam = run.config.edit.refit, run.config.edit.lam
-    valid = dataclasses.replace(run, config=dataclasses.replace(
-        run.config, eval=dataclasses.replace(run.config.eval, cases="valid")))
+    valid = run.with_settings("eval", cases="valid")
     if by == "exposure":
         artifact, _ = make_editor(valid).edit(build_requests(valid, items), run.prepared.codes,
                                               run.prepared.split.item_ids)
@@ -172,8 +181,8 @@ def refit_lam(run: LoadedRun, out_dir: Path, items: np.ndarray | None = None) ->
         target = selected.cold_exposure(10)
     else:
         target = run.config.edit.refit_bound
-    result = calibrate(valid, target, out_dir, by, lam, 16 * lam, 5, items)
+    result = calibrate(valid, target, out_dir, by, lam, LAM_SPAN * lam, STEPS, items, memory=memory)
     if result["chosen_lam"] is None:
-        raise ConfigError(f"edit.refit: no λ up to {16 * lam:g} keeps the shipped edit's {by} on validation within "
+        raise ConfigError(f"edit.refit: no λ up to {LAM_SPAN * lam:g} keeps the shipped edit's {by} on validation within "
                           f"{target:.4g} (see {Path(out_dir) / 'calibrate.json'}); raise edit.lam or drop edit.refit")
     return result

@@ -2,7 +2,6 @@
 before/after on the test set. ``make demo`` runs this."""
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 
@@ -36,9 +35,8 @@ def run_demo(cfg: RunConfig, run_dir: Path, echo=print, upper_bound: bool = True
         # the same edit fed the cold items' true test histories: an analysis row that shows what the edit can do
         # with perfect knowledge (it reads the test set, so it is never a method to deploy)
         # (at the shipped λ: no re-fit, which would decode validation with test knowledge)
-        ub_run = dataclasses.replace(run, config=dataclasses.replace(
-            run.config, knowledge=dataclasses.replace(run.config.knowledge, source="upper_bound"),
-            edit=dataclasses.replace(run.config.edit, lam=artifact.batches[-1].meta["lam"], refit=None)))
+        ub_run = run.with_settings("knowledge", source="upper_bound").with_settings(
+            "edit", lam=artifact.batches[-1].meta["lam"], refit=None)
         ub_artifact, _ = edit_run(ub_run, run_dir / "upper_bound")
         ub, _ = evaluate_model(run, cases, ub_artifact.schedule(run.config.eval.trigger, run.recommender.device),
                                desc="evaluate upper bound")

@@ -58,19 +58,19 @@ def edit_run(run: LoadedRun, out_dir: Path, items: np.ndarray | None = None,
              previous: EditArtifact | None = None) -> tuple[EditArtifact, EditReport]:
     """Inject ``items`` (default: all cold items) and write ``<out_dir>/edits/`` and ``edit_report.json``. With
     ``edit.refit`` set (and no ``previous`` batch) λ is first re-fit on validation (``calibrate.json``)."""
+    editor = make_editor(run)
+    memory = editor.memorize(build_requests(run, items), run.prepared.codes, previous)
     refit = None
     if run.config.edit.refit is not None and previous is None:
         from genrecedit.runs.calibrate import refit_lam  # it builds on this module
 
         t0 = time.perf_counter()
-        result = refit_lam(run, out_dir, items)
+        result = refit_lam(run, out_dir, items, memory)  # solves this very batch at each λ it tries
         refit = {"by": result["by"], "target": result["target"], "lam_selected": run.config.edit.lam,
                  "lam_shipped": result["chosen_lam"], "edits_tried": len(result["trials"]),
-                 "seconds": time.perf_counter() - t0}  # edits and validation decoding: not part of the update time
-        run = dataclasses.replace(run, config=dataclasses.replace(
-            run.config, edit=dataclasses.replace(run.config.edit, lam=result["chosen_lam"])))
-    requests = build_requests(run, items)
-    artifact, report = make_editor(run).edit(requests, run.prepared.codes, run.prepared.split.item_ids, previous)
+                 "seconds": time.perf_counter() - t0}  # solves and validation decoding: not part of the update time
+        run = run.with_settings("edit", lam=result["chosen_lam"])
+    artifact, report = editor.solve(memory, run.prepared.codes, run.prepared.split.item_ids, run.config.edit.lam)
     out_dir = Path(out_dir)
     artifact.save(out_dir / ARTIFACT_DIR)
     run.config.save(out_dir / "edit_config.yaml")

@@ -2,13 +2,11 @@
 NDCG@10 among candidates whose warm NDCG@10 drop is at most ``max_warm_drop``. Never reads the test set."""
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from genrecedit.edit.editor import EditMemory
 from genrecedit.runs.backbone import LoadedRun
 from genrecedit.runs.edit import build_requests, make_editor
 from genrecedit.runs.evaluate import evaluate_model, evaluation_cases
@@ -41,14 +39,13 @@ def sweep(run: LoadedRun, lams: list[float], per_item: list[int], out_dir: Path,
     base_row = metrics_row(base.summary())
     cells = []
     editor = make_editor(run)
-    memories: dict[int, EditMemory] = {}  # per n: layers, keys and δ do not depend on λ
+    memory, memory_n = None, None  # layers, keys and δ do not depend on λ: one memory per n
     for n, lam in tqdm(list(itertools.product(per_item, lams)), desc="sweep", unit="cell"):
-        if n not in memories:
-            memories.clear()  # one n at a time: cells are visited n by n
-            n_run = dataclasses.replace(run, config=dataclasses.replace(
-                run.config, knowledge=dataclasses.replace(run.config.knowledge, histories_per_item=n)))
-            memories[n] = editor.memorize(build_requests(n_run), run.prepared.codes)
-        artifact, report = editor.solve(memories[n], run.prepared.codes, run.prepared.split.item_ids, lam)
+        if n != memory_n:
+            memory_n = n
+            memory = editor.memorize(build_requests(run.with_settings("knowledge", histories_per_item=n)),
+                                     run.prepared.codes)
+        artifact, report = editor.solve(memory, run.prepared.codes, run.prepared.split.item_ids, lam)
         edited, _ = evaluate_model(run, cases, artifact.schedule(run.config.eval.trigger, run.recommender.device),
                                    desc=f"sweep: λ={lam:g} n={n}")
         row = metrics_row(edited.summary())
