@@ -15,8 +15,14 @@ from genrecedit.model.tokens import TokenLayout
 
 @dataclass
 class DeltaConfig:
-    lr: float = 0.5
-    steps: int = 30
+    """The δ optimiser. The paper's lr ≈ 0.5 / ≈ 30 steps left δ unconverged with a ``stop_prob`` margin: on game's
+    selection batch (1,832 observed requests, stop_prob 0.9) only 339 of position 1's δ reached it, against all of them
+    at lr 1.0 / 100 steps, and teacher-forced efficacy after the update rose from 0.48/0.37/0.55/0.89 to
+    0.53/0.54/0.73/0.91 at λ 1,500 (README, "Session 8"). A request stops once it converges, so the extra steps cost
+    nothing when δ converges early (game pseudo knowledge, 17,385 requests: 34 s → 30 s)."""
+
+    lr: float = 1.0
+    steps: int = 100
     norm_penalty: float = 0.2  # weight of ‖δ‖/‖z‖ in the loss
     # A request stops once its target is the argmax (the paper) *and* has at least this probability. Above 0 it
     # leaves a margin that survives the closed-form compromise between many requests and the λ C0 preservation.
