@@ -92,6 +92,7 @@ class EditMemory:
     deltas: dict[int, list[torch.Tensor]]
     converged: list[int]
     timings: dict[str, float]  # probe, c0, keys, delta
+    efficacy_before: list[float] | None = None  # teacher-forced efficacy before the batch: filled by the first solve
 
 
 class ColdItemEditor:
@@ -266,7 +267,8 @@ class ColdItemEditor:
         artifact = EditArtifact(self.base_hash, layers, list(previous.batches) if previous else [],
                                 self.cfg.scheme)
         artifact.batches.append(batch)
-        efficacy = self.efficacy(requests, codes, layers, artifact, previous)
+        efficacy = self.efficacy(requests, codes, artifact, previous, memory.efficacy_before)
+        memory.efficacy_before = efficacy["before"]  # λ-independent: later solves of this memory skip that pass
         probe = memory.probe.to_dict(fixed_layers(self.n_pos, self.n_layers), self.cfg.probe_alpha) \
             if memory.probe else None
         report = EditReport(layers, probe, len(requests), len(edited_items), list(memory.converged), efficacy,
@@ -290,17 +292,19 @@ class ColdItemEditor:
         return gates
 
     @torch.no_grad()
-    def efficacy(self, requests: EditRequests, codes: np.ndarray, layers: list[int], artifact: EditArtifact,
-                 previous: EditArtifact | None) -> dict:
+    def efficacy(self, requests: EditRequests, codes: np.ndarray, artifact: EditArtifact,
+                 previous: EditArtifact | None, before: list[float] | None = None) -> dict:
         """Teacher-forced share of (a sample of) requests whose o_p is the argmax at position p: on the model
         before this batch, and with this batch's update (METHOD §3a: the first diagnostic). Runs the cached
-        decoder with each artifact's own decoding schedule, exactly as recommendations are made."""
+        decoder with each artifact's own decoding schedule, exactly as recommendations are made. ``before``: the
+        first share when already known (it does not depend on this batch's ΔW), so only the edited model runs."""
         rng = np.random.default_rng(self.cfg.seed + 2)
         idx = np.sort(rng.choice(len(requests), min(len(requests), self.cfg.efficacy_samples), replace=False))
         sample = requests.subset(idx)
         hits = {"before": np.zeros(self.n_pos), "after": np.zeros(self.n_pos)}
-        schedules = {"before": previous.schedule(self.trigger, self.decoder.device) if previous else None,
-                     "after": artifact.schedule(self.trigger, self.decoder.device)}
+        schedules = {"after": artifact.schedule(self.trigger, self.decoder.device)}
+        if before is None:
+            schedules["before"] = previous.schedule(self.trigger, self.decoder.device) if previous else None
         device = self.decoder.device
         for rows in length_batches(sample.histories, self.cfg.chunk_size):
             target_codes = codes[sample.items[rows]]
@@ -316,5 +320,5 @@ class ColdItemEditor:
                     pred = out.logits[:, self.layout.position_slice(p)].argmax(1)
                     hits[name][p] += float((pred == target[:, p]).sum())
         n = max(len(sample), 1)
-        return {"before": (hits["before"] / n).round(4).tolist(), "after": (hits["after"] / n).round(4).tolist(),
-                "n_sampled": len(sample)}
+        return {"before": (hits["before"] / n).round(4).tolist() if before is None else list(before),
+                "after": (hits["after"] / n).round(4).tolist(), "n_sampled": len(sample)}

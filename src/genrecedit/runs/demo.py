@@ -28,6 +28,7 @@ def run_demo(cfg: RunConfig, run_dir: Path, echo=print, upper_bound: bool = True
     t0 = time.perf_counter()
     artifact, report = edit_run(run, run_dir)
     edit_wall_s = time.perf_counter() - t0  # with edit.refit: the λ re-fit on validation included
+    lam = artifact.batches[-1].meta["lam"]  # the shipped λ (re-fit or the config's)
     edited, _ = evaluate_model(run, cases, artifact.schedule(run.config.eval.trigger, run.recommender.device),
                                desc="evaluate edited")
     results = {"TIGER": base.summary(), "GenRecEdit": edited.summary()}
@@ -36,7 +37,7 @@ def run_demo(cfg: RunConfig, run_dir: Path, echo=print, upper_bound: bool = True
         # with perfect knowledge (it reads the test set, so it is never a method to deploy)
         # (at the shipped λ: no re-fit, which would decode validation with test knowledge)
         ub_run = run.with_settings("knowledge", source="upper_bound").with_settings(
-            "edit", lam=artifact.batches[-1].meta["lam"], refit=None)
+            "edit", lam=lam, refit=None)
         ub_artifact, _ = edit_run(ub_run, run_dir / "upper_bound")
         ub, _ = evaluate_model(run, cases, ub_artifact.schedule(run.config.eval.trigger, run.recommender.device),
                                desc="evaluate upper bound")
@@ -52,13 +53,13 @@ def run_demo(cfg: RunConfig, run_dir: Path, echo=print, upper_bound: bool = True
                      "edit_wall": edit_wall_s},
         "edit": {"layers": report.layers, "n_items": report.n_items, "n_requests": report.n_requests,
                  "converged": report.converged, "efficacy": report.efficacy, "c0_cached": report.c0_cached,
-                 "trigger": run.config.eval.trigger, "lam": artifact.batches[-1].meta["lam"],
+                 "trigger": run.config.eval.trigger, "lam": lam,
                  "lam_selected": run.config.edit.lam},
     }
     write_json(run_dir / "report.json", out)
     echo(format_table(results))
     echo(f"\nedit: {report.n_items} items, {report.n_requests} requests, layers {report.layers}, "
-         f"λ {artifact.batches[-1].meta['lam']:.4g}"
+         f"λ {lam:.4g}"
          + (f" (re-fit from {run.config.edit.lam:g}: {run_dir / 'calibrate.json'})" if run.config.edit.refit else "")
          + ", "
          f"decoded with trigger {run.config.eval.trigger}, "
