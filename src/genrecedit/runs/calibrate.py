@@ -27,7 +27,7 @@ from genrecedit.edit.editor import EditMemory
 from genrecedit.runs.backbone import LoadedRun
 from genrecedit.runs.edit import build_requests, make_editor
 from genrecedit.runs.evaluate import evaluate_model, evaluation_cases
-from genrecedit.runs.sweep import metrics_row, warm_drop
+from genrecedit.runs.sweep import check_selection_knowledge, metrics_row, warm_drop
 
 
 LAM_SPAN = 16.0  # the default search range: λ min … 16 × λ min
@@ -114,6 +114,7 @@ def calibrate(run: LoadedRun, target: float, out_dir: Path, by: Criterion = "war
     if run.config.eval.cases != "valid":
         raise ConfigError("calibration decodes validation cases only: run it with eval.cases=valid")
     _check_by(by)
+    check_selection_knowledge(run)
     if not 0 < target < 1:
         raise ConfigError(f"the target ({by}) is a share in (0, 1), got {target:g}")
     lam_max = LAM_SPAN * lam_min if lam_max is None else lam_max
@@ -122,7 +123,7 @@ def calibrate(run: LoadedRun, target: float, out_dir: Path, by: Criterion = "war
     editor = make_editor(run)
     if memory is None:  # layers, keys and δ do not depend on λ: once
         # the requests of the edit that ships: with observed knowledge, the whole validation period
-        memory = editor.memorize(build_requests(run.with_settings("eval", cases="test"), items), run.prepared.codes)
+        memory = editor.memorize(build_requests(run, items, observed_from="whole"), run.prepared.codes)
     base, _ = evaluate_model(run, cases, desc="calibrate: base")
     base_row = metrics_row(base.summary())
     trials: list[dict] = []
@@ -171,10 +172,11 @@ def refit_lam(run: LoadedRun, out_dir: Path, items: np.ndarray | None = None,
     shipped batch, when the caller has memorised it. Writes ``calibrate.json`` into ``out_dir``; returns its
     result. A clear error when no λ in range keeps the bound."""
     by, lam = run.config.edit.refit, run.config.edit.lam
+    check_selection_knowledge(run)
     valid = run.with_settings("eval", cases="valid")
     if by == "exposure":
-        artifact, _ = make_editor(valid).edit(build_requests(valid, items), run.prepared.codes,
-                                              run.prepared.split.item_ids)
+        artifact, _ = make_editor(valid).edit(build_requests(valid, items, observed_from="first_half"),
+                                              run.prepared.codes, run.prepared.split.item_ids)
         selected, _ = evaluate_model(valid, evaluation_cases(valid),
                                      artifact.schedule(run.config.eval.trigger, run.recommender.device),
                                      desc=f"refit: selection edit λ={lam:g}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -28,8 +29,13 @@ def uses_observed(run: LoadedRun) -> bool:
     return run.config.knowledge.source in ("observed", "pseudo+observed")
 
 
-def build_requests(run: LoadedRun, items: np.ndarray | None = None) -> EditRequests:
-    """Edit requests for ``items`` (default: every item absent from training) from the configured source."""
+def build_requests(run: LoadedRun, items: np.ndarray | None = None,
+                   observed_from: Literal["first_half", "whole"] | None = None) -> EditRequests:
+    """Edit requests for ``items`` (default: every item absent from training) from the configured source.
+
+    ``observed_from``: which part of the validation period observed knowledge comes from: ``first_half`` (the
+    selection edit, scored on the second half), ``whole`` (the edit that ships); default: the first half when
+    ``eval.cases`` is valid, else the whole period. Either way only validation cases are read."""
     prepared, kcfg = run.prepared, run.config.knowledge
     split = prepared.split
     items = items_to_edit(split) if items is None else items
@@ -39,7 +45,10 @@ def build_requests(run: LoadedRun, items: np.ndarray | None = None) -> EditReque
                                       kcfg.neighbours))
     if uses_observed(run):
         observed = split.valid
-        if run.config.eval.cases == "valid":  # selecting on validation: knowledge from its first half only
+        if observed_from not in (None, "first_half", "whole"):
+            raise ValueError(f"observed_from is first_half, whole or None, got {observed_from!r}")
+        if (observed_from or ("first_half" if run.config.eval.cases == "valid" else "whole")) == "first_half":
+            # selecting on validation: knowledge from its first half only
             observed = observed.subset(np.flatnonzero(observed.timestamps < validation_midpoint(split)))
         parts.append(case_histories(observed, items, kcfg.histories_per_item))
     if kcfg.source == "upper_bound":

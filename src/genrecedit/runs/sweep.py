@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from genrecedit.errors import ConfigError
 from genrecedit.runs.backbone import LoadedRun
 from genrecedit.runs.edit import build_requests, make_editor
 from genrecedit.runs.evaluate import evaluate_model, evaluation_cases
@@ -25,6 +26,13 @@ def warm_drop(row: dict, base_row: dict) -> float:
     return 1 - row["warm"]["ndcg@10"] / max(base_row["warm"]["ndcg@10"], 1e-12)
 
 
+def check_selection_knowledge(run: LoadedRun) -> None:
+    """Refuse knowledge that is read from the test set (the Upper Bound): it cannot select λ or n, nor re-fit λ."""
+    if run.config.knowledge.source == "upper_bound":
+        raise ConfigError("knowledge.source=upper_bound teaches the test cases' own histories: selection never "
+                          "reads the test set; select with pseudo, observed or pseudo+observed knowledge")
+
+
 def sweep(run: LoadedRun, lams: list[float], per_item: list[int], out_dir: Path,
           max_warm_drop: float = 0.05) -> dict:
     """Grid over λ × n on ``run.config.eval`` cases (set ``eval.cases=valid``); writes ``sweep.json``.
@@ -33,6 +41,7 @@ def sweep(run: LoadedRun, lams: list[float], per_item: list[int], out_dir: Path,
     """
     if run.config.eval.cases != "valid":
         raise ValueError("a sweep selects hyper-parameters: run it with eval.cases=valid")
+    check_selection_knowledge(run)
     cases = evaluation_cases(run)
     run.config.save(Path(out_dir) / "sweep_config.yaml")
     base, _ = evaluate_model(run, cases, desc="sweep: base")
