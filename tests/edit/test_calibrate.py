@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 from genrecedit.errors import ConfigError
 from genrecedit.evaluation.report import EvalResult
 from genrecedit.runs.backbone import load_run
-from genrecedit.runs.calibrate import calibrate, from_sweep, search_lam
+from genrecedit.runs.calibrate import calibrate, from_sweep, search_lam, taught_cases
 from genrecedit.runs.edit import build_requests
 
 
@@ -79,7 +79,9 @@ def test_calibration_decodes_validation_with_the_shipped_knowledge(tiny_run, tmp
         calibrate(run, 0.05, tmp_path, lam_min=10.0, lam_max=1.0)
     assert not (tmp_path / "calibrate.json").exists()  # refused before anything is written
 
-    items = np.unique(run.prepared.split.valid.targets)  # any items: the tiny run has few cold ones in validation
+    # any items (the tiny run has few cold ones in validation), but not all of them: the cases of the items the
+    # shipped edit learns from are requests of it, not scored, and the others are left to score λ on
+    items = np.unique(run.prepared.split.valid.targets)[::2]
     ends = calibrate(run, 0.99, tmp_path, by="exposure", lam_min=0.01, lam_max=100.0, steps=2, items=items)
     assert [t["lam"] for t in ends["trials"]] == [100.0, 0.01] and ends["chosen_lam"] == 0.01
     high, low = ends["trials"][0]["cold_exposure"], ends["trials"][1]["cold_exposure"]
@@ -101,7 +103,7 @@ def test_calibration_by_warm_drop_searches_the_warm_drop(tiny_run, tmp_path):
     over = ["knowledge.source=observed", "knowledge.histories_per_item=50", "eval.max_cases=40",
             "eval.trigger=preserve", "eval.cases=valid"]
     run = load_run(tiny_run, over)
-    items = np.unique(run.prepared.split.valid.targets)
+    items = np.unique(run.prepared.split.valid.targets)[::2]
     result = calibrate(run, 0.05, tmp_path, lam_min=0.01, lam_max=100.0, steps=1, items=items)
     assert result["by"] == "warm_drop"
     drops = {t["lam"]: t["warm_ndcg10_drop"] for t in result["trials"]}
@@ -147,18 +149,23 @@ def test_edit_run_refits_lambda_before_editing(tiny_run, tmp_path, monkeypatch):
 
     over = ["knowledge.source=pseudo+observed", "eval.max_cases=40", "eval.trigger=preserve", "edit.lam=1000"]
     run = load_run(tiny_run, over + ["edit.refit=exposure"])
-    items = np.unique(run.prepared.split.valid.targets)
+    items = np.unique(run.prepared.split.valid.targets)[::2]
     _, report = edit_run(run, tmp_path / "a", items)
     saved = json.loads((tmp_path / "a" / "edit_report.json").read_text())
     refit = json.loads((tmp_path / "a" / "calibrate.json").read_text())
     assert saved["refit"]["lam_selected"] == 1000 and saved["refit"]["lam_shipped"] == refit["chosen_lam"] >= 1000
     assert saved["lam"] == refit["chosen_lam"] and saved["refit"]["seconds"] > 0
     assert EditArtifact.load(tmp_path / "a" / ARTIFACT_DIR).batches[-1].meta["lam"] == refit["chosen_lam"]
-    # the exposure target is the selection edit's: λ as configured, first-half knowledge, second-half cases
+    # the exposure target is the selection edit's: λ as configured, first-half knowledge, second-half cases, less
+    # those the shipped edit learnt from (the very cases the re-fit scores)
     valid = load_run(tiny_run, over + ["eval.cases=valid"])
     artifact, _ = make_editor(valid).edit(build_requests(valid, items), valid.prepared.codes,
                                           valid.prepared.split.item_ids)
-    selected, _ = evaluate_model(valid, evaluation_cases(valid), artifact.schedule("preserve", "cpu"))
+    shipped = build_requests(valid, items, observed_from="whole")
+    cases = evaluation_cases(valid)
+    scored = cases.subset(np.flatnonzero(~taught_cases(cases, shipped)))
+    assert refit["n_cases"] == len(scored) and refit["n_cases_excluded"] == len(cases) - len(scored) > 0
+    selected, _ = evaluate_model(valid, scored, artifact.schedule("preserve", "cpu"))
     assert refit["target"] == pytest.approx(selected.cold_exposure(10))
 
     # a bound no λ in range can keep is refused, and no edit is written
@@ -171,3 +178,50 @@ def test_edit_run_refits_lambda_before_editing(tiny_run, tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="no λ up to 16000"):
         edit_run(strict, tmp_path / "b", items)
     assert not (tmp_path / "b" / ARTIFACT_DIR).exists() and not (tmp_path / "b" / "edit_report.json").exists()
+
+
+def test_taught_cases_match_history_and_target_pairs():
+    from genrecedit.data.dataset import CaseSet
+    from genrecedit.edit.knowledge import EditRequests
+
+    requests = EditRequests(np.array([[-1, 1, 2], [3, 4, 5]]), np.array([7, 8]), np.full(2, -1))
+    cases = CaseSet(np.zeros(5, np.int64), np.array([[-1, 1, 2], [-1, 1, 2], [3, 4, 5], [-1, 4, 5], [-1, -1, -1]]),
+                    np.array([7, 8, 8, 8, 7]), np.zeros(5))
+    # the pair (history, target) counts: the same history for another item, or the item after another, is scored
+    assert taught_cases(cases, requests).tolist() == [True, False, True, False, False]
+
+
+def test_the_refit_scores_no_case_its_edit_learnt_from(tiny_run, tmp_path, monkeypatch):
+    """The shipped edit learns from the whole validation period; the λ re-fit leaves out exactly the scored cases
+    that are its requests (here: the most recent cases of each taught item), and says so in calibrate.json."""
+    import genrecedit.runs.calibrate as mod
+    from genrecedit.runs.evaluate import evaluation_cases
+
+    over = ["knowledge.source=observed", "knowledge.histories_per_item=2", "eval.max_cases=60",
+            "eval.trigger=preserve", "eval.cases=valid"]
+    run = load_run(tiny_run, over)
+    items = np.unique(run.prepared.split.valid.targets)[::2]
+    shipped = build_requests(run, items, observed_from="whole")
+    assert len(shipped) > len(build_requests(run, items))  # the whole period, not the selection's first half
+    cases = evaluation_cases(run)
+    pairs = list(zip(shipped.histories, shipped.items))
+    is_request = np.array([any(t == i and np.array_equal(h, r) for r, i in pairs)
+                           for h, t in zip(cases.histories, cases.targets)])
+    assert 0 < is_request.sum() < len(cases)
+    assert np.isin(cases.targets[is_request], items).all()  # with observed knowledge: cases of the taught items
+
+    scored: list = []
+
+    def spy(run_, cases_, *args, **kwargs):
+        scored.append(cases_)
+        return evaluate_model(run_, cases_, *args, **kwargs)
+    evaluate_model = mod.evaluate_model
+    monkeypatch.setattr(mod, "evaluate_model", spy)
+    result = calibrate(run, 0.5, tmp_path, by="exposure", lam_min=0.1, lam_max=100.0, steps=0, items=items)
+    saved = json.loads((tmp_path / "calibrate.json").read_text())
+    assert saved["n_cases_excluded"] == result["n_cases_excluded"] == int(is_request.sum())
+    assert saved["n_cases"] == len(cases) - int(is_request.sum()) and "requests" in saved["excluded_why"]
+    assert len(scored) == 1 + len(result["trials"])  # the base and every λ tried, all on the same cases
+    kept = cases.subset(np.flatnonzero(~is_request))
+    for c in scored:
+        assert np.array_equal(c.histories, kept.histories) and np.array_equal(c.targets, kept.targets)

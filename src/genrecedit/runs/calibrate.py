@@ -10,6 +10,12 @@ validation cases: the smallest λ, never below the selected one, whose shipped e
   label beyond which cases are warm, one edit gives the same exposure on validation and on later cases, and under
   ``preserve`` decoding the warm drop follows it; it is the stricter of the two on our runs.
 
+The shipped edit memorises requests taken from the validation period itself (with observed knowledge: every
+cold case of it, up to n per item), so a scored case whose (history, target) pair is one of those requests is left
+out: the edit was taught that very answer, and scoring it would reward recall of its own knowledge. With observed
+knowledge these are the second half's cold cases the edit learnt from; the warm-drop criterion reads warm cases
+and the exposure criterion the cold share on warm cases, so neither needs them. ``calibrate.json`` counts them.
+
 Only validation cases are decoded; the test set is never read.
 """
 from __future__ import annotations
@@ -22,8 +28,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from genrecedit.atomic import write_json
+from genrecedit.data.dataset import PAD_ITEM, CaseSet
 from genrecedit.errors import ConfigError
 from genrecedit.edit.editor import EditMemory
+from genrecedit.edit.knowledge import EditRequests
 from genrecedit.runs.backbone import LoadedRun
 from genrecedit.runs.edit import build_requests, make_editor
 from genrecedit.runs.evaluate import evaluate_model, evaluation_cases
@@ -72,6 +80,33 @@ def search_lam(measure: Callable[[float], float], target: float, lam_min: float,
     return hi, tried
 
 
+EXCLUDED_WHY = ("validation cases whose (history, target) pair is one of the re-fit batch's own edit requests "
+                "(with observed knowledge: the cold cases the shipped edit learnt from); the edit memorised their "
+                "answers, so they are not scored")
+
+
+def taught_cases(cases: CaseSet, requests: EditRequests) -> np.ndarray:
+    """[n] bool: the case's (history, target) is one of ``requests``' (history, item) pairs (histories compared
+    without their padding)."""
+    def key(history: np.ndarray, item) -> tuple:
+        return int(item), history[history != PAD_ITEM].tobytes()
+
+    taught = {key(h, i) for h, i in zip(np.asarray(requests.histories, np.int64), requests.items)}
+    return np.fromiter((key(h, t) in taught for h, t in zip(np.asarray(cases.histories, np.int64), cases.targets)),
+                       bool, len(cases))
+
+
+def scored_cases(run: LoadedRun, requests: EditRequests) -> tuple[CaseSet, int]:
+    """The validation cases a λ re-fit scores (``evaluation_cases`` less those ``taught_cases`` by ``requests``,
+    the batch being re-fit) and how many were left out."""
+    cases = evaluation_cases(run)
+    taught = taught_cases(cases, requests)
+    if taught.all():
+        raise ConfigError(f"all {len(cases)} validation cases are requests of the edit being re-fit: none is left "
+                          "to score λ on")
+    return cases.subset(np.flatnonzero(~taught)), int(taught.sum())
+
+
 Criterion = Literal["warm_drop", "exposure"]
 CRITERIA: tuple[str, ...] = ("warm_drop", "exposure")
 _TRIAL_KEY = {"warm_drop": "warm_ndcg10_drop", "exposure": "cold_exposure"}
@@ -106,10 +141,11 @@ def calibrate(run: LoadedRun, target: float, out_dir: Path, by: Criterion = "war
     shipped edit learns from, keeps ``by`` (warm NDCG@10 drop or cold exposure) on the validation cases at most
     ``target``. ``run.config.eval.cases`` must be ``valid``; ``items``: the items to inject (default: every item
     absent from training); ``memory``: the shipped batch already memorised by the caller (else memorised here);
-    writes ``calibrate.json``.
+    writes ``calibrate.json``. Cases that are requests of the batch are not scored (``taught_cases``).
 
     Returns {"by", "target", "chosen_lam" (None: even λ max exceeds the target), "base": metrics, "trials": [{lam,
-    cold_exposure, warm_ndcg10_drop, metrics}], "n_requests", "n_cases"}.
+    cold_exposure, warm_ndcg10_drop, metrics}], "n_requests", "n_cases" (scored), "n_cases_excluded",
+    "excluded_why"}.
     """
     if run.config.eval.cases != "valid":
         raise ConfigError("calibration decodes validation cases only: run it with eval.cases=valid")
@@ -119,11 +155,11 @@ def calibrate(run: LoadedRun, target: float, out_dir: Path, by: Criterion = "war
         raise ConfigError(f"the target ({by}) is a share in (0, 1), got {target:g}")
     lam_max = LAM_SPAN * lam_min if lam_max is None else lam_max
     _check_bracket(lam_min, lam_max, steps)  # before any decoding
-    cases = evaluation_cases(run)
     editor = make_editor(run)
     if memory is None:  # layers, keys and δ do not depend on λ: once
         # the requests of the edit that ships: with observed knowledge, the whole validation period
         memory = editor.memorize(build_requests(run, items, observed_from="whole"), run.prepared.codes)
+    cases, n_excluded = scored_cases(run, memory.requests)
     base, _ = evaluate_model(run, cases, desc="calibrate: base")
     base_row = metrics_row(base.summary())
     trials: list[dict] = []
@@ -143,7 +179,8 @@ def calibrate(run: LoadedRun, target: float, out_dir: Path, by: Criterion = "war
     bar.close()
     result = {"by": by, "target": target, "chosen_lam": chosen, "lam_min": lam_min, "lam_max": lam_max,
               "base": base_row, "trials": trials, "n": run.config.knowledge.histories_per_item,
-              "n_requests": len(memory.requests), "n_cases": len(cases), "trigger": run.config.eval.trigger}
+              "n_requests": len(memory.requests), "n_cases": len(cases), "n_cases_excluded": n_excluded,
+              "excluded_why": EXCLUDED_WHY, "trigger": run.config.eval.trigger}
     write_json(Path(out_dir) / "calibrate.json", result)
     return result
 
@@ -161,23 +198,28 @@ def format_calibration(result: dict) -> str:
                      "raise --lam-max")
     else:
         lines.append(f"chosen λ = {result['chosen_lam']:.4g} ({what} ≤ {100 * result['target']:.2f}%, "
-                     f"{result['n_requests']} requests, {result['n_cases']} validation cases)")
+                     f"{result['n_requests']} requests, {result['n_cases']} validation cases"
+                     + (f", {result['n_cases_excluded']} left out as requests of the edit"
+                        if result.get("n_cases_excluded") else "") + ")")
     return "\n".join(lines)
 
 
 def refit_lam(run: LoadedRun, out_dir: Path, items: np.ndarray | None = None,
               memory: EditMemory | None = None) -> dict:
     """``edit.refit`` for one run: calibrate from its λ up to LAM_SPAN × λ against ``edit.refit_bound``
-    (warm_drop) or the exposure of the edit selection validated at λ (exposure; one more edit). ``memory``: the
-    shipped batch, when the caller has memorised it. Writes ``calibrate.json`` into ``out_dir``; returns its
+    (warm_drop) or the exposure of the edit selection validated at λ (exposure; one more edit, scored on the same
+    cases as the re-fit). ``memory``: the shipped batch, when the caller has memorised it (else memorised here).
+    Writes ``calibrate.json`` into ``out_dir``; returns its
     result. A clear error when no λ in range keeps the bound."""
     by, lam = run.config.edit.refit, run.config.edit.lam
     check_selection_knowledge(run)
     valid = run.with_settings("eval", cases="valid")
+    if memory is None:  # the shipped batch: its requests decide which validation cases are scored
+        memory = make_editor(valid).memorize(build_requests(valid, items, observed_from="whole"), run.prepared.codes)
     if by == "exposure":
         artifact, _ = make_editor(valid).edit(build_requests(valid, items, observed_from="first_half"),
                                               run.prepared.codes, run.prepared.split.item_ids)
-        selected, _ = evaluate_model(valid, evaluation_cases(valid),
+        selected, _ = evaluate_model(valid, scored_cases(valid, memory.requests)[0],
                                      artifact.schedule(run.config.eval.trigger, run.recommender.device),
                                      desc=f"refit: selection edit λ={lam:g}")
         target = selected.cold_exposure(10)
