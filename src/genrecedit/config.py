@@ -33,7 +33,7 @@ class EmbeddingConfig:
 class KnowledgeConfig:
     """Where the edit's requests come from (METHOD §5.2, §6)."""
 
-    source: Literal["pseudo", "observed", "pseudo+observed", "upper_bound"] = "pseudo"
+    source: Literal["pseudo", "successor", "observed", "pseudo+observed", "upper_bound"] = "pseudo"
     histories_per_item: int = 5  # n
     neighbours: int = 10  # top-k similar warm items
 

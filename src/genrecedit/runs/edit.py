@@ -10,7 +10,9 @@ import numpy as np
 
 from genrecedit.edit.artifact import EditArtifact, TriggerMode
 from genrecedit.edit.editor import ColdItemEditor, EditReport
-from genrecedit.edit.knowledge import EditRequests, case_histories, items_to_edit, pseudo_histories
+from genrecedit.edit.diagnosis import knowledge_diagnosis
+from genrecedit.edit.knowledge import (EditRequests, case_histories, items_to_edit, pseudo_histories,
+                                       successor_histories)
 from genrecedit.runs.backbone import LoadedRun
 from genrecedit.evaluation.plots import probe_figure_png
 from genrecedit.atomic import write_bytes, write_json
@@ -43,6 +45,9 @@ def build_requests(run: LoadedRun, items: np.ndarray | None = None,
     if kcfg.source in ("pseudo", "pseudo+observed"):
         parts.append(pseudo_histories(split.train, split.warm, prepared.embeddings, items, kcfg.histories_per_item,
                                       kcfg.neighbours))
+    if kcfg.source == "successor":  # text only, histories that end with a similar warm item
+        parts.append(successor_histories(split.train, split.warm, prepared.embeddings, items,
+                                         kcfg.histories_per_item, kcfg.neighbours))
     if uses_observed(run):
         observed = split.valid
         if observed_from not in (None, "first_half", "whole"):
@@ -68,7 +73,13 @@ def edit_run(run: LoadedRun, out_dir: Path, items: np.ndarray | None = None,
     """Inject ``items`` (default: all cold items) and write ``<out_dir>/edits/`` and ``edit_report.json``. With
     ``edit.refit`` set (and no ``previous`` batch) λ is first re-fit on validation (``calibrate.json``)."""
     editor = make_editor(run)
-    memory = editor.memorize(build_requests(run, items), run.prepared.codes, previous)
+    requests = build_requests(run, items)
+    memory = editor.memorize(requests, run.prepared.codes, previous)
+    positions = run.config.edit.positions
+    # exact token matching against training, no model: which request keys training already answers differently
+    diagnosis = knowledge_diagnosis(requests, run.prepared.codes, run.prepared.split.train,
+                                    list(range(run.prepared.codes.shape[1])) if positions is None
+                                    else sorted(set(positions)))
     refit = None
     if run.config.edit.refit is not None and previous is None:
         from genrecedit.runs.calibrate import refit_lam  # it builds on this module
@@ -84,7 +95,7 @@ def edit_run(run: LoadedRun, out_dir: Path, items: np.ndarray | None = None,
     artifact.save(out_dir / ARTIFACT_DIR)
     run.config.save(out_dir / "edit_config.yaml")
     write_json(out_dir / "edit_report.json", {**report.to_dict(), "knowledge": dataclasses.asdict(run.config.knowledge),
-                                              "lam": run.config.edit.lam, "refit": refit})
+                                              "lam": run.config.edit.lam, "refit": refit, "diagnosis": diagnosis})
     if report.probe is not None:
         write_bytes(out_dir / "probe.png", probe_figure_png(np.asarray(report.probe["accuracy"]), report.layers))
     return artifact, report
