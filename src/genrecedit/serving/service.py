@@ -75,7 +75,7 @@ class ServiceConfig:
     max_history_items: int = 1_000  # per request; the model reads the last split.max_history of them
     batch_window_ms: float = 2.0
     max_micro_batch: int = 32
-    trigger: TriggerMode = "prefix"
+    trigger: TriggerMode | None = None  # how edits fire when decoding; None: the run's eval.trigger (its recipe)
 
 
 @dataclass(frozen=True)
@@ -91,8 +91,9 @@ class LiveService:
         self.state_dir = Path(self.cfg.state_dir or run.run_dir / DEFAULT_STATE)
         self.decode = run.config.decode
         self.max_history = run.config.split.max_history
+        self.trigger: TriggerMode = self.cfg.trigger or run.config.eval.trigger
         run.recommender.model.requires_grad_(False)
-        self.editor = make_editor(run, self.cfg.trigger)
+        self.editor = make_editor(run, self.trigger)
         self.encoder = make_encoder(run.config.embedding.encoder, run.config.device, run.config.embedding.batch_size)
         self.embedding_cache = Path(run.config.cache_dir) / "embeddings"
         self.base_catalog = Catalog.base(run.prepared)
@@ -227,7 +228,7 @@ class LiveService:
             artifact = with_batch_id(artifact, batch_id)
             timings["edit"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            nxt = build_snapshot(snap.version + 1, catalog, self.run.recommender, artifact, self.cfg.trigger)
+            nxt = build_snapshot(snap.version + 1, catalog, self.run.recommender, artifact, self.trigger)
             timings["snapshot"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             version_dir = self._save(artifact, f"add-{batch_id}")
@@ -271,7 +272,7 @@ class LiveService:
                 artifact, _ = self.editor.edit(requests, catalog.codes, catalog.item_ids, artifact)
                 artifact = with_batch_id(artifact, later.batch_id)
                 recomputed[later.batch_id] = (catalog.batches[-1].sids, delta_fingerprint(artifact.batches[-1]))
-            nxt = build_snapshot(snap.version + 1, catalog, self.run.recommender, artifact, self.cfg.trigger)
+            nxt = build_snapshot(snap.version + 1, catalog, self.run.recommender, artifact, self.trigger)
             version_dir = self._save(artifact, f"rollback-{batch_id}")
             self.registry.roll_back(batch_id, version_dir, recomputed)
         except Exception as err:
@@ -336,7 +337,7 @@ class LiveService:
                 raise ArtifactMismatchError(f"batch {batch.batch_id}: the artifact's ΔW or SIDs differ from the "
                                             "registry's record")
         self._remove_stale_artifacts(rel)
-        return build_snapshot(0, catalog, self.run.recommender, artifact, self.cfg.trigger)
+        return build_snapshot(0, catalog, self.run.recommender, artifact, self.trigger)
 
 
 def _rounded(timings: dict) -> dict:
