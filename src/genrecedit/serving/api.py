@@ -11,6 +11,7 @@ import os
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -58,6 +59,29 @@ class NewItemIn(BaseModel):
 class AddItemsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     items: list[NewItemIn]
+
+
+class AddedItem(BaseModel):
+    model_config = ConfigDict(extra="allow")  # also: sid, n_histories, probe_history, rank
+    item_id: str
+    id: str = Field(description="the item's id (the same as item_id)")
+    exposure: float | None = Field(description="share of the top-10 lists, decoded by the new model for a seeded "
+                                               "sample of the run's validation histories (ServiceConfig."
+                                               "exposure_cases), that hold the item; null: not estimated")
+    status: Literal["active", "active_unreached", "active_overexposed"] = Field(
+        description="active; active_unreached: exposure 0 (served, but in no sampled list); active_overexposed: "
+                    "exposure above ServiceConfig.max_item_share")
+
+
+class AddItemsResponse(BaseModel):
+    model_config = ConfigDict(extra="allow")  # also: n_requests, layers, efficacy, timings_s
+    batch_id: str
+    status: str
+    model_version: int
+    items: list[AddedItem]
+    warnings: list[str] = Field(description="one line per item that reaches no one or too many (see status)")
+    exposure_estimate: dict | None = Field(description="{cases: valid, n_histories, k, max_item_share}; null: no "
+                                                       "estimate (exposure_cases 0 or no validation cases)")
 
 
 def _status_for(err: GenRecEditError) -> int:
@@ -119,11 +143,13 @@ def create_app(service: LiveService) -> FastAPI:
         is answered wholly by the model that was serving when it arrived. 422 names unknown item ids."""
         return service.recommend(body.history, body.k)
 
-    @app.post("/items")
+    @app.post("/items", response_model=AddItemsResponse)
     def add_items(body: AddItemsRequest) -> dict:
         """Add a batch of new items: embed their text, give them SIDs from the frozen tokenizer, add them to the
         trie, build pseudo-histories from similar warm items and apply GenRecEdit, off the request path; returns
-        once the batch is serving, with each item's SID and its rank for one of its pseudo-histories."""
+        once the batch is serving, with each item's SID, its rank for one of its pseudo-histories, and its
+        exposure on validation histories (``status`` and ``warnings`` flag an item that reaches no one or too
+        many)."""
         return service.add_items([NewItem(i.item_id, i.text) for i in body.items])
 
     @app.get("/items/{item_id}")

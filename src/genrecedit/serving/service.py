@@ -16,6 +16,11 @@ empty text, an item without pseudo-histories); a batch whose edit fails is recor
 Rolling back: the newest batch is removed exactly (the stack minus its ΔW, outputs bit-identical to before it was
 added). An older batch: the later batches are recomputed in order on the remaining stack (their SIDs replayed,
 their pseudo-histories and edits solved again) — slower, and the later batches' ΔW change.
+
+Reach: after each add the new snapshot decodes a seeded sample of the run's validation histories through the same
+function as ``recommend`` (``_ranked``, on a batcher of its own so that live requests neither wait behind it nor
+count it in their metrics), and the add answers each item's exposure (the share of those top-10 lists holding it)
+with a warning for an item that reaches no one or more than ``max_item_share`` of them (``serving.exposure``).
 """
 from __future__ import annotations
 
@@ -29,13 +34,15 @@ from pathlib import Path
 import numpy as np
 
 from genrecedit.edit.artifact import EditArtifact, TriggerMode
-from genrecedit.errors import ArtifactMismatchError, DuplicateItemError, EmptyInputError, GenRecEditError
+from genrecedit.errors import (ArtifactMismatchError, ConfigError, DuplicateItemError, EmptyInputError,
+                               GenRecEditError)
 from genrecedit.model.recommender import DecodeConfig
 from genrecedit.runs.backbone import LoadedRun, load_run
 from genrecedit.runs.edit import make_editor
-from genrecedit.serving.batcher import RecommendBatcher
+from genrecedit.serving.batcher import Ranked, RecommendBatcher
 from genrecedit.serving.catalog import (Catalog, Snapshot, build_snapshot, delta_fingerprint, knowledge_for,
                                         with_batch_id)
+from genrecedit.serving.exposure import EXPOSURE_K, added_item_exposure, validation_histories
 from genrecedit.serving.metrics import Metrics
 from genrecedit.serving.registry import Registry
 from genrecedit.text.embed import embed_items, make_encoder
@@ -76,6 +83,8 @@ class ServiceConfig:
     batch_window_ms: float = 2.0
     max_micro_batch: int = 32
     trigger: TriggerMode | None = None  # how edits fire when decoding; None: the run's eval.trigger (its recipe)
+    exposure_cases: int = 500  # validation histories decoded after each add to estimate reach; 0: no estimate
+    max_item_share: float = 0.05  # an added item in more of those top-10 lists than this is flagged overexposed
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,12 @@ class LiveService:
         self.decode = run.config.decode
         self.max_history = run.config.split.max_history
         self.trigger: TriggerMode = self.cfg.trigger or run.config.eval.trigger
+        if self.cfg.exposure_cases < 0 or not 0 <= self.cfg.max_item_share <= 1:
+            raise ConfigError(f"exposure_cases ({self.cfg.exposure_cases}) must be ≥ 0 and max_item_share "
+                              f"({self.cfg.max_item_share}) in [0, 1]")
+        # drawn once: the split never changes while serving (validation cases only, never test)
+        self.exposure_histories = validation_histories(run.prepared.split, self.cfg.exposure_cases,
+                                                       run.config.eval.seed, self.max_history)
         run.recommender.model.requires_grad_(False)
         self.editor = make_editor(run, self.trigger)
         self.encoder = make_encoder(run.config.embedding.encoder, run.config.device, run.config.embedding.batch_size)
@@ -106,10 +121,11 @@ class LiveService:
         self._queued = 0  # changes submitted to the worker and not finished yet
         self._queued_lock = threading.Lock()
         self._closed = False
-        self.batcher = RecommendBatcher(DecodeConfig(self.decode.beam, self.decode.k, self.decode.batch_size,
-                                                     self.decode.constrained),
-                                        self.cfg.batch_window_ms / 1e3, self.cfg.max_micro_batch,
+        decode = DecodeConfig(self.decode.beam, self.decode.k, self.decode.batch_size, self.decode.constrained)
+        self.batcher = RecommendBatcher(decode, self.cfg.batch_window_ms / 1e3, self.cfg.max_micro_batch,
                                         self.metrics.observe_batch)
+        # the exposure estimate's: the same decoding, off the live queue and out of the request metrics
+        self.exposure_batcher = RecommendBatcher(decode, self.cfg.batch_window_ms / 1e3, self.cfg.max_micro_batch)
 
     @classmethod
     def open(cls, run_dir: Path, cfg: ServiceConfig | None = None, overrides: list[str] | None = None) -> "LiveService":
@@ -122,6 +138,7 @@ class LiveService:
         self._closed = True
         self._worker.shutdown(wait=True)
         self.batcher.close()
+        self.exposure_batcher.close()
         self.registry.close()
 
     # -- requests (any thread) -------------------------------------------------------------------------------
@@ -135,11 +152,25 @@ class LiveService:
             raise PayloadTooLargeError(f"history of {len(history)} items; at most {self.cfg.max_history_items} "
                                        f"(the model reads the last {self.max_history})")
         snap = self.snapshot
-        hist = snap.catalog.histories([history], self.max_history)[0]
-        ranked = self.batcher.submit(snap, hist, k).result()
+        hist = snap.catalog.histories([history], self.max_history)
+        ranked = self._ranked(snap, hist, k)[0]
         return {"items": [{"item_id": snap.catalog.item_ids[i], "score": float(s)}
                           for i, s in zip(ranked.items, ranked.scores)],
                 "model_version": snap.version, "active_batches": len(snap.catalog.batches)}
+
+    def _ranked(self, snap: Snapshot, histories: np.ndarray, k: int,
+                batcher: RecommendBatcher | None = None) -> list[Ranked]:
+        """Top-k of ``snap`` for histories [n, L] (catalog indices, left-padded), micro-batched: the one decoding
+        path of ``recommend`` and of the exposure estimate (default batcher: the live one)."""
+        batcher = batcher or self.batcher
+        futures = [batcher.submit(snap, h, k) for h in histories]
+        return [f.result() for f in futures]
+
+    def _exposure(self, snap: Snapshot, new: np.ndarray) -> dict:
+        """``serving.exposure.added_item_exposure`` of the items ``new`` on the validation sample, with ``snap``."""
+        return added_item_exposure(lambda s, h, k: self._ranked(s, h, k, self.exposure_batcher), snap, new,
+                                   [snap.catalog.item_ids[i] for i in new], self.exposure_histories,
+                                   min(EXPOSURE_K, self.decode.beam), self.cfg.max_item_share)
 
     def item(self, item_id: str) -> dict | None:
         snap = self.snapshot
@@ -246,9 +277,19 @@ class LiveService:
         self.snapshot = nxt  # the swap: one reference assignment
         self._remove_stale_artifacts(version_dir)
         self.metrics.observe_edit("add", batch_id, timings["total"], len(items), True, _rounded(timings))
-        return {"batch_id": batch_id, "status": "active", "model_version": nxt.version,
-                "items": self._recommendable(nxt, requests, new), "n_requests": len(requests),
-                "layers": report.layers, "efficacy": report.efficacy, "timings_s": _rounded(timings)}
+        added = self._recommendable(nxt, requests, new)
+        t0 = time.perf_counter()
+        try:  # the batch is serving already: a failed estimate is a warning, not a failed add
+            reach = self._exposure(nxt, new)
+        except Exception as err:  # noqa: BLE001
+            reach = {"items": [{"id": a["item_id"], "exposure": None, "status": "active"} for a in added],
+                     "warnings": [f"exposure not estimated ({type(err).__name__}: {err})"], "estimate": None}
+        timings["exposure"] = time.perf_counter() - t0  # after the swap: not part of the add's total
+        for entry, exposure in zip(added, reach["items"]):
+            entry.update(exposure)
+        return {"batch_id": batch_id, "status": "active", "model_version": nxt.version, "items": added,
+                "n_requests": len(requests), "layers": report.layers, "efficacy": report.efficacy,
+                "timings_s": _rounded(timings), "warnings": reach["warnings"], "exposure_estimate": reach["estimate"]}
 
     def _roll_back(self, batch_id: str) -> dict:
         start = time.perf_counter()
