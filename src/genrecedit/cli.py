@@ -93,6 +93,27 @@ def edit(run_dir: RunDir, overrides: Overrides = None,
 
 
 @app.command()
+def coldstart(run_dir: RunDir, overrides: Overrides = None,
+              edits: Annotated[Optional[Path], typer.Option(help="edit artifact to mix the prior into")] = None,
+              out: Annotated[Optional[Path], typer.Option(help="output directory (default: the run)")] = None,
+              name: str = "coldstart", valid_max_cases: int = 10_000, max_warm_drop: float = 0.03,
+              max_item_share: float = 0.05, device: Device = None) -> None:
+    """Text-only cold start: choose the content prior and the baselines' settings on validation, then score them
+    side by side on test (paired intervals, exposure)."""
+    from genrecedit.edit.artifact import EditArtifact
+    from genrecedit.runs.backbone import load_run
+    from genrecedit.runs.coldstart import Bounds, ColdstartSpec, coldstart as run_coldstart
+
+    try:
+        run = load_run(run_dir, list(overrides or []) + ([f"device={device}"] if device else []))
+        artifact = EditArtifact.load(edits, run.base_hash) if edits else None
+        spec = ColdstartSpec(bounds=Bounds(max_warm_drop, max_item_share), valid_max_cases=valid_max_cases)
+        run_coldstart(run, out or run_dir, spec, artifact, name, echo=typer.echo)
+    except GenRecEditError as err:
+        _fail(err)
+
+
+@app.command()
 def merge(spec: Annotated[Path, typer.Argument(help="merge spec YAML (models, merge_method, base_model, …)")],
           out: Annotated[Path, typer.Option("--out", help="run directory to write the merged model into")],
           overwrite: Annotated[bool, typer.Option(help="replace an existing output directory")] = False) -> None:

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import yaml
 
+from genrecedit.coldstart.prior import PriorConfig
 from genrecedit.data.protocols import SplitConfig
 from genrecedit.edit.artifact import TriggerMode
 from genrecedit.edit.editor import EditConfig
@@ -67,6 +68,8 @@ class RunConfig:
     knowledge: KnowledgeConfig = field(default_factory=KnowledgeConfig)
     edit: EditConfig = field(default_factory=EditConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    # the decode-time content prior (genrecedit.coldstart.prior): off unless a config or `coldstart` turns it on
+    prior: PriorConfig = field(default_factory=PriorConfig)
 
     def to_dict(self) -> dict:
         return _plain(asdict(self))

@@ -49,16 +49,19 @@ class PreservingSchedule:
 @dataclass
 class Beams:
     """items [B, K] item indices (-1: no item), scores [B, K] log-probabilities (-inf for empty slots),
-    sids [B, K, P] the decoded codes."""
+    sids [B, K, P] the decoded codes. levels (only when asked for, ``record_levels``): per prefix length
+    p = 1..P-1, the (trie nodes [B, beam], scores [B, beam]) of the beams that survived step p - 1 — the decoded
+    prefixes of p codes and their log-probabilities (node -1 / score -inf: an empty beam slot)."""
 
     items: torch.Tensor
     scores: torch.Tensor
     sids: torch.Tensor
+    levels: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 def beam_search(decoder: SteppedDecoder, layout: TokenLayout, trie: PrefixTrie, input_ids: torch.Tensor,
                 attention_mask: torch.Tensor, beam: int, k: int, constrained: bool = True,
-                edits: EditSchedule | None = None, cached: bool = True) -> Beams:
+                edits: EditSchedule | None = None, cached: bool = True, record_levels: bool = False) -> Beams:
     """Top-k items for each of B encoder inputs [B, S] (mask [B, S]); ``k <= beam``.
 
     cached: decode with the KV cache (fast path); False recomputes the whole prefix with HF's decoder every step
@@ -66,6 +69,9 @@ def beam_search(decoder: SteppedDecoder, layout: TokenLayout, trie: PrefixTrie, 
 
     constrained: only SIDs of catalog items (the trie); otherwise any token of the right position, and decoded
     SIDs that name no item are dropped from the result (so fewer than k items may come back).
+
+    record_levels: also return every intermediate level's surviving prefixes (``Beams.levels``), which a
+    decode-time content prior (``genrecedit.coldstart.prior``) mixes new items into.
     """
     if k > beam:
         raise ValueError(f"k={k} must not exceed beam={beam}")
@@ -86,6 +92,7 @@ def beam_search(decoder: SteppedDecoder, layout: TokenLayout, trie: PrefixTrie, 
     nodes = torch.zeros(batch, dtype=torch.long, device=device)
     state = _extend(logits, base, layout, trie, 0, nodes, None, beam, constrained, preserve)
     scores, codes, nodes = state.scores, state.codes, state.nodes
+    levels = [_padded_level(state, beam)] if record_levels and n_pos > 1 else []
     width = scores.shape[1]
     rows = torch.arange(batch, device=device).repeat_interleave(width)
     # cached: each request's encoder output serves its beams without being copied per beam
@@ -114,6 +121,8 @@ def beam_search(decoder: SteppedDecoder, layout: TokenLayout, trie: PrefixTrie, 
         sids = torch.cat([sids.reshape(batch * width, -1)[flat_parent].reshape(batch, width_t, -1),
                           new_codes[:, :, None]], dim=2)
         if t < n_pos - 1:
+            if record_levels:
+                levels.append(_padded_level(state, beam))
             cache = cache.select(flat_parent) if cached else None
             if width_t != width:  # new beams stay with their request, so regrouping is enough when cached
                 enc = enc.beams(width_t) if cached else enc.select(flat_parent)
@@ -123,7 +132,19 @@ def beam_search(decoder: SteppedDecoder, layout: TokenLayout, trie: PrefixTrie, 
     else:
         items = torch.from_numpy(trie.walk(sids.reshape(-1, n_pos).cpu().numpy())).to(device).reshape(batch, -1)
     items = torch.where(torch.isfinite(scores), items, -1)
-    return _compact(items, scores, sids, k)
+    out = _compact(items, scores, sids, k)
+    if record_levels:
+        out.levels = levels
+    return out
+
+
+def _padded_level(state: "_Step", beam: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A step's (nodes, scores) [B, beam]: fewer surviving beams are padded with node -1 and score -inf."""
+    nodes = torch.where(torch.isfinite(state.scores), state.nodes, -1)
+    pad = beam - nodes.shape[1]
+    if pad > 0:
+        return F.pad(nodes, (0, pad), value=-1), F.pad(state.scores, (0, pad), value=float("-inf"))
+    return nodes, state.scores
 
 
 def _reference_base(decoder: SteppedDecoder, prefix: torch.Tensor, enc, step_edits: StepEdits | None,

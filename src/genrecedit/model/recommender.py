@@ -49,8 +49,9 @@ class Recommender:
 
     @torch.no_grad()
     def recommend(self, histories: np.ndarray, cfg: DecodeConfig, edits: EditSchedule | None = None,
-                  progress: bool | str = False) -> Beams:
-        """[n, L] item-index histories (left-padded with PAD_ITEM) -> top-``cfg.k`` items for each."""
+                  progress: bool | str = False, record_levels: bool = False) -> Beams:
+        """[n, L] item-index histories (left-padded with PAD_ITEM) -> top-``cfg.k`` items for each.
+        record_levels: keep each intermediate level's decoded prefixes (``Beams.levels``)."""
         parts: list[Beams] = []
         # batches of similar history length (each row's beams are independent of the other rows'); the lists are
         # put back in input order below
@@ -60,9 +61,16 @@ class Recommender:
         for rows in bar:
             ids, mask = self.layout.encoder_inputs(histories[rows], self.codes)
             parts.append(beam_search(self.decoder, self.layout, self.trie, ids, mask, cfg.beam, cfg.k,
-                                     cfg.constrained, edits))
+                                     cfg.constrained, edits, record_levels=record_levels))
+        n_levels = self.layout.n_positions - 1
         if not parts:
             empty = torch.zeros((0, cfg.k), dtype=torch.long)
-            return Beams(empty, empty.float(), torch.zeros((0, cfg.k, self.layout.n_positions), dtype=torch.long))
+            levels = [(torch.zeros((0, cfg.beam), dtype=torch.long), torch.zeros((0, cfg.beam)))] * n_levels
+            return Beams(empty, empty.float(), torch.zeros((0, cfg.k, self.layout.n_positions), dtype=torch.long),
+                         levels if record_levels else None)
         back = torch.from_numpy(np.argsort(np.concatenate(batches)))
-        return Beams(*(torch.cat([getattr(p, f) for p in parts]).cpu()[back] for f in ("items", "scores", "sids")))
+        out = Beams(*(torch.cat([getattr(p, f) for p in parts]).cpu()[back] for f in ("items", "scores", "sids")))
+        if record_levels:
+            out.levels = [tuple(torch.cat([p.levels[lv][i] for p in parts]).cpu()[back] for i in (0, 1))
+                          for lv in range(n_levels)]
+        return out

@@ -45,6 +45,12 @@ class PrefixTrie:
     def n_items(self) -> int:
         return int(self.leaf_item.shape[0])
 
+    def item_nodes(self, level: int) -> np.ndarray:
+        """[n_items] int64: each item's node at ``level`` (1..P), i.e. the node of its first ``level`` codes."""
+        if not 1 <= level <= self.n_positions:
+            raise ValueError(f"trie level {level} must be in 1..{self.n_positions}")
+        return self._item_nodes[level - 1]
+
     def subtree_flags(self, items: np.ndarray) -> list[torch.Tensor]:
         """Item indices -> per level p = 1..P a bool [n_nodes at level p] tensor (on the trie's device): whether the
         node's subtree holds one of ``items``. Entry p - 1 is for level p (the node reached by p codes)."""

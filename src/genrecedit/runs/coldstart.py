@@ -1,0 +1,228 @@
+"""Text-only cold start on a trained run: choose the content prior (and every baseline's setting) on validation,
+then score the chosen recipe and the baselines side by side on test, with paired intervals and exposure.
+
+Selection (``select_coldstart``) decodes validation cases only and never touches the test split; ``coldstart``
+reports on test what selection chose. The new items are every catalog item absent from training; only their text is
+used (no interaction of a new item is read anywhere here).
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from genrecedit.atomic import write_json
+from genrecedit.coldstart.baselines import dense_rerank, reserved_slots, retrieve
+from genrecedit.coldstart.exposure import exposure
+from genrecedit.coldstart.prior import ContentPrior, PriorConfig
+from genrecedit.data.dataset import CaseSet
+from genrecedit.edit.artifact import EditArtifact
+from genrecedit.errors import ConfigError
+from genrecedit.evaluation.bootstrap import paired_bootstrap_diff
+from genrecedit.evaluation.report import EvalResult, format_table, write_metrics
+from genrecedit.model.beam import Beams
+from genrecedit.runs.backbone import LoadedRun
+from genrecedit.runs.evaluate import score_topk
+
+CUT = 10  # the metrics and exposure that select and report: @10
+
+
+@dataclass
+class PriorGrid:
+    """The content-prior settings tried on validation (every combination)."""
+
+    scope: tuple[int, ...] = (0, 1, 2)
+    recent: tuple[int, ...] = (1, 3)
+    threshold: tuple[float, ...] = (0.5, 0.65, 0.8)
+    temperature: tuple[float, ...] = (0.03, 0.1)
+    budget: tuple[float, ...] = (0.05, 0.15, 0.4)
+
+    def cells(self, n_positions: int) -> list[PriorConfig]:
+        return [PriorConfig(True, b, t, th, sc, r) for sc, r, th, t, b in itertools.product(
+            self.scope, self.recent, self.threshold, self.temperature, self.budget) if sc < n_positions]
+
+
+@dataclass
+class Bounds:
+    """What a shipped setting must keep on validation: the warm NDCG@10 drop and the largest share of lists any one
+    new item enters."""
+
+    max_warm_drop: float = 0.03
+    max_item_share: float = 0.05
+
+
+@dataclass
+class ColdstartSpec:
+    grid: PriorGrid = field(default_factory=PriorGrid)
+    bounds: Bounds = field(default_factory=Bounds)
+    valid_max_cases: int | None = 10_000  # seeded sample of validation cases for selection (None: all)
+    slots: tuple[int, ...] = tuple(range(1, CUT))  # reserved-slot hybrid: s tried on validation
+    recent: tuple[int, ...] = (1, 3)  # the baselines' history content: last item, mean of the last 3
+
+
+def new_items(run: LoadedRun) -> np.ndarray:
+    """The items a text-only cold start recommends: every catalog item absent from training (read from the warm
+    flags, never from a case set)."""
+    return np.flatnonzero(~run.prepared.split.warm)
+
+
+def selection_cases(run: LoadedRun, limit: int | None) -> CaseSet:
+    """Validation cases (a seeded sample of ``limit``); with observed knowledge configured, its second half only."""
+    from genrecedit.runs.evaluate import evaluation_cases
+
+    return evaluation_cases(run.with_settings("eval", cases="valid", max_cases=limit))
+
+
+def decode(run: LoadedRun, cases: CaseSet, artifact: EditArtifact | None, desc: str) -> Beams:
+    schedule = artifact.schedule(run.config.eval.trigger, run.recommender.device) if artifact is not None else None
+    return run.recommender.recommend(cases.histories, run.config.decode, schedule, progress=desc, record_levels=True)
+
+
+def make_prior(run: LoadedRun, cfg: PriorConfig) -> ContentPrior:
+    return ContentPrior(cfg, run.prepared.embeddings, run.prepared.codes, new_items(run), run.recommender.trie)
+
+
+def _row(result: EvalResult, topk: np.ndarray, new: np.ndarray, base: EvalResult | None) -> dict:
+    summary = result.summary()
+    row = {s: {m: summary[s][m] for m in (f"recall@{CUT}", f"ndcg@{CUT}")} | {"n_cases": summary[s]["n_cases"]}
+           for s in summary}
+    row["exposure"] = exposure(topk, new, CUT)
+    if base is not None:
+        b = base.summary()["warm"][f"ndcg@{CUT}"] or 0.0
+        row["warm_drop"] = 1 - (row["warm"][f"ndcg@{CUT}"] or 0.0) / max(b, 1e-12)
+    return row
+
+
+def _admissible(row: dict, bounds: Bounds) -> bool:
+    return row["warm_drop"] <= bounds.max_warm_drop and row["exposure"]["max_item_share"] <= bounds.max_item_share
+
+
+def _best(cells: list[dict], key=lambda c: c["metrics"]["overall"][f"ndcg@{CUT}"]) -> dict | None:
+    return max(cells, key=key, default=None)
+
+
+def select_coldstart(run: LoadedRun, spec: ColdstartSpec, artifact: EditArtifact | None = None,
+                     progress: bool = True) -> dict:
+    """Choose on validation: the content prior (best overall NDCG@10 among the grid's cells within ``spec.bounds``
+    that beat the unedited beams), the reserved-slot hybrid's s and recent, the dense re-rank's and the retriever's
+    recent (each by overall NDCG@10: the strongest version of each baseline). Decodes validation only."""
+    cases = selection_cases(run, spec.valid_max_cases)
+    new = new_items(run)
+    t0 = time.perf_counter()
+    beams = decode(run, cases, None, "coldstart: validation beams" if progress else False)
+    decode_s = time.perf_counter() - t0
+    items = beams.items.numpy()  # the unedited beams: the base every warm drop is measured against
+    base = score_topk(run, items, cases)
+    base_row = _row(base, items, new, base)
+    edited_row = None
+    if artifact is not None:  # the prior then mixes into the edited beams
+        beams = decode(run, cases, artifact, "coldstart: validation beams, edited" if progress else False)
+        edited_row = _row(score_topk(run, beams.items.numpy(), cases), beams.items.numpy(), new, base)
+
+    def scored(topk: np.ndarray, **what) -> dict:
+        return {**what, "metrics": _row(score_topk(run, topk, cases), topk, new, base)}
+
+    cells = []
+    grid = spec.grid.cells(run.prepared.codes.shape[1])
+    for cfg in tqdm(grid, desc="coldstart: prior grid", disable=not progress, unit="cell"):
+        topk = make_prior(run, cfg).apply(cases.histories, beams).items.numpy()
+        cells.append(scored(topk, prior=asdict(cfg)))
+    ok = [c for c in cells if _admissible(c["metrics"], spec.bounds)
+          and c["metrics"]["overall"][f"ndcg@{CUT}"] > base_row["overall"][f"ndcg@{CUT}"]]
+    chosen = _best(ok)
+    width = items.shape[1]
+    retrieved = {r: retrieve(run.prepared.embeddings, cases.histories, new, width, r) for r in spec.recent}
+    baselines = {
+        "retriever": [scored(retrieved[r], recent=r) for r in spec.recent],
+        "reserved_slots": [scored(reserved_slots(items, retrieved[r], s, CUT), recent=r, s=s)
+                           for r in spec.recent for s in spec.slots],
+        "dense_rerank": [scored(dense_rerank(run.prepared.embeddings, cases.histories, items, new, r), recent=r)
+                         for r in spec.recent],
+    }
+    return {"cases": "valid", "n_cases": len(cases), "decode_seconds": decode_s, "bounds": asdict(spec.bounds),
+            "base": base_row, "edited": edited_row, "cells": cells, "chosen": None if chosen is None else chosen["prior"],
+            "chosen_metrics": None if chosen is None else chosen["metrics"],
+            "baselines": {name: {"cells": c, "chosen": {k: v for k, v in _best(c).items() if k != "metrics"}}
+                          for name, c in baselines.items()}}
+
+
+def coldstart(run: LoadedRun, out_dir: Path, spec: ColdstartSpec | None = None,
+              artifact: EditArtifact | None = None, name: str = "coldstart", echo=print) -> dict:
+    """``select_coldstart`` on validation, then the test cases (all, or ``eval.max_cases``) scored for TIGER (the
+    run's beams, with ``artifact``'s edits when given), the chosen prior on those beams, and every baseline at its
+    validation setting; writes ``<out_dir>/<name>.json|md|png`` and ``<name>_selection.json``."""
+    spec = spec or ColdstartSpec()
+    if run.config.eval.cases != "test":
+        raise ConfigError("coldstart selects on validation and reports on test: leave eval.cases=test")
+    out_dir = Path(out_dir)
+    selection = select_coldstart(run, spec, artifact)
+    write_json(out_dir / f"{name}_selection.json", selection)
+    from genrecedit.runs.evaluate import evaluation_cases
+
+    cases = evaluation_cases(run)
+    new = new_items(run)
+    beams = decode(run, cases, None, "coldstart: test beams")
+    items = beams.items.numpy()
+    width = items.shape[1]
+    lists: dict[str, np.ndarray] = {"TIGER": items}
+    if artifact is not None:
+        beams = decode(run, cases, artifact, "coldstart: test beams, edited")
+        lists["TIGER + edit"] = beams.items.numpy()
+    if selection["chosen"] is not None:
+        prior_cfg = PriorConfig(**selection["chosen"])
+        lists["content prior (chosen)"] = make_prior(run, prior_cfg).apply(cases.histories, beams).items.numpy()
+    picks = selection["baselines"]
+    for r in spec.recent:
+        lists[f"retriever (recent {r})"] = retrieve(run.prepared.embeddings, cases.histories, new, width, r)
+    slots = picks["reserved_slots"]["chosen"]
+    lists[f"reserved slots (s {slots['s']}, recent {slots['recent']})"] = reserved_slots(
+        items, retrieve(run.prepared.embeddings, cases.histories, new, width, slots["recent"]), slots["s"], CUT)
+    dense = picks["dense_rerank"]["chosen"]
+    lists[f"dense re-rank (recent {dense['recent']})"] = dense_rerank(run.prepared.embeddings, cases.histories,
+                                                                      items, new, dense["recent"])
+    results = {name_: score_topk(run, topk, cases) for name_, topk in lists.items()}
+    base_name = next(iter(lists))
+    base = results[base_name]
+    rows = {}
+    for sys_name, res in results.items():
+        row = _row(res, lists[sys_name], new, base)
+        row["vs_base"] = _paired(res, base)
+        rows[sys_name] = row
+    best_baseline = max((n for n in rows if n != base_name and "prior" not in n),
+                        key=lambda n: rows[n]["overall"][f"ndcg@{CUT}"])
+    report = {"dataset": run.config.dataset, "n_cases": len(cases), "n_new_items": int(len(new)),
+              "chosen_prior": selection["chosen"], "bounds": asdict(spec.bounds), "systems": rows,
+              "best_baseline": best_baseline}
+    if "content prior (chosen)" in results:
+        report["prior_vs_best_baseline"] = _paired(results["content prior (chosen)"], results[best_baseline])
+    write_json(out_dir / f"{name}.json", report)
+    write_metrics(out_dir, f"{name}_metrics", {n: r.summary() for n, r in results.items()})
+    echo(format_table({n: r.summary() for n, r in results.items()}))
+    echo(format_coldstart(report))
+    return report
+
+
+def _paired(a: EvalResult, b: EvalResult) -> dict:
+    """Paired bootstrap (mean difference, 95 % interval) of a − b: overall and warm NDCG@10, cold recall@10."""
+    out = {}
+    for subset, metric in (("overall", f"ndcg@{CUT}"), ("warm", f"ndcg@{CUT}"), ("cold", f"recall@{CUT}")):
+        if a.subset_mask(subset).any():
+            out[f"{subset}_{metric}"] = list(paired_bootstrap_diff(a.per_case(metric, subset),
+                                                                   b.per_case(metric, subset)))
+    return out
+
+
+def format_coldstart(report: dict) -> str:
+    lines = [f"{'system':<44} {'overall N@10':>12} {'warm drop':>9} {'cold R@10':>9} {'new slots':>9} "
+             f"{'max item':>8} {'unreached':>9}"]
+    for sys_name, r in report["systems"].items():
+        e = r["exposure"]
+        lines.append(f"{sys_name:<44} {r['overall'][f'ndcg@{CUT}']:>12.4f} {100 * r['warm_drop']:>8.1f}% "
+                     f"{(r['cold'][f'recall@{CUT}'] or 0):>9.4f} {100 * e['new_item_slot_share']:>8.1f}% "
+                     f"{100 * e['max_item_share']:>7.1f}% {e['unreached_items']:>9}")
+    lines.append(f"chosen prior (validation): {report['chosen_prior']}; best baseline: {report['best_baseline']}")
+    return "\n".join(lines)

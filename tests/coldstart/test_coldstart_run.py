@@ -1,0 +1,81 @@
+"""`genrecedit coldstart` on a tiny trained run: selection reads validation only; the report scores the chosen prior
+and every baseline on the same test cases, with exposure and paired intervals."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from genrecedit.coldstart.exposure import exposure
+from genrecedit.runs.backbone import load_run
+from genrecedit.runs.coldstart import Bounds, ColdstartSpec, PriorGrid, coldstart, select_coldstart
+
+SMALL = ColdstartSpec(grid=PriorGrid(scope=(0, 1), recent=(1,), threshold=(0.0, 0.5), temperature=(0.1,),
+                                     budget=(0.1, 0.5)),
+                      bounds=Bounds(max_warm_drop=1.0, max_item_share=1.0), valid_max_cases=None, slots=(1, 3),
+                      recent=(1, 2))
+
+
+class _Unreadable:
+    def __getattr__(self, name):
+        raise AssertionError(f"selection read the test split (.{name})")
+
+    def __len__(self):
+        raise AssertionError("selection read the test split (len)")
+
+
+def test_selection_never_reads_the_test_split(tiny_run):
+    run = load_run(tiny_run)
+    split = dataclasses.replace(run.prepared.split, test=_Unreadable())
+    guarded = dataclasses.replace(run, prepared=dataclasses.replace(run.prepared, split=split))
+    result = select_coldstart(guarded, SMALL, progress=False)
+    assert result["cases"] == "valid" and result["n_cases"] == len(run.prepared.split.valid)
+    assert len(result["cells"]) == 8
+    # bounds wide open: the best cell wins if it beats the unedited beams, else nothing is chosen
+    best = max(result["cells"], key=lambda c: c["metrics"]["overall"]["ndcg@10"])
+    beats = best["metrics"]["overall"]["ndcg@10"] > result["base"]["overall"]["ndcg@10"]
+    assert result["chosen"] == (best["prior"] if beats else None)
+    assert {c["s"] for c in result["baselines"]["reserved_slots"]["cells"]} == {1, 3}
+
+
+def test_tight_bounds_choose_nothing_and_the_report_says_so(tiny_run, tmp_path):
+    run = load_run(tiny_run)
+    spec = dataclasses.replace(SMALL, bounds=Bounds(max_warm_drop=-1.0, max_item_share=0.0))
+    report = coldstart(run, tmp_path, spec, echo=lambda *_: None)
+    assert report["chosen_prior"] is None and "content prior (chosen)" not in report["systems"]
+
+
+def test_the_report_scores_every_system_on_the_same_test_cases(tiny_run, tmp_path):
+    run = load_run(tiny_run)
+    # a budget of .5 with an open gate: the synthetic run's new items then win some validation cases
+    spec = dataclasses.replace(SMALL, grid=PriorGrid(scope=(0,), recent=(1,), threshold=(-1.0,), temperature=(1.0,),
+                                                     budget=(0.5, 0.9)))
+    report = coldstart(run, tmp_path, spec, echo=lambda *_: None)
+    on_disk = json.loads((tmp_path / "coldstart.json").read_text())
+    assert on_disk["systems"].keys() == report["systems"].keys()
+    names = list(report["systems"])
+    assert names[0] == "TIGER"
+    assert ("content prior (chosen)" in names) == (report["chosen_prior"] is not None)
+    assert {"retriever (recent 1)", "retriever (recent 2)"} <= set(names)
+    assert any(n.startswith("reserved slots") for n in names) and any(n.startswith("dense re-rank") for n in names)
+    n_test = len(run.prepared.split.test)
+    for row in report["systems"].values():
+        assert row["overall"]["n_cases"] == n_test
+        assert set(row["exposure"]) >= {"new_item_slot_share", "max_item_share", "unreached_items"}
+        assert "overall_ndcg@10" in row["vs_base"]
+    assert report["systems"]["TIGER"]["vs_base"]["overall_ndcg@10"] == [0.0, 0.0, 0.0]
+    # the content-only retriever fills every slot it can with new items
+    n_new = int((~run.prepared.split.warm).sum())
+    assert report["systems"]["retriever (recent 1)"]["exposure"]["new_item_slot_share"] == pytest.approx(
+        (run.prepared.split.test.history_lengths() > 0).mean() * min(n_new, 10) / 10)
+    assert (tmp_path / "coldstart_selection.json").exists() and (tmp_path / "coldstart_metrics.md").exists()
+
+
+def test_exposure_counts_slots_lists_and_unreached_items():
+    topk = np.array([[5, 1, 6, -1], [5, 2, 3, 4], [0, 1, 2, 3]])
+    out = exposure(topk, np.array([5, 6, 7]), k=3)
+    assert out["new_item_slot_share"] == pytest.approx(3 / 9)
+    assert out["max_item_share"] == pytest.approx(2 / 3) and out["max_item"] == 5
+    assert out["unreached_items"] == 1 and out["reached_items"] == 2  # 7 is in no list; 4 is past the cut

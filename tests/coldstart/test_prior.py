@@ -1,0 +1,136 @@
+"""The decode-time content prior on a hand-built catalog whose mixture probabilities are known in closed form."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from genrecedit.coldstart.prior import ContentPrior, PriorConfig
+from genrecedit.errors import ConfigError
+from genrecedit.model.beam import Beams
+from genrecedit.model.trie import PrefixTrie
+
+# items 0-2 warm, 3-5 new; SIDs of 3 codes
+CODES = np.array([[0, 0, 0], [0, 1, 0], [1, 0, 0], [0, 0, 1], [1, 1, 0], [1, 0, 1]])
+NEW = np.array([3, 4, 5])
+# the history is item 0; cosines with it: item 3 → 1, item 4 → 0, item 5 → 0.6
+EMB = np.array([[1, 0], [0.8, 0.6], [0, 1], [1, 0], [0, 1], [0.6, 0.8]], np.float32)
+HIST = np.array([[-1, 0]])
+
+
+def _beams(trie: PrefixTrie) -> Beams:
+    """The beam found items 0, 1, 2 with probabilities .5, .3, .2 (all of the mass)."""
+    items = torch.tensor([[0, 1, 2]])
+    scores = torch.log(torch.tensor([[0.5, 0.3, 0.2]]))
+    level1 = (torch.tensor([[trie.item_nodes(1)[0], trie.item_nodes(1)[2], -1]]),
+              torch.log(torch.tensor([[0.8, 0.2, 0.0]])))
+    level2 = (torch.tensor([[trie.item_nodes(2)[0], trie.item_nodes(2)[1], trie.item_nodes(2)[2]]]),
+              torch.log(torch.tensor([[0.5, 0.3, 0.2]])))
+    return Beams(items, scores, torch.as_tensor(CODES[[0, 1, 2]])[None], [level1, level2])
+
+
+def _probs(out: Beams) -> dict[int, float]:
+    return {int(i): float(math.exp(s)) for i, s in zip(out.items[0], out.scores[0]) if i >= 0}
+
+
+def _w(z: list[float], none: float) -> list[float]:
+    denom = math.exp(none) + sum(math.exp(v) for v in z)
+    return [math.exp(v) / denom for v in z]
+
+
+def test_scope_one_mixes_each_prefix_by_content_and_keeps_its_mass():
+    trie = PrefixTrie(CODES, (2, 2, 4))
+    cfg = PriorConfig(enabled=True, budget=0.5, temperature=0.1, threshold=0.5, scope=1)
+    p = _probs(ContentPrior(cfg, EMB, CODES, NEW, trie).apply(HIST, _beams(trie), k=6))
+    (w3,) = _w([10.0], 5.0)
+    w4, w5 = _w([0.0, 6.0], 5.0)
+    assert p[3] == pytest.approx(0.8 * 0.5 * w3, rel=1e-5)
+    assert p[5] == pytest.approx(0.2 * 0.5 * w5, rel=1e-5)
+    assert p[4] == pytest.approx(0.2 * 0.5 * w4, rel=1e-5)
+    assert p[0] == pytest.approx(0.5 * (1 - 0.5 * w3), rel=1e-5)
+    assert p[2] == pytest.approx(0.2 * (1 - 0.5 * (w4 + w5)), rel=1e-5)
+    assert sum(p.values()) == pytest.approx(1.0, rel=1e-5)  # each prefix keeps its probability
+    assert list(p) == sorted(p, key=p.get, reverse=True)  # ranked best first
+
+
+def test_scope_two_leaves_untouched_prefixes_exact_and_undecoded_prefixes_out():
+    trie = PrefixTrie(CODES, (2, 2, 4))
+    beams = _beams(trie)
+    cfg = PriorConfig(enabled=True, budget=0.5, temperature=0.1, threshold=0.5, scope=2)
+    out = ContentPrior(cfg, EMB, CODES, NEW, trie).apply(HIST, beams, k=6)
+    p = _probs(out)
+    assert 4 not in p  # its prefix (1, 1) was never decoded
+    assert float(out.scores[0][out.items[0] == 1]) == float(beams.scores[0, 1])  # prefix (0, 1): no new item
+    (w3,) = _w([10.0], 5.0)
+    assert p[3] == pytest.approx(0.5 * 0.5 * w3, rel=1e-5)
+    assert out.sids[0][out.items[0] == 3].tolist() == [[0, 0, 1]]
+
+
+def test_scope_zero_is_one_global_mixture_and_the_gate_closes_on_weak_matches():
+    trie = PrefixTrie(CODES, (2, 2, 4))
+    cfg = PriorConfig(enabled=True, budget=0.2, temperature=0.1, threshold=0.5, scope=0)
+    p = _probs(ContentPrior(cfg, EMB, CODES, NEW, trie).apply(HIST, _beams(trie), k=6))
+    w3, w4, w5 = _w([10.0, 0.0, 6.0], 5.0)
+    assert p[3] == pytest.approx(0.2 * w3, rel=1e-5)
+    assert p[0] == pytest.approx(0.5 * (1 - 0.2 * (w3 + w4 + w5)), rel=1e-5)
+    # a threshold above every match: almost nothing moves, warm items keep their order and nearly their scores
+    shut = PriorConfig(enabled=True, budget=0.2, temperature=0.02, threshold=1.0, scope=0)
+    out = ContentPrior(shut, EMB, CODES, NEW, trie).apply(HIST, _beams(trie), k=3)
+    assert out.items[0].tolist()[:2] == [0, 1]
+    assert _probs(out)[0] == pytest.approx(0.5, rel=0.15)
+
+
+def test_a_new_item_already_in_the_beam_adds_both_shares():
+    trie = PrefixTrie(CODES, (2, 2, 4))
+    beams = _beams(trie)
+    beams.items[0, 2] = 5  # the beam's third item is the new item 5 (prefix (1, 0)), probability .2
+    cfg = PriorConfig(enabled=True, budget=0.5, temperature=0.1, threshold=0.5, scope=2)
+    p = _probs(ContentPrior(cfg, EMB, CODES, NEW, trie).apply(HIST, beams, k=6))
+    (w5,) = _w([6.0], 5.0)
+    assert p[5] == pytest.approx(0.2 * (1 - 0.5 * w5) + 0.2 * 0.5 * w5, rel=1e-5)
+    assert sum(1 for i in p if i == 5) == 1
+
+
+def test_an_empty_history_moves_nothing_and_bad_settings_are_refused():
+    trie = PrefixTrie(CODES, (2, 2, 4))
+    cfg = PriorConfig(enabled=True, budget=0.5, temperature=0.1, threshold=0.5, scope=1)
+    out = ContentPrior(cfg, EMB, CODES, NEW, trie).apply(np.array([[-1, -1]]), _beams(trie), k=3)
+    assert out.items[0].tolist() == [0, 1, 2]
+    for bad in ({"budget": 0}, {"budget": 1}, {"temperature": 0}, {"threshold": 2}, {"scope": -1}, {"recent": 0}):
+        with pytest.raises(ConfigError):
+            PriorConfig(**bad)
+    with pytest.raises(ConfigError, match="scope"):
+        ContentPrior(PriorConfig(scope=3), EMB, CODES, NEW, trie)
+    with pytest.raises(ConfigError, match="record_levels"):
+        bare = Beams(torch.tensor([[0]]), torch.tensor([[0.0]]), torch.tensor([[[0, 0, 0]]]))  # no levels
+        ContentPrior(cfg, EMB, CODES, NEW, trie).apply(HIST, bare)
+
+
+def test_recorded_levels_are_the_exact_prefix_probabilities_of_the_beams(tiny_model, tiny_layout, tiny_codes,
+                                                                       tiny_histories):
+    """Recording levels changes no result, and each recorded prefix's score is its exact log-probability (the sum of
+    every catalog item's probability under it, as brute force computes) whenever the beam covers the catalog."""
+    from genrecedit.model.beam import beam_search, brute_force_scores
+    from genrecedit.model.decoder import SteppedDecoder
+
+    trie = PrefixTrie(tiny_codes, tiny_layout.sizes)
+    dec = SteppedDecoder(tiny_model, tiny_layout.n_positions)
+    ids, mask = tiny_layout.encoder_inputs(tiny_histories, tiny_codes)
+    width = len(tiny_codes)
+    with torch.no_grad():
+        plain = beam_search(dec, tiny_layout, trie, ids, mask, beam=width, k=width)
+        rec = beam_search(dec, tiny_layout, trie, ids, mask, beam=width, k=width, record_levels=True)
+        exact = brute_force_scores(dec, tiny_layout, ids, mask, tiny_codes)
+    assert torch.equal(plain.items, rec.items) and torch.equal(plain.scores, rec.scores)
+    assert len(rec.levels) == tiny_layout.n_positions - 1
+    for level, (nodes, scores) in enumerate(rec.levels, start=1):
+        item_nodes = torch.as_tensor(trie.item_nodes(level))
+        for row in range(len(nodes)):
+            for node, score in zip(nodes[row], scores[row]):
+                if node < 0:
+                    continue
+                # the prefix probability is the step's own (not renormalised over the trie), so it is at least the
+                # summed probability of the catalog items under it
+                under = torch.logsumexp(exact[row][item_nodes == node], 0)
+                assert float(score) >= float(under) - 1e-4
+                assert bool((item_nodes == node).any())
