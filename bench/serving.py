@@ -86,7 +86,7 @@ def main() -> None:
     cold = split.cold_items()
     items = np.sort(np.random.default_rng(0).choice(cold, min(cfg["edited_items"], len(cold)), replace=False))
     artifact, edit_s = edited_artifact(run, items, out_dir / "serving_edits")
-    trigger = ServiceConfig().trigger  # what the service fires
+    trigger = ServiceConfig().trigger or run.config.eval.trigger  # what the service fires (the run's by default)
     variants = [("base", None), ("edited", artifact.schedule(trigger, run.recommender.device))]
     if trigger != "preserve":  # what keeping every other item's score costs, side by side
         variants.append(("edited, preserve", artifact.schedule("preserve", run.recommender.device)))
