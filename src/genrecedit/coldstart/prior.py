@@ -71,6 +71,23 @@ def content_vectors(unit: torch.Tensor, histories: np.ndarray, recent: int) -> t
     return torch.nn.functional.normalize(vecs.sum(1), dim=1)
 
 
+@dataclass
+class _Rows:
+    """``ContentPrior.prepare``'s state for a chunk of rows: sims [n, m] (float32); slot [n, m] the decoded prefix
+    (column of prefix_scores) each new item lies under, W for none; prefix_scores [n, W]; the beams' items and scores
+    [n, K]; item_slot [n, K] each beam item's prefix column (-1: none); col / is_new [n, K]: a beam item's column
+    among the new items, and whether it is one."""
+
+    sims: torch.Tensor
+    slot: torch.Tensor
+    prefix_scores: torch.Tensor
+    items: torch.Tensor
+    scores: torch.Tensor
+    item_slot: torch.Tensor
+    col: torch.Tensor
+    is_new: torch.Tensor
+
+
 class ContentPrior:
     """The prior over one catalog: embeddings [n_items, d], SIDs [n_items, P], the new items [m] it may recommend
     and the catalog's trie (the one the beams were decoded on)."""
@@ -96,61 +113,78 @@ class ContentPrior:
     def apply(self, histories: np.ndarray, beams: Beams, k: int | None = None) -> Beams:
         """Mix the new items into each row's ranking; [n, L] histories and their ``beams`` (decoded with
         ``record_levels`` when scope ≥ 1) -> the top ``k`` (default: the beams' width) of the mixture."""
-        k = beams.items.shape[1] if k is None else k
+        return self.mix(self.prepare(histories, beams), beams.items.shape[1] if k is None else k)
+
+    def prepare(self, histories: np.ndarray, beams: Beams) -> list["_Rows"]:
+        """What ``mix`` needs that does not depend on the budget, temperature or threshold: the history-item
+        similarities and which decoded prefix each new item and each beam item lies under (chunks of rows)."""
         if self.cfg.scope > 0 and not beams.levels:
             raise ConfigError("the content prior needs the beams' prefixes: decode with record_levels=True")
-        parts = [self._apply_rows(histories[s:s + CHUNK_ROWS], beams, slice(s, s + CHUNK_ROWS), k)
-                 for s in range(0, len(histories), CHUNK_ROWS)]
+        return [self._prepare_rows(histories[s:s + CHUNK_ROWS], beams, slice(s, s + CHUNK_ROWS))
+                for s in range(0, len(histories), CHUNK_ROWS)]
+
+    def mix(self, prepared: list["_Rows"], k: int, cfg: PriorConfig | None = None) -> Beams:
+        """The top ``k`` of the mixture for ``prepare``'s rows, with ``cfg``'s budget, temperature and threshold
+        (default: this prior's; its scope and recent must be this prior's)."""
+        cfg = cfg or self.cfg
+        if (cfg.scope, cfg.recent) != (self.cfg.scope, self.cfg.recent):
+            raise ConfigError("mix: scope and recent are fixed by prepare; build another prior for others")
+        parts = [self._mix_rows(rows, cfg, k) for rows in prepared]
         if not parts:
-            return Beams(beams.items[:, :k], beams.scores[:, :k], beams.sids[:, :k])
+            empty = torch.zeros((0, k), dtype=torch.long)
+            return Beams(empty, empty.float(), torch.zeros((0, k, self.codes.shape[1]), dtype=torch.long))
         return Beams(*(torch.cat([p[i] for p in parts]) for i in range(3)))
 
-    def _apply_rows(self, histories: np.ndarray, beams: Beams, rows: slice, k: int):
-        cfg = self.cfg
+    def _prepare_rows(self, histories: np.ndarray, beams: Beams, rows: slice) -> "_Rows":
         items, scores = beams.items[rows], beams.scores[rows].double()
         n = items.shape[0]
-        sims = content_vectors(self.unit, histories, cfg.recent) @ self.new_unit.T  # [n, m]
-        z = sims.double() / cfg.temperature
-        if cfg.scope == 0:
+        sims = content_vectors(self.unit, histories, self.cfg.recent) @ self.new_unit.T  # [n, m]
+        if self.cfg.scope == 0:
             nodes = torch.zeros((n, 1), dtype=torch.long)
             prefix_scores = torch.zeros((n, 1), dtype=torch.float64)
         else:
-            nodes, prefix_scores = beams.levels[cfg.scope - 1]
+            nodes, prefix_scores = beams.levels[self.cfg.scope - 1]
             nodes, prefix_scores = nodes[rows], prefix_scores[rows].double()
         width = nodes.shape[1]
         # slot[b, c]: the decoded prefix of row b that new item c lies under (width: none)
         match = nodes[:, :, None] == self.new_node[None, None, :]  # [n, W, m]
-        slot = torch.where(match.any(1), match.to(torch.int8).argmax(1).long(), torch.full_like(z, width,
-                                                                                                  dtype=torch.long))
+        slot = torch.where(match.any(1), match.to(torch.int8).argmax(1), width).to(torch.int16)
+        present = items >= 0
+        item_prefix = self.item_node[items.clamp(min=0)]
+        at = (nodes[:, None, :] == item_prefix[:, :, None]) & present[:, :, None]  # [n, K, W]
+        item_slot = torch.where(at.any(2), at.to(torch.int8).argmax(2).long(), -1)
+        col = torch.searchsorted(self.new_items, items.clamp(min=0)).clamp(max=len(self.new_items) - 1)
+        is_new = present & (self.new_items[col] == items)
+        return _Rows(sims, slot, prefix_scores, items, scores, item_slot, col, is_new)
+
+    def _mix_rows(self, r: "_Rows", cfg: PriorConfig, k: int):
+        z = r.sims.double() / cfg.temperature
+        n, width = r.prefix_scores.shape
+        slot = r.slot.long()
         top = 1.0 / cfg.temperature  # z ≤ 1 / τ: exp(z - top) ≤ 1 never overflows
         mass = torch.zeros((n, width + 1), dtype=torch.float64).scatter_add_(1, slot, torch.exp(z - top))[:, :width]
         none = cfg.threshold / cfg.temperature
         lse = top + torch.log(math.exp(none - top) + mass)  # [n, W] log of the prefix's softmax normaliser
         moved = cfg.budget * (1.0 - torch.exp(none - lse))  # share of each prefix's probability that moves
-        ok = slot < width
         safe = slot.clamp(max=width - 1)
-        cand = prefix_scores.gather(1, safe) + math.log(cfg.budget) + z - lse.gather(1, safe)
-        cand = torch.where(ok & torch.isfinite(prefix_scores.gather(1, safe)), cand, float("-inf"))
+        base = r.prefix_scores.gather(1, safe)
+        cand = base + math.log(cfg.budget) + z - lse.gather(1, safe)
+        cand = torch.where((slot < width) & torch.isfinite(base), cand, float("-inf"))
         # the beams' own items: scaled by what their prefix gave away; a new item also found by the beam keeps
         # both shares (the mixture adds them)
-        present = items >= 0
-        item_prefix = self.item_node[items.clamp(min=0)]
-        at = (nodes[:, None, :] == item_prefix[:, :, None]) & present[:, :, None]  # [n, K, W]
-        give = torch.where(at.any(2), moved.gather(1, at.to(torch.int8).argmax(2)), torch.zeros_like(scores))
-        kept = scores + torch.log1p(-give)
-        col = torch.searchsorted(self.new_items, items.clamp(min=0))
-        col = col.clamp(max=len(self.new_items) - 1)
-        is_new = present & (self.new_items[col] == items)
-        from_prior = torch.where(is_new, cand.gather(1, col), float("-inf"))
-        kept = torch.where(is_new, torch.logaddexp(kept, from_prior), kept)
-        found = torch.zeros(cand.shape, dtype=torch.long).scatter_add_(1, col, is_new.long()) > 0
+        present = r.items >= 0
+        give = torch.where(r.item_slot >= 0, moved.gather(1, r.item_slot.clamp(min=0)), torch.zeros_like(r.scores))
+        kept = r.scores + torch.log1p(-give)
+        from_prior = torch.where(r.is_new, cand.gather(1, r.col), float("-inf"))
+        kept = torch.where(r.is_new, torch.logaddexp(kept, from_prior), kept)
+        found = torch.zeros(cand.shape, dtype=torch.long).scatter_add_(1, r.col, r.is_new.long()) > 0
         cand = cand.masked_fill(found, float("-inf"))  # counted once, in the beam's entry
         take = min(k, cand.shape[1])
         c_scores, c_idx = cand.topk(take, dim=1)
-        all_items = torch.cat([items, self.new_items[c_idx]], dim=1)
+        all_items = torch.cat([r.items, self.new_items[c_idx]], dim=1)
         all_scores = torch.cat([torch.where(present, kept, float("-inf")), c_scores], dim=1)
         all_scores = torch.where(all_items >= 0, all_scores, float("-inf"))
-        best, pick = all_scores.topk(k, dim=1)
+        best, pick = all_scores.topk(min(k, all_scores.shape[1]), dim=1)
         out_items = torch.where(torch.isfinite(best), all_items.gather(1, pick), -1)
         out_sids = self.codes[out_items.clamp(min=0)]
         out_sids = torch.where(out_items[:, :, None] >= 0, out_sids, -1)

@@ -128,9 +128,17 @@ def select_coldstart(run: LoadedRun, spec: ColdstartSpec, artifact: EditArtifact
 
     cells = []
     grid = spec.grid.cells(run.prepared.codes.shape[1])
-    for cfg in tqdm(grid, desc="coldstart: prior grid", disable=not progress, unit="cell"):
-        topk = make_prior(run, cfg).apply(cases.histories, beams).items.numpy()
-        cells.append(scored(topk, prior=asdict(cfg)))
+    bar = tqdm(total=len(grid), desc="coldstart: prior grid", disable=not progress, unit="cell")
+    for (scope, recent), group in itertools.groupby(grid, key=lambda c: (c.scope, c.recent)):
+        group = list(group)
+        prior = make_prior(run, group[0])  # similarities and prefixes once per (scope, recent)
+        prepared = prior.prepare(cases.histories, beams)
+        for cfg in group:
+            topk = prior.mix(prepared, items.shape[1], cfg).items.numpy()
+            cells.append(scored(topk, prior=asdict(cfg)))
+            bar.update()
+        del prepared
+    bar.close()
     ok = [c for c in cells if _admissible(c["metrics"], spec.bounds)
           and c["metrics"]["overall"][f"ndcg@{CUT}"] > base_row["overall"][f"ndcg@{CUT}"]]
     chosen = _best(ok)

@@ -99,7 +99,7 @@ class RecommendBatcher:
         k = max(w.k for w in group)
         cfg = replace(self.decode, k=k, batch_size=len(group))
         try:
-            beams = snap.recommender.recommend(np.stack([w.history for w in group]), cfg, snap.schedule)
+            beams = snap.rank(np.stack([w.history for w in group]), cfg)
         except Exception as err:  # noqa: BLE001 - handed to every waiting request
             for w in group:
                 w.future.set_exception(err)

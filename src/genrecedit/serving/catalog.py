@@ -16,12 +16,14 @@ from typing import Callable
 
 import numpy as np
 
+from genrecedit.coldstart.prior import ContentPrior, PriorConfig
 from genrecedit.config import KnowledgeConfig
 from genrecedit.data.dataset import PAD_ITEM, CaseSet
 from genrecedit.edit.artifact import EditArtifact, EditBatch, TriggerMode
 from genrecedit.edit.knowledge import EditRequests, pseudo_histories
 from genrecedit.errors import EmptyInputError, UnknownItemError
-from genrecedit.model.recommender import Recommender
+from genrecedit.model.beam import Beams
+from genrecedit.model.recommender import DecodeConfig, Recommender
 from genrecedit.runs.prepare import Prepared
 from genrecedit.serving.registry import BatchItems
 from genrecedit.tokenizer.sids import SemanticIdTokenizer
@@ -123,6 +125,12 @@ class Snapshot:
     recommender: Recommender
     artifact: EditArtifact | None
     schedule: Callable | None
+    prior: ContentPrior | None = None  # the run's content prior over this catalog's new items, when enabled
+
+    def rank(self, histories: np.ndarray, cfg: DecodeConfig) -> Beams:
+        """The recipe this snapshot serves: beam search with the edit schedule, then the content prior."""
+        beams = self.recommender.recommend(histories, cfg, self.schedule, record_levels=self.prior is not None)
+        return beams if self.prior is None else self.prior.apply(histories, beams, cfg.k)
 
     @property
     def active_batches(self) -> list[str]:
@@ -130,12 +138,17 @@ class Snapshot:
 
 
 def build_snapshot(version: int, catalog: Catalog, base: Recommender, artifact: EditArtifact | None,
-                   trigger: TriggerMode) -> Snapshot:
+                   trigger: TriggerMode, prior: PriorConfig | None = None) -> Snapshot:
     """A recommender of its own over ``catalog`` (shares the frozen model; builds the trie) plus the decoding
-    schedule of ``artifact``. Edits never change model weights, so snapshots can share them."""
+    schedule of ``artifact`` and, when ``prior`` is enabled, the content prior over the catalog's new (not warm)
+    items, added ones included. Edits never change model weights, so snapshots can share them."""
     recommender = Recommender(base.model, base.layout, catalog.codes)
     schedule = artifact.schedule(trigger, recommender.device) if artifact is not None else None
-    return Snapshot(version, catalog, recommender, artifact, schedule)
+    content = None
+    if prior is not None and prior.enabled and (~catalog.warm).any():
+        content = ContentPrior(prior, catalog.embeddings, catalog.codes, np.flatnonzero(~catalog.warm),
+                               recommender.trie)
+    return Snapshot(version, catalog, recommender, artifact, schedule, content)
 
 
 def knowledge_for(train: CaseSet, catalog: Catalog, items: np.ndarray, kcfg: KnowledgeConfig) -> EditRequests:

@@ -259,7 +259,8 @@ class LiveService:
             artifact = with_batch_id(artifact, batch_id)
             timings["edit"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            nxt = build_snapshot(snap.version + 1, catalog, self.run.recommender, artifact, self.trigger)
+            nxt = build_snapshot(snap.version + 1, catalog, self.run.recommender, artifact,
+                                 self.trigger, self.run.config.prior)
             timings["snapshot"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             version_dir = self._save(artifact, f"add-{batch_id}")
@@ -313,7 +314,8 @@ class LiveService:
                 artifact, _ = self.editor.edit(requests, catalog.codes, catalog.item_ids, artifact)
                 artifact = with_batch_id(artifact, later.batch_id)
                 recomputed[later.batch_id] = (catalog.batches[-1].sids, delta_fingerprint(artifact.batches[-1]))
-            nxt = build_snapshot(snap.version + 1, catalog, self.run.recommender, artifact, self.trigger)
+            nxt = build_snapshot(snap.version + 1, catalog, self.run.recommender, artifact,
+                                 self.trigger, self.run.config.prior)
             version_dir = self._save(artifact, f"rollback-{batch_id}")
             self.registry.roll_back(batch_id, version_dir, recomputed)
         except Exception as err:
@@ -378,7 +380,8 @@ class LiveService:
                 raise ArtifactMismatchError(f"batch {batch.batch_id}: the artifact's ΔW or SIDs differ from the "
                                             "registry's record")
         self._remove_stale_artifacts(rel)
-        return build_snapshot(0, catalog, self.run.recommender, artifact, self.trigger)
+        return build_snapshot(0, catalog, self.run.recommender, artifact,
+                                 self.trigger, self.run.config.prior)
 
 
 def _rounded(timings: dict) -> dict:
