@@ -20,16 +20,13 @@ import os
 import re
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from genrecedit.errors import ArtifactMismatchError, EmptyInputError, GenRecEditError
-
-if TYPE_CHECKING:
-    from genrecedit.text.embed import TextEncoder
+from genrecedit.text.encoder import TextEncoder
 
 logger = logging.getLogger(__name__)
 

