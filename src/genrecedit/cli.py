@@ -97,7 +97,10 @@ def coldstart(run_dir: RunDir, overrides: Overrides = None,
               edits: Annotated[Optional[Path], typer.Option(help="edit artifact to mix the prior into")] = None,
               out: Annotated[Optional[Path], typer.Option(help="output directory (default: the run)")] = None,
               name: str = "coldstart", valid_max_cases: int = 10_000, max_warm_drop: float = 0.03,
-              max_item_share: float = 0.05, device: Device = None) -> None:
+              max_item_share: float = 0.05,
+              adopt: Annotated[bool, typer.Option(help="write the chosen prior into the run's config.yaml (the "
+                                                       "service then serves it)")] = False,
+              device: Device = None) -> None:
     """Text-only cold start: choose the content prior and the baselines' settings on validation, then score them
     side by side on test (paired intervals, exposure)."""
     from genrecedit.edit.artifact import EditArtifact
@@ -108,7 +111,12 @@ def coldstart(run_dir: RunDir, overrides: Overrides = None,
         run = load_run(run_dir, list(overrides or []) + ([f"device={device}"] if device else []))
         artifact = EditArtifact.load(edits, run.base_hash) if edits else None
         spec = ColdstartSpec(bounds=Bounds(max_warm_drop, max_item_share), valid_max_cases=valid_max_cases)
-        run_coldstart(run, out or run_dir, spec, artifact, name, echo=typer.echo)
+        report = run_coldstart(run, out or run_dir, spec, artifact, name, echo=typer.echo)
+        if adopt and report["chosen_prior"] is not None:
+            from genrecedit.runs.coldstart import adopt_prior
+
+            adopt_prior(run_dir, report["chosen_prior"])
+            typer.echo(f"adopted into {run_dir / 'config.yaml'}: prior {report['chosen_prior']}")
     except GenRecEditError as err:
         _fail(err)
 

@@ -34,3 +34,20 @@ def test_demo_writes_the_report(tmp_path, synthetic_dir, tiny_overrides):
     assert refit["by"] == "warm_drop" and shipped["warm_ndcg10_drop"] <= 0.05
     assert report["timing_s"]["edit_wall"] > report["timing_s"]["edit"]  # the re-fit's edits are not update time
     assert any("GenRecEdit" in line for line in lines) and (tmp_path / "demo" / "metrics.md").exists()
+    # both settings, each with its base, edited model and exposure on the same test cases
+    settings = report["settings"]
+    assert set(settings) == {"text_only", "early_feedback"}
+    early, text = settings["early_feedback"], settings["text_only"]
+    assert early["edited"] == {s: {m: report["edited"][s][m] for m in ("recall@10", "ndcg@10")} for s in SUBSETS}
+    assert early["base"] == text["base"] == {s: {m: report["base"][s][m] for m in ("recall@10", "ndcg@10")}
+                                              for s in SUBSETS}
+    assert set(early["exposure"]) == {"new_item_slot_share", "max_item_share", "unreached_items"}
+    selection = json.loads((tmp_path / "demo" / "coldstart_selection.json").read_text())
+    assert text["recipe"]["prior"] == selection["chosen"]
+    adopted = load_config(tmp_path / "demo" / "config.yaml").prior
+    if selection["chosen"] is None:
+        assert text["edited"] is None and not adopted.enabled
+    else:  # the chosen prior is what the run's config now serves
+        assert set(text["exposure"]) == set(early["exposure"]) and adopted.enabled
+        assert {k: getattr(adopted, k) for k in selection["chosen"] if k != "enabled"} == {
+            k: v for k, v in selection["chosen"].items() if k != "enabled"}

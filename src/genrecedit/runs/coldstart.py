@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,8 @@ from genrecedit.errors import ConfigError
 from genrecedit.evaluation.bootstrap import paired_bootstrap_diff
 from genrecedit.evaluation.report import EvalResult, format_table, write_metrics
 from genrecedit.model.beam import Beams
-from genrecedit.runs.backbone import LoadedRun
+from genrecedit.config import RunConfig, load_config
+from genrecedit.runs.backbone import CONFIG_FILE, LoadedRun
 from genrecedit.runs.evaluate import score_topk
 
 CUT = 10  # the metrics and exposure that select and report: @10
@@ -222,6 +223,16 @@ def _paired(a: EvalResult, b: EvalResult) -> dict:
             out[f"{subset}_{metric}"] = list(paired_bootstrap_diff(a.per_case(metric, subset),
                                                                    b.per_case(metric, subset)))
     return out
+
+
+def adopt_prior(run_dir: Path, prior: dict) -> RunConfig:
+    """Write the chosen prior (``coldstart``'s ``chosen_prior``) into the run's config.yaml, enabled, so that the
+    service (``genrecedit serve``) serves it; atomic. Returns the updated config."""
+    path = Path(run_dir) / CONFIG_FILE
+    cfg = load_config(path)
+    cfg = replace(cfg, prior=PriorConfig(**{**prior, "enabled": True}))
+    cfg.save(path)
+    return cfg
 
 
 def format_coldstart(report: dict) -> str:
