@@ -128,3 +128,10 @@ def test_format_table_is_compact():
     lines = text.splitlines()
     assert lines[0].split() == ["model", "subset", "n", "R@1", "N@1", "R@3", "N@3"]
     assert len(lines) == 2 + 3 and lines[2].split()[:3] == ["tiger", "overall", "3"]
+
+
+def test_plots_summary_alias_matches_report():
+    """plots spells ``Summary`` out instead of importing report (report imports plots): the two must agree."""
+    from genrecedit.evaluation import plots, report
+
+    assert plots.Summary == report.Summary

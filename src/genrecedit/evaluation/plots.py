@@ -12,7 +12,9 @@ from matplotlib import rcParams
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from genrecedit.evaluation.report import Summary
+# ``report.Summary`` (one model's ``EvalResult.summary()``), spelled out here: ``report.write_metrics`` imports this
+# module, so this one must not import ``report`` back
+Summary = dict[str, dict[str, float | int | None]]
 
 FIGURE_SIZE = (15.0, 4.5)  # inches
 DPI = 110
