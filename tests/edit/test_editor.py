@@ -76,7 +76,7 @@ def test_observed_knowledge_and_selection_split_the_validation_period(tiny_run):
     import numpy as np
 
     from genrecedit.edit.knowledge import case_histories
-    from genrecedit.runs.edit import validation_midpoint
+    from genrecedit.runs.selection import validation_midpoint
     from genrecedit.runs.evaluate import evaluation_cases
 
     selecting = load_run(tiny_run, ["knowledge.source=observed", "eval.cases=valid", "knowledge.histories_per_item=100"])

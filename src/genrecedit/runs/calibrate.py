@@ -33,9 +33,9 @@ from genrecedit.errors import ConfigError
 from genrecedit.edit.editor import EditMemory
 from genrecedit.edit.knowledge import EditRequests
 from genrecedit.runs.backbone import LoadedRun
-from genrecedit.runs.edit import build_requests, make_editor
 from genrecedit.runs.evaluate import evaluate_model, evaluation_cases
-from genrecedit.runs.sweep import check_selection_knowledge, metrics_row, warm_drop
+from genrecedit.runs.selection import (build_requests, check_selection_knowledge, make_editor, metrics_row,
+                                       warm_drop)
 
 
 LAM_SPAN = 16.0  # the default search range: λ min … 16 × λ min

@@ -4,68 +4,23 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
-from genrecedit.edit.artifact import EditArtifact, TriggerMode
-from genrecedit.edit.editor import ColdItemEditor, EditReport
+from genrecedit.edit.artifact import EditArtifact
+from genrecedit.edit.editor import EditReport
 from genrecedit.edit.diagnosis import knowledge_diagnosis
-from genrecedit.edit.knowledge import (EditRequests, case_histories, items_to_edit, pseudo_histories,
-                                       successor_histories)
 from genrecedit.runs.backbone import LoadedRun
+from genrecedit.runs.calibrate import refit_lam
+# build_requests and make_editor live in runs.selection (below calibrate, sweep and evaluate); other code imports
+# them from here
+from genrecedit.runs.selection import build_requests, make_editor
 from genrecedit.evaluation.plots import probe_figure_png
 from genrecedit.atomic import write_bytes, write_json
 
+__all__ = ["ARTIFACT_DIR", "build_requests", "edit_run", "make_editor"]
+
 ARTIFACT_DIR = "edits"
-
-
-def validation_midpoint(split) -> float:
-    """The median timestamp of the validation period. With the *observed* knowledge source, selection on
-    validation (METHOD §5.10) takes knowledge from before it and scores the cases from it on."""
-    return float(np.median(split.valid.timestamps)) if len(split.valid) else 0.0
-
-
-def uses_observed(run: LoadedRun) -> bool:
-    """Whether the configured knowledge includes the cold items' observed validation interactions."""
-    return run.config.knowledge.source in ("observed", "pseudo+observed")
-
-
-def build_requests(run: LoadedRun, items: np.ndarray | None = None,
-                   observed_from: Literal["first_half", "whole"] | None = None) -> EditRequests:
-    """Edit requests for ``items`` (default: every item absent from training) from the configured source.
-
-    ``observed_from``: which part of the validation period observed knowledge comes from: ``first_half`` (the
-    selection edit, scored on the second half), ``whole`` (the edit that ships); default: the first half when
-    ``eval.cases`` is valid, else the whole period. Either way only validation cases are read."""
-    prepared, kcfg = run.prepared, run.config.knowledge
-    split = prepared.split
-    items = items_to_edit(split) if items is None else items
-    parts = []
-    if kcfg.source in ("pseudo", "pseudo+observed"):
-        parts.append(pseudo_histories(split.train, split.warm, prepared.embeddings, items, kcfg.histories_per_item,
-                                      kcfg.neighbours))
-    if kcfg.source == "successor":  # text only, histories that end with a similar warm item
-        parts.append(successor_histories(split.train, split.warm, prepared.embeddings, items,
-                                         kcfg.histories_per_item, kcfg.neighbours))
-    if uses_observed(run):
-        observed = split.valid
-        if observed_from not in (None, "first_half", "whole"):
-            raise ValueError(f"observed_from is first_half, whole or None, got {observed_from!r}")
-        if (observed_from or ("first_half" if run.config.eval.cases == "valid" else "whole")) == "first_half":
-            # selecting on validation: knowledge from its first half only
-            observed = observed.subset(np.flatnonzero(observed.timestamps < validation_midpoint(split)))
-        parts.append(case_histories(observed, items, kcfg.histories_per_item))
-    if kcfg.source == "upper_bound":
-        parts.append(case_histories(split.test, items, kcfg.histories_per_item))
-    return EditRequests.concat(parts)
-
-
-def make_editor(run: LoadedRun, trigger: TriggerMode | None = None) -> ColdItemEditor:
-    """The run's editor; ``trigger``: how its artifacts will be decoded (default: the run's ``eval.trigger``)."""
-    edit_cfg = dataclasses.replace(run.config.edit, seed=run.config.seed)
-    return ColdItemEditor(run.recommender, run.prepared.split.train, run.base_hash, edit_cfg,
-                          Path(run.config.cache_dir) / "c0", trigger or run.config.eval.trigger)
 
 
 def edit_run(run: LoadedRun, out_dir: Path, items: np.ndarray | None = None,
@@ -82,8 +37,6 @@ def edit_run(run: LoadedRun, out_dir: Path, items: np.ndarray | None = None,
                                     else sorted(set(positions)))
     refit = None
     if run.config.edit.refit is not None and previous is None:
-        from genrecedit.runs.calibrate import refit_lam  # it builds on this module
-
         t0 = time.perf_counter()
         result = refit_lam(run, out_dir, items, memory)  # solves this very batch at each λ it tries
         refit = {"by": result["by"], "target": result["target"], "lam_selected": run.config.edit.lam,

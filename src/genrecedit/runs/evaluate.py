@@ -10,7 +10,7 @@ from genrecedit.evaluation.baselines import most_popular, recent_popular
 from genrecedit.evaluation.report import EvalResult, evaluate_topk
 from genrecedit.model.beam import EditSchedule
 from genrecedit.runs.backbone import LoadedRun
-from genrecedit.runs.edit import uses_observed, validation_midpoint
+from genrecedit.runs.selection import uses_observed, validation_midpoint
 
 
 def evaluation_cases(run: LoadedRun) -> CaseSet:

@@ -7,31 +7,11 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from genrecedit.errors import ConfigError
 from genrecedit.runs.backbone import LoadedRun
-from genrecedit.runs.edit import build_requests, make_editor
 from genrecedit.runs.evaluate import evaluate_model, evaluation_cases
+from genrecedit.runs.selection import (build_requests, check_selection_knowledge, make_editor, metrics_row,
+                                       warm_drop)
 from genrecedit.atomic import write_json
-
-REPORTED = ("recall@10", "ndcg@10", "iid_ratio@10")
-
-
-def metrics_row(summary: dict) -> dict:
-    """The reported metrics of one evaluation summary, per subset (a sweep cell's or calibration trial's row)."""
-    return {s: {m: summary[s][m] for m in REPORTED} | {"n_cases": summary[s]["n_cases"]} for s in summary}
-
-
-def warm_drop(row: dict, base_row: dict) -> float:
-    """Relative warm NDCG@10 drop of an edited row against the unedited one (> 0: the edit costs warm items)."""
-    return 1 - row["warm"]["ndcg@10"] / max(base_row["warm"]["ndcg@10"], 1e-12)
-
-
-def check_selection_knowledge(run: LoadedRun) -> None:
-    """Refuse knowledge that is read from the test set (the Upper Bound): it cannot select λ or n, nor re-fit λ."""
-    if run.config.knowledge.source == "upper_bound":
-        raise ConfigError("knowledge.source=upper_bound teaches the test cases' own histories: selection never "
-                          "reads the test set; select with pseudo, observed or pseudo+observed knowledge")
-
 
 def sweep(run: LoadedRun, lams: list[float], per_item: list[int], out_dir: Path,
           max_warm_drop: float = 0.05) -> dict:
