@@ -6,7 +6,7 @@ import pandas as pd
 
 from genrecedit.data.dataset import PAD_ITEM, RecDataset
 from genrecedit.data.protocols import SplitConfig, make_split
-from genrecedit.edit.knowledge import case_histories, items_to_edit, nearest_warm, pseudo_histories
+from genrecedit.edit.knowledge import case_histories, nearest_warm, pseudo_histories
 
 
 def _dataset(seed=0, n_users=60, n_items=30, per_user=12) -> RecDataset:
@@ -23,19 +23,19 @@ def _dataset(seed=0, n_users=60, n_items=30, per_user=12) -> RecDataset:
     return RecDataset("synthetic", inter, items)
 
 
-def test_items_to_edit_are_exactly_those_absent_from_training():
+def test_cold_items_are_exactly_those_absent_from_training():
     split = make_split(_dataset(), SplitConfig(protocol="time"))
     in_train = np.zeros(split.n_items, bool)
     for seq in split.train_sequences:
         in_train[seq] = True
-    assert set(items_to_edit(split).tolist()) == set(np.flatnonzero(~in_train).tolist())
+    assert set(split.cold_items().tolist()) == set(np.flatnonzero(~in_train).tolist())
 
 
 def test_pseudo_histories_copy_neighbour_training_histories():
     split = make_split(_dataset(), SplitConfig(protocol="time"))
     rng = np.random.default_rng(3)
     emb = rng.normal(size=(split.n_items, 8)).astype(np.float32)
-    cold = items_to_edit(split)
+    cold = split.cold_items()
     req = pseudo_histories(split.train, split.warm, emb, cold, per_item=3, neighbours=4)
     near = nearest_warm(emb, cold, split.warm, 4)
     neighbours_of = {c: set(n.tolist()) for c, n in zip(cold, near)}

@@ -10,7 +10,7 @@ import pytest
 from genrecedit.config import load_config
 from genrecedit.data.dataset import PAD_ITEM, CaseSet, RecDataset
 from genrecedit.data.protocols import SplitConfig, make_split
-from genrecedit.edit.knowledge import (extended_histories, items_to_edit, nearest_warm, pseudo_histories, row_ids,
+from genrecedit.edit.knowledge import (extended_histories, nearest_warm, pseudo_histories, row_ids,
                                        successor_histories)
 from genrecedit.errors import ConfigError
 
@@ -129,7 +129,7 @@ def _dataset(seed=0, n_users=60, n_items=30, per_user=12) -> RecDataset:
 def test_successor_on_a_real_split_is_consistent():
     split = make_split(_dataset(), SplitConfig(protocol="time"))
     emb = np.random.default_rng(3).normal(size=(split.n_items, 8)).astype(np.float32)
-    cold = items_to_edit(split)
+    cold = split.cold_items()
     req = successor_histories(split.train, split.warm, emb, cold, per_item=3, neighbours=4)
     near = dict(zip(cold.tolist(), nearest_warm(emb, cold, split.warm, 4).tolist()))
     assert len(req) == 3 * len(cold)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from genrecedit.data.dataset import PAD_ITEM, CaseSet, Split
+from genrecedit.data.dataset import PAD_ITEM, CaseSet
 from genrecedit.errors import EmptyInputError
 
 
@@ -33,11 +33,6 @@ class EditRequests:
     def concat(parts: list["EditRequests"]) -> "EditRequests":
         return EditRequests(np.concatenate([p.histories for p in parts]), np.concatenate([p.items for p in parts]),
                             np.concatenate([p.sources for p in parts]))
-
-
-def items_to_edit(split: Split) -> np.ndarray:
-    """Every catalog item absent from the (test-user-filtered) training split, never chosen by looking at test."""
-    return split.cold_items()
 
 
 def nearest_warm(embeddings: np.ndarray, items: np.ndarray, warm: np.ndarray, k: int,

@@ -32,20 +32,10 @@ class DeltaConfig:
 
 @dataclass
 class Deltas:
-    """delta [m, d_model]; converged [m] bool (target became the argmax); steps [m] steps each row ran."""
+    """delta [m, d_model]; converged [m] bool (target became the argmax)."""
 
     delta: torch.Tensor
     converged: torch.Tensor
-    steps: torch.Tensor
-
-
-def upper_logits(decoder: SteppedDecoder, layout: TokenLayout, tf: TeacherForced, rows: torch.Tensor, p: int,
-                 layer: int, residual: torch.Tensor) -> torch.Tensor:
-    """Position-p logits [r, K_p] when the residual after layer ``layer``'s FFN at index p is ``residual`` [r, d]:
-    only the layers above the edit layer run."""
-    cache = tf.cache_before(p).select(rows)
-    h = decoder.run_layers(residual, p, cache, tf.enc.select(rows), layer + 1)
-    return decoder.logits(h)[:, layout.position_slice(p)]
 
 
 def optimise_deltas(decoder: SteppedDecoder, layout: TokenLayout, tf: TeacherForced, p: int, layer: int,
@@ -66,7 +56,6 @@ def optimise_deltas(decoder: SteppedDecoder, layout: TokenLayout, tf: TeacherFor
     final = torch.zeros_like(z)
     best_ce = torch.full((m,), float("inf"), device=device)
     done = torch.zeros(m, dtype=torch.bool, device=device)
-    steps = torch.zeros(m, dtype=torch.long, device=device)
     rows = torch.arange(m, device=device)
     cache, enc = tf.cache_before(p).select(rows), tf.enc.select(rows)
     for step in range(cfg.steps + 1):
@@ -88,7 +77,6 @@ def optimise_deltas(decoder: SteppedDecoder, layout: TokenLayout, tf: TeacherFor
             final[upd] = delta[upd].detach()
             best_ce[rows] = torch.minimum(best_ce[rows], ce.detach())
             done[rows[hit]] = True
-            steps[rows] = step
         if step == cfg.steps:
             break  # the last pass only scores the final δ
         penalty = cfg.norm_penalty * delta[rows].norm(dim=1) / z_norm[rows]
@@ -100,4 +88,4 @@ def optimise_deltas(decoder: SteppedDecoder, layout: TokenLayout, tf: TeacherFor
         optim.step()
         with torch.no_grad():  # Adam's momentum must not move requests that already stopped
             delta[done] = final[done]
-    return Deltas(final, done, steps)
+    return Deltas(final, done)

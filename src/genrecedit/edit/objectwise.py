@@ -57,7 +57,6 @@ def optimise_object_deltas(decoder: SteppedDecoder, layout: TokenLayout, tf: Tea
     final = torch.zeros_like(z)
     best = torch.full((m,), float("inf"), device=z.device)
     done = torch.zeros(m, dtype=torch.bool, device=z.device)
-    steps = torch.zeros(m, dtype=torch.long, device=z.device)
     for step in range(cfg.steps + 1):
         rows = (~done).nonzero().squeeze(1)
         if len(rows) == 0:
@@ -72,7 +71,6 @@ def optimise_object_deltas(decoder: SteppedDecoder, layout: TokenLayout, tf: Tea
             final[rows[better]] = delta[rows[better]].detach()
             best[rows] = torch.minimum(best[rows], ce.detach())
             done[rows[hit]] = True
-            steps[rows] = step
         if step == cfg.steps:
             break
         loss = ((ce + cfg.norm_penalty * delta[rows].norm(dim=1) / z_norm[rows]) * (~hit)).sum()
@@ -83,4 +81,4 @@ def optimise_object_deltas(decoder: SteppedDecoder, layout: TokenLayout, tf: Tea
         optim.step()
         with torch.no_grad():
             delta[done] = final[done]
-    return Deltas(final, done, steps)
+    return Deltas(final, done)

@@ -104,10 +104,6 @@ class EncodedBatch:
         k, v = self._source[3][layer]
         return self._take(("k", layer), k), self._take(("v", layer), v)
 
-    @property
-    def cross_kv(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return [self.layer_kv(layer) for layer in range(len(self._source[3]))]
-
     def select(self, rows: torch.Tensor) -> "EncodedBatch":
         """Decoder rows (e.g. ``arange(B).repeat_interleave(W)`` for beams) as a batch of their own (group 1)."""
         enc_rows = rows // self.group if self.group > 1 else rows
