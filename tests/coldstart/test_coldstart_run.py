@@ -13,7 +13,7 @@ from genrecedit.runs.backbone import load_run
 from genrecedit.runs.coldstart import Bounds, ColdstartSpec, PriorGrid, coldstart, select_coldstart
 
 SMALL = ColdstartSpec(grid=PriorGrid(scope=(0, 1), recent=(1,), threshold=(0.0, 0.5), temperature=(0.1,),
-                                     budget=(0.1, 0.5)),
+                                     budget=(0.1, 0.5), novel_budget=(None,)),
                       bounds=Bounds(max_warm_drop=1.0, max_item_share=1.0), valid_max_cases=None, slots=(1, 3),
                       recent=(1, 2))
 
@@ -51,7 +51,7 @@ def test_the_report_scores_every_system_on_the_same_test_cases(tiny_run, tmp_pat
     run = load_run(tiny_run)
     # a budget of .5 with an open gate: the synthetic run's new items then win some validation cases
     spec = dataclasses.replace(SMALL, grid=PriorGrid(scope=(0,), recent=(1,), threshold=(-1.0,), temperature=(1.0,),
-                                                     budget=(0.5, 0.9)))
+                                                     budget=(0.5, 0.9), novel_budget=(None,)))
     report = coldstart(run, tmp_path, spec, echo=lambda *_: None)
     on_disk = json.loads((tmp_path / "coldstart.json").read_text())
     assert on_disk["systems"].keys() == report["systems"].keys()

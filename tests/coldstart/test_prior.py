@@ -134,3 +134,18 @@ def test_recorded_levels_are_the_exact_prefix_probabilities_of_the_beams(tiny_mo
                 under = torch.logsumexp(exact[row][item_nodes == node], 0)
                 assert float(score) >= float(under) - 1e-4
                 assert bool((item_nodes == node).any())
+
+
+def test_a_history_ending_with_a_new_item_gets_the_novel_budget():
+    trie = PrefixTrie(CODES, (2, 2, 4))
+    beams = _beams(trie)
+    cfg = PriorConfig(enabled=True, budget=0.2, temperature=0.1, threshold=0.5, scope=0, novel_budget=0.6)
+    w3, w4, w5 = _w([10.0, 0.0, 6.0], 5.0)
+    warm_end = _probs(ContentPrior(cfg, EMB, CODES, NEW, trie).apply(HIST, beams, k=6))
+    assert warm_end[3] == pytest.approx(0.2 * w3, rel=1e-5)
+    # the same content (item 3's embedding equals item 0's), but the history ends with the new item 3
+    novel_end = _probs(ContentPrior(cfg, EMB, CODES, NEW, trie).apply(np.array([[-1, 3]]), beams, k=6))
+    assert novel_end[3] == pytest.approx(0.6 * w3, rel=1e-5)
+    assert novel_end[0] == pytest.approx(0.5 * (1 - 0.6 * (w3 + w4 + w5)), rel=1e-5)
+    with pytest.raises(ConfigError):
+        PriorConfig(novel_budget=1.0)

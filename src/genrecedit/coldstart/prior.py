@@ -43,10 +43,15 @@ class PriorConfig:
     threshold: float = 0.6  # θ: the cosine of the "none of them" option (the gate)
     scope: int = 1  # prefix length d the mixture acts in (0: the whole catalog)
     recent: int = 1  # the history's content: the mean embedding of its last `recent` items
+    # β for a history whose last item is itself new (one the backbone never learnt, so its own scores say little
+    # there, and such users move on to new items about twice as often); None: the same β for every history
+    novel_budget: float | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.budget < 1:
             raise ConfigError(f"prior.budget must be in (0, 1), got {self.budget}")
+        if self.novel_budget is not None and not 0 < self.novel_budget < 1:
+            raise ConfigError(f"prior.novel_budget must be in (0, 1) or null, got {self.novel_budget}")
         if not self.temperature > 0:
             raise ConfigError(f"prior.temperature must be > 0, got {self.temperature}")
         if not -1 <= self.threshold <= 1:
@@ -76,7 +81,7 @@ class _Rows:
     """``ContentPrior.prepare``'s state for a chunk of rows: sims [n, m] (float32); slot [n, m] the decoded prefix
     (column of prefix_scores) each new item lies under, W for none; prefix_scores [n, W]; the beams' items and scores
     [n, K]; item_slot [n, K] each beam item's prefix column (-1: none); col / is_new [n, K]: a beam item's column
-    among the new items, and whether it is one."""
+    among the new items, and whether it is one; novel [n] whether the history ends with a new item."""
 
     sims: torch.Tensor
     slot: torch.Tensor
@@ -86,6 +91,7 @@ class _Rows:
     item_slot: torch.Tensor
     col: torch.Tensor
     is_new: torch.Tensor
+    novel: torch.Tensor  # [n] bool: the history's last item is a new item
 
 
 class ContentPrior:
@@ -155,7 +161,9 @@ class ContentPrior:
         item_slot = torch.where(at.any(2), at.to(torch.int8).argmax(2).long(), -1)
         col = torch.searchsorted(self.new_items, items.clamp(min=0)).clamp(max=len(self.new_items) - 1)
         is_new = present & (self.new_items[col] == items)
-        return _Rows(sims, slot, prefix_scores, items, scores, item_slot, col, is_new)
+        last = torch.as_tensor(np.asarray(histories)[:, -1], dtype=torch.long)
+        novel = torch.isin(last, self.new_items)
+        return _Rows(sims, slot, prefix_scores, items, scores, item_slot, col, is_new, novel)
 
     def _mix_rows(self, r: "_Rows", cfg: PriorConfig, k: int):
         z = r.sims.double() / cfg.temperature
@@ -165,10 +173,13 @@ class ContentPrior:
         mass = torch.zeros((n, width + 1), dtype=torch.float64).scatter_add_(1, slot, torch.exp(z - top))[:, :width]
         none = cfg.threshold / cfg.temperature
         lse = top + torch.log(math.exp(none - top) + mass)  # [n, W] log of the prefix's softmax normaliser
-        moved = cfg.budget * (1.0 - torch.exp(none - lse))  # share of each prefix's probability that moves
+        budget = torch.full((n, 1), cfg.budget, dtype=torch.float64)
+        if cfg.novel_budget is not None:
+            budget = torch.where(r.novel[:, None], cfg.novel_budget, budget)
+        moved = budget * (1.0 - torch.exp(none - lse))  # share of each prefix's probability that moves
         safe = slot.clamp(max=width - 1)
         base = r.prefix_scores.gather(1, safe)
-        cand = base + math.log(cfg.budget) + z - lse.gather(1, safe)
+        cand = base + torch.log(budget) + z - lse.gather(1, safe)
         cand = torch.where((slot < width) & torch.isfinite(base), cand, float("-inf"))
         # the beams' own items: scaled by what their prefix gave away; a new item also found by the beam keeps
         # both shares (the mixture adds them)

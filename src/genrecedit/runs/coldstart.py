@@ -36,15 +36,17 @@ CUT = 10  # the metrics and exposure that select and report: @10
 class PriorGrid:
     """The content-prior settings tried on validation (every combination)."""
 
-    scope: tuple[int, ...] = (0, 1, 2)
+    scope: tuple[int, ...] = (0, 1)
     recent: tuple[int, ...] = (1, 3)
-    threshold: tuple[float, ...] = (0.5, 0.65, 0.8)
-    temperature: tuple[float, ...] = (0.03, 0.1)
-    budget: tuple[float, ...] = (0.05, 0.15, 0.4)
+    threshold: tuple[float, ...] = (0.5, 0.8)
+    temperature: tuple[float, ...] = (0.05, 0.1, 0.2)
+    budget: tuple[float, ...] = (0.02, 0.05, 0.15, 0.4)
+    novel_budget: tuple[float | None, ...] = (None, 0.4, 0.8)  # None: β for every history
 
     def cells(self, n_positions: int) -> list[PriorConfig]:
-        return [PriorConfig(True, b, t, th, sc, r) for sc, r, th, t, b in itertools.product(
-            self.scope, self.recent, self.threshold, self.temperature, self.budget) if sc < n_positions]
+        return [PriorConfig(True, b, t, th, sc, r, nb) for sc, r, th, t, b, nb in itertools.product(
+            self.scope, self.recent, self.threshold, self.temperature, self.budget, self.novel_budget)
+            if sc < n_positions and (nb is None or nb > b)]
 
 
 @dataclass
