@@ -7,13 +7,11 @@ above l. The closed-form ΔW is solved at (l, 0) and, like a weight edit, is act
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
 from genrecedit.edit.keys import TeacherForced
-from genrecedit.edit.memory import DeltaConfig, Deltas
+from genrecedit.edit.memory import DeltaConfig, Deltas, adam_early_stop
 from genrecedit.model.decoder import DecoderCache, SteppedDecoder
 from genrecedit.model.tokens import TokenLayout
 
@@ -47,38 +45,16 @@ def object_logits(decoder: SteppedDecoder, layout: TokenLayout, tf: TeacherForce
 def optimise_object_deltas(decoder: SteppedDecoder, layout: TokenLayout, tf: TeacherForced, layer: int,
                            targets: torch.Tensor, z: torch.Tensor, cfg: DeltaConfig) -> Deltas:
     """δ [m, d_model] at (layer, index 0) for m requests so that all P target tokens (targets [m, P], local codes)
-    become the teacher-forced argmax. Same optimiser, penalty and stopping rule as ``optimise_deltas``, with the CE
-    summed over positions; a request stops when every position is right."""
-    m = z.shape[0]
+    become the teacher-forced argmax. The optimiser, penalty and stopping rule of ``optimise_deltas``
+    (``adam_early_stop``), with the CE summed over positions (so ``stop_prob`` becomes ``stop_prob ** P``); a
+    request stops when every position is right, and only unfinished requests are scored at each step."""
     base = tf.pre[0][layer] + z
-    z_norm = z.norm(dim=1).clamp_min(1e-6)
-    delta = torch.zeros_like(z, requires_grad=True)
-    optim = torch.optim.Adam([delta], lr=cfg.lr)
-    final = torch.zeros_like(z)
-    best = torch.full((m,), float("inf"), device=z.device)
-    done = torch.zeros(m, dtype=torch.bool, device=z.device)
-    for step in range(cfg.steps + 1):
-        rows = (~done).nonzero().squeeze(1)
-        if len(rows) == 0:
-            break
-        logits = object_logits(decoder, layout, tf, rows, layer, base[rows] + delta[rows])
+
+    def score(rows: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = object_logits(decoder, layout, tf, rows, layer, base[rows] + delta)
         ce = sum(F.cross_entropy(lg, targets[rows, p], reduction="none") for p, lg in enumerate(logits))
         with torch.no_grad():
             hit = torch.stack([lg.argmax(1) == targets[rows, p] for p, lg in enumerate(logits)]).all(0)
-            if cfg.stop_prob > 0:
-                hit &= torch.exp(-ce) >= cfg.stop_prob ** len(logits)
-            better = (ce < best[rows]) | hit
-            final[rows[better]] = delta[rows[better]].detach()
-            best[rows] = torch.minimum(best[rows], ce.detach())
-            done[rows[hit]] = True
-        if step == cfg.steps:
-            break
-        loss = ((ce + cfg.norm_penalty * delta[rows].norm(dim=1) / z_norm[rows]) * (~hit)).sum()
-        for group in optim.param_groups:
-            group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        optim.step()
-        with torch.no_grad():
-            delta[done] = final[done]
-    return Deltas(final, done)
+        return ce, hit
+
+    return adam_early_stop(z, cfg, score, cfg.stop_prob ** layout.n_positions if cfg.stop_prob > 0 else 0.0)
