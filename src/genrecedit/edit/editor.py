@@ -19,7 +19,8 @@ from genrecedit.edit.keys import collect_keys, second_moments, teacher_force, tr
 from genrecedit.edit.knowledge import EditRequests
 from genrecedit.edit.memory import DeltaConfig, optimise_deltas
 from genrecedit.edit.objectwise import optimise_object_deltas
-from genrecedit.edit.probe import LayerPolicy, ProbeTable, fixed_layers, locate_layers, probe_accuracy
+from genrecedit.edit.probe import (LayerPolicy, ProbeTable, fixed_layers, locate_layers, negative_samples,
+                                   probe_accuracy)
 from genrecedit.edit.update import closed_form_update
 from genrecedit.errors import ArtifactMismatchError, ConfigError, EmptyInputError
 from genrecedit.model.decoder import DecoderCache, edit_delta
@@ -105,6 +106,9 @@ class ColdItemEditor:
     def __init__(self, base: Recommender, train: CaseSet, base_hash: str, cfg: EditConfig,
                  cache_dir: Path | None = None, trigger: TriggerMode = "prefix") -> None:
         self.base = base
+        # δ is the only thing optimised: the base weights must not collect gradients (load_run also does this, but
+        # an editor may be built on any Recommender)
+        base.model.requires_grad_(False)
         # how the artifacts will be decoded: a later batch is solved against the earlier batches' edits as they
         # fire under this mode (prefix-gated or not) at each request's own prefix, and efficacy is scored under it.
         # Teacher forcing sees one index at a time, so the all-edits ablation is taken as one-one there.
@@ -124,8 +128,7 @@ class ColdItemEditor:
         rng = np.random.default_rng(self.cfg.seed)
         req = requests.subset(np.sort(rng.choice(len(requests), min(len(requests), self.cfg.probe_samples),
                                                  replace=False)))
-        pool = np.setdiff1d(np.arange(len(self.train)), requests.sources[requests.sources >= 0])
-        neg = np.sort(rng.choice(pool, min(len(pool), self.cfg.probe_samples), replace=False))
+        neg = negative_samples(len(self.train), requests, self.cfg.probe_samples, rng)
         sites = [(layer, p) for layer in range(self.n_layers) for p in range(self.n_pos)]
         pos_keys = collect_keys(self.decoder, self.layout, req.histories, codes[req.items], codes, sites,
                                 desc="probe keys (requests)")
@@ -153,6 +156,26 @@ class ColdItemEditor:
     def memorize(self, requests: EditRequests, codes: np.ndarray,
                  previous: EditArtifact | None = None) -> EditMemory:
         """Layer location, C0, keys and δ of one batch: everything of ``edit`` that does not depend on λ."""
+        positions = self._check_batch(requests, previous)
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        layers, probe_table = self._locate(requests, codes, previous)
+        timings["probe"] = time.perf_counter() - start
+        object_wise = self.cfg.scheme == "object_wise"
+        if object_wise:
+            layers = [layers[0]] * self.n_pos  # one edit layer: the one located for the subject's last token
+        # the sites edited: every position, or index 0 alone for an object-wise edit
+        sites = [(layers[0], 0)] if object_wise else [(layers[p], p) for p in positions]
+        t0 = time.perf_counter()
+        c0, c0_cached = self._c0(codes, sites)
+        timings["c0"] = time.perf_counter() - t0
+        keys, deltas, converged = self._keys_and_deltas(requests, codes, previous, sites, timings)
+        return EditMemory(requests, previous, layers, sites, probe_table, c0, c0_cached, keys, deltas, converged,
+                          timings)
+
+    def _check_batch(self, requests: EditRequests, previous: EditArtifact | None) -> list[int] | range:
+        """Refuse an empty batch, a ``previous`` artifact it cannot stack on and invalid settings; returns the SID
+        positions to edit."""
         if len(requests) == 0:
             raise EmptyInputError("no edit requests: the items have no pseudo-histories (no similar warm item "
                                   "with a non-empty training history?)")
@@ -171,32 +194,31 @@ class ColdItemEditor:
                                                or not all(x > 0 for x in self.cfg.lam_scale)):
             raise ConfigError(f"edit.lam_scale must hold {self.n_pos} positive multipliers (one per SID position), "
                               f"got {self.cfg.lam_scale}")
-        timings: dict[str, float] = {}
-        start = time.perf_counter()
-        probe_table = None
-        if previous is not None:
-            layers = list(previous.layers)
-        else:
-            if self.cfg.layer_policy in ("probe", "worst"):
-                probe_table = self.probe(requests, codes)
-            layers = locate_layers(self.cfg.layer_policy, self.n_pos, self.n_layers, probe_table, self.cfg.seed,
-                                   self.cfg.probe_alpha)
-        timings["probe"] = time.perf_counter() - start
+        return positions
 
-        object_wise = self.cfg.scheme == "object_wise"
-        if object_wise:
-            layers = [layers[0]] * self.n_pos  # one edit layer: the one located for the subject's last token
-        # the sites edited: every position, or index 0 alone for an object-wise edit
-        sites = [(layers[0], 0)] if object_wise else [(layers[p], p) for p in positions]
-        t0 = time.perf_counter()
+    def _locate(self, requests: EditRequests, codes: np.ndarray,
+                previous: EditArtifact | None) -> tuple[list[int], ProbeTable | None]:
+        """The edit layer of each position (a later batch keeps ``previous``'s) and the probe table, if one ran."""
+        if previous is not None:
+            return list(previous.layers), None
+        probe_table = self.probe(requests, codes) if self.cfg.layer_policy in ("probe", "worst") else None
+        return locate_layers(self.cfg.layer_policy, self.n_pos, self.n_layers, probe_table, self.cfg.seed,
+                             self.cfg.probe_alpha), probe_table
+
+    def _c0(self, codes: np.ndarray, sites: list[tuple[int, int]]) -> tuple[dict[tuple[int, int], torch.Tensor], bool]:
+        """C0 at each site from a seeded sample of training keys (cached on disk), and whether it was cached."""
         rng = np.random.default_rng(self.cfg.seed + 1)
         c0_idx = np.sort(rng.choice(len(self.train), min(len(self.train), self.cfg.c0_samples), replace=False))
         fp = train_fingerprint(self.train.histories[c0_idx], self.train.targets[c0_idx])
-        c0, c0_cached = second_moments(self.decoder, self.layout, self.train.histories[c0_idx],
-                                       codes[self.train.targets[c0_idx]], codes, sites, self.base_hash, fp,
-                                       self.cache_dir)
-        timings["c0"] = time.perf_counter() - t0
+        return second_moments(self.decoder, self.layout, self.train.histories[c0_idx],
+                              codes[self.train.targets[c0_idx]], codes, sites, self.base_hash, fp, self.cache_dir)
 
+    def _keys_and_deltas(self, requests: EditRequests, codes: np.ndarray, previous: EditArtifact | None,
+                         sites: list[tuple[int, int]], timings: dict[str, float]
+                         ) -> tuple[dict[int, list[torch.Tensor]], dict[int, list[torch.Tensor]], list[int]]:
+        """Per edited position, chunks of request keys and optimised δ (against the model as edited by
+        ``previous``, as its edits fire when decoding), and per position how many δ converged. Adds the time spent
+        on keys and on δ to ``timings``."""
         device = self.decoder.device
         prev_schedule = previous.schedule(self.trigger, device) if previous else None  # as they fire when decoding
         keys = {p: [] for _, p in sites}
@@ -219,7 +241,7 @@ class ColdItemEditor:
                 prev = edit_delta([e for e in prev_step.edits if e.layer == layer], k,
                                   targets_all[trows, :p].to(k.device)) if prev_step else None
                 z = tf.values[p][layer] + (prev if prev is not None else 0.0)
-                if object_wise:
+                if self.cfg.scheme == "object_wise":
                     result = optimise_object_deltas(self.decoder, self.layout, tf, layer,
                                                     targets_all[trows].to(k.device), z.detach(), self.cfg.delta)
                 else:
@@ -229,8 +251,7 @@ class ColdItemEditor:
                 deltas[p].append(result.delta.cpu())
                 converged[p] += int(result.converged.sum())
             timings["delta"] += time.perf_counter() - t0
-        return EditMemory(requests, previous, layers, sites, probe_table, c0, c0_cached, keys, deltas, converged,
-                          timings)
+        return keys, deltas, converged
 
     def solve(self, memory: EditMemory, codes: np.ndarray, item_ids: list[str],
               lam: float | None = None) -> tuple[EditArtifact, EditReport]:
@@ -280,8 +301,7 @@ class ColdItemEditor:
         """One probe gate per edited site: this batch's request keys vs training keys (pseudo-history sources
         excluded, as for the layer probe)."""
         rng = np.random.default_rng(self.cfg.seed + 3)
-        pool = np.setdiff1d(np.arange(len(self.train)), requests.sources[requests.sources >= 0])
-        neg = np.sort(rng.choice(pool, min(len(pool), 4 * self.cfg.probe_samples), replace=False))
+        neg = negative_samples(len(self.train), requests, 4 * self.cfg.probe_samples, rng)
         neg_keys = collect_keys(self.decoder, self.layout, self.train.histories[neg], codes[self.train.targets[neg]],
                                 codes, sites, desc="gate keys (training)")
         gates = {}

@@ -118,6 +118,14 @@ def probe_accuracy(positives: torch.Tensor, negatives: torch.Tensor, pos_groups:
     return np.asarray(accs)
 
 
+def negative_samples(n_train: int, requests, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Up to ``n`` training sample indices (sorted, drawn with ``rng``) whose keys stand for "not this batch": the
+    layer probe's and the probe gate's negatives. Samples a request's pseudo-history was copied from
+    (``requests.sources``, an ``EditRequests``) are left out: their keys are the requests' own."""
+    pool = np.setdiff1d(np.arange(n_train), requests.sources[requests.sources >= 0])
+    return np.sort(rng.choice(pool, min(len(pool), n), replace=False))
+
+
 def fixed_layers(n_positions: int, n_layers: int) -> list[int]:
     """The official code's l_p = p, clipped to the decoder depth."""
     return [min(p, n_layers - 1) for p in range(n_positions)]
