@@ -1,8 +1,8 @@
-"""Update cost (METHOD §5.9): the same cold items taught by GenRecEdit (C0 cold, C0 cached), Finetune and Retrain,
+"""Update cost (docs/method.md §5.9): the same cold items taught by GenRecEdit (C0 cold, C0 cached), Finetune and Retrain,
 side by side in one run: wall time, peak memory (RSS), ratios, and the updated models' test metrics.
 
 Each update runs in its own process, so its peak RSS (``resource.getrusage``) is its own. The edit's time is
-METHOD §5.9's update time (keys + probe + δ + solve, + C0 when not cached); ``edit() wall`` adds the efficacy
+docs/method.md §5.9's update time (keys + probe + δ + solve, + C0 when not cached); ``edit() wall`` adds the efficacy
 diagnostics it also computes.
 
     python bench/update_cost.py --size smoke --out runs/bench/smoke

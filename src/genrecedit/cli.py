@@ -143,7 +143,7 @@ def sweep(run_dir: RunDir, overrides: Overrides = None,
           lam: Annotated[str, typer.Option(help="comma-separated λ values")] = "300,1000,3000",
           n: Annotated[str, typer.Option(help="comma-separated pseudo-histories per item")] = "5",
           max_warm_drop: float = 0.05, device: Device = None) -> None:
-    """Choose λ and n on validation cases (METHOD §5.10): best overall NDCG@10 with warm drop ≤ max."""
+    """Choose λ and n on validation cases (docs/method.md §5.10): best overall NDCG@10 with warm drop ≤ max."""
     from genrecedit.runs.backbone import load_run
     from genrecedit.runs.sweep import format_sweep, sweep as run_sweep
 

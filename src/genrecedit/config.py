@@ -32,7 +32,7 @@ class EmbeddingConfig:
 
 @dataclass
 class KnowledgeConfig:
-    """Where the edit's requests come from (METHOD §5.2, §6)."""
+    """Where the edit's requests come from (docs/method.md §5.2)."""
 
     source: Literal["pseudo", "successor", "observed", "pseudo+observed", "upper_bound"] = "pseudo"
     histories_per_item: int = 5  # n

@@ -261,7 +261,7 @@ def test_real_game_time_split(game_dir):
     assert split.valid.timestamps.max() < split.info["t2"] <= split.test.timestamps.min()
     assert set(np.unique(split.test.users)) == set(range(len(split.user_ids)))  # every kept user has a test case
     summary = split_summary(split)
-    assert 0.02 < summary["test"]["empty_history_share"] < 0.07  # METHOD.md: ≈ 4 %
+    assert 0.02 < summary["test"]["empty_history_share"] < 0.07  # docs/method.md §1: ≈ 4 %
     cold = summary["cold_items"]
     assert cold["new_in_time"] + cold["filtered_out_users_only"] + cold["never_interacted"] == summary["items"]["cold"]
     assert elapsed < 10

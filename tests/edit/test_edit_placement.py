@@ -1,4 +1,4 @@
-"""An edit of position p fires at decoder index p, layer l_p, and nowhere else (METHOD §5 conventions, §5.6)."""
+"""An edit of position p fires at decoder index p, layer l_p, and nowhere else (docs/method.md §5 conventions, §5.6)."""
 from __future__ import annotations
 
 import numpy as np

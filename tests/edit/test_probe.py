@@ -1,4 +1,4 @@
-"""Layer location (METHOD §5.3): the probe finds the layer whose keys separate edit requests from training keys,
+"""Layer location (docs/method.md §5.3): the probe finds the layer whose keys separate edit requests from training keys,
 scores every layer of a position on the same grouped folds, and leaves the official l_p = p only for a layer it
 resolves as better (a noise-level lead must not move the edit: it flipped with the BLAS thread count on game)."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What every comparison baseline (METHOD §6) is: fitted on a run's training split, asked for top-K item lists.
+"""What every comparison baseline (docs/method.md §6) is: fitted on a run's training split, asked for top-K item lists.
 
 A baseline is built from a typed config (``registry.make``), fitted with ``fit(run, out_dir)`` and queried with
 ``recommend(cases, k)``, which returns the same ``[n_cases, k]`` item-index lists the TIGER beams give, so

@@ -1,7 +1,7 @@
 """BERT4Rec (Sun et al. 2019): a bidirectional transformer over item IDs trained to fill in masked items.
 
 Item-ID model: an item that never occurs in a training sample has no trained embedding, so its score is -inf and
-it is never recommended — cold recall is 0 by construction (METHOD §6).
+it is never recommended — cold recall is 0 by construction (docs/method.md §6).
 
 Training window = ``history + [target]`` (L + 1 slots). Each real slot is masked with probability ``mask_prob``
 (at least one per row); with probability ``last_mask_prob`` a row instead masks only its last slot, the exact

@@ -1,7 +1,7 @@
 """SASRec (Kang & McAuley 2018): causal self-attention over item-ID embeddings, next-item prediction.
 
 Item-ID model: an item that never occurs in a training sample has no trained embedding, so its score is -inf and
-it is never recommended — cold recall is 0 by construction (METHOD §6), not by measurement.
+it is never recommended — cold recall is 0 by construction (docs/method.md §6), not by measurement.
 
 Choices (documented, not the paper's exact recipe): full softmax cross-entropy over the catalog instead of BCE with
 one sampled negative (exact and affordable at our catalog sizes); pre-LayerNorm ``nn.TransformerEncoder`` with

@@ -1,4 +1,4 @@
-"""SpecGR (Ding et al. 2024, METHOD §6): speculative drafting of candidates, cold items included, verified by the
+"""SpecGR (Ding et al. 2024, docs/method.md §6): speculative drafting of candidates, cold items included, verified by the
 generative recommender.
 
 1. Draft: the user's query vector is the mean of the (unit-normalised) text embeddings of the last

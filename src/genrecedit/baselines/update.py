@@ -1,4 +1,4 @@
-"""Update baselines (METHOD §5.9, §6): teach a trained run new items by training instead of editing.
+"""Update baselines (docs/method.md §5.9, §6): teach a trained run new items by training instead of editing.
 
 * **Retrain**: the base model's own recipe (same config, stopping rule, threads) from scratch on the training
   samples plus the edit's pseudo interactions.
@@ -168,7 +168,7 @@ def concat_cases(a: CaseSet, b: CaseSet) -> CaseSet:
 
 
 def retrain(run: LoadedRun, requests: EditRequests, out_dir: Path, **budget) -> UpdateResult:
-    """METHOD §5.9 Retrain: ``model/train.py``'s ``train_tiger`` from scratch with the run's model and train config
+    """docs/method.md §5.9 Retrain: ``model/train.py``'s ``train_tiger`` from scratch with the run's model and train config
     (same stopping rule, seed, device; threads as configured for the process) on train + ``pseudo_cases``.
 
     budget: optional overrides of ``epochs``, ``max_minutes``, ``patience``, ``eval_cases`` (to bound the cost;

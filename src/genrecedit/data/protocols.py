@@ -6,7 +6,7 @@ user's preceding kept interactions, the last ``max_history`` of them: for a trai
 for a valid case train + valid, for a test case train + valid + earlier test. No leak by construction, and the
 construction checks the monotone order. Vectorised: one sort, then index arithmetic; no per-case Python loop.
 
-Protocols (METHOD.md §1):
+Protocols (docs/method.md §1):
 - ``time``: global timestamp quantiles t1 = q(valid_quantile), t2 = q(test_quantile) over all interactions
   (``np.quantile``, linear interpolation); train ts < t1 ≤ valid ts < t2 ≤ test ts. With ``filter_test_users`` only
   users with ≥ 1 test interaction are kept, and their train/valid interactions with them.
@@ -45,7 +45,7 @@ class SplitConfig:
     test_quantile: float = 0.9
     max_history: int = 20
     holdout_fraction: float = 0.3
-    # holdout: also delete the held-out items' validation interactions (METHOD §1). False models a launch during
+    # holdout: also delete the held-out items' validation interactions (docs/method.md §1). False models a launch during
     # the validation period: the items' validation interactions stay, as the "observed" knowledge source
     holdout_drops_valid: bool = True
     seed: int = 0

@@ -1,4 +1,4 @@
-"""``ColdItemEditor``: GenRecEdit end to end on a trained backbone (METHOD §5), the one entry point that the CLI,
+"""``ColdItemEditor``: GenRecEdit end to end on a trained backbone (docs/method.md §5), the one entry point that the CLI,
 experiments, service and tests call."""
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ class EditReport:
 
 @dataclass
 class EditMemory:
-    """The λ-independent part of one batch (METHOD §5.3–5.4): the layers, and each request's key and optimised δ
+    """The λ-independent part of one batch (docs/method.md §5.3–5.4): the layers, and each request's key and optimised δ
     at (l_p, p). ``ColdItemEditor.solve`` turns it into ΔW for any λ, so a λ search edits once."""
     requests: EditRequests
     previous: EditArtifact | None
@@ -315,7 +315,7 @@ class ColdItemEditor:
     def efficacy(self, requests: EditRequests, codes: np.ndarray, artifact: EditArtifact,
                  previous: EditArtifact | None, before: list[float] | None = None) -> dict:
         """Teacher-forced share of (a sample of) requests whose o_p is the argmax at position p: on the model
-        before this batch, and with this batch's update (METHOD §3a: the first diagnostic). Runs the cached
+        before this batch, and with this batch's update (docs/method.md §3.1: the first diagnostic). Runs the cached
         decoder with each artifact's own decoding schedule, exactly as recommendations are made. ``before``: the
         first share when already known (it does not depend on this batch's ΔW), so only the edited model runs."""
         rng = np.random.default_rng(self.cfg.seed + 2)

@@ -1,6 +1,6 @@
 """Keys and values at (decoder layer, decoder index) of teacher-forced requests, and the C0 second moment.
 
-Conventions (METHOD §5): to predict SID position p the decoder input is [start, c_0 .. c_{p-1}], so position p's
+Conventions (docs/method.md §5): to predict SID position p the decoder input is [start, c_0 .. c_{p-1}], so position p's
 key, value, δ and ΔW_p all live at **decoder index p**; the key is the input of ``wo``. Always on the unedited model.
 """
 from __future__ import annotations

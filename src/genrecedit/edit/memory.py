@@ -1,4 +1,4 @@
-"""Memory construction (METHOD §5.4, paper Eq. 3/8): per request, the δ added to the FFN output at (l_p, p) that
+"""Memory construction (docs/method.md §5.4, paper Eq. 3/8): per request, the δ added to the FFN output at (l_p, p) that
 makes the model predict o_p, optimised for all requests of a position as one batch."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Layer location (METHOD §5.3, paper §4.2.1): per position, the decoder layer whose FFN keys best separate edit
+"""Layer location (docs/method.md §5.3, paper §4.2.1): per position, the decoder layer whose FFN keys best separate edit
 requests from training samples under a linear probe; plus the ablation policies."""
 from __future__ import annotations
 

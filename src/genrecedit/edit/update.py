@@ -1,4 +1,4 @@
-"""Parameter update (METHOD §5.5, paper Eq. 13): ΔW = R K1ᵀ (λ C0 + K_prev K_prevᵀ + K1 K1ᵀ)⁻¹."""
+"""Parameter update (docs/method.md §5.5, paper Eq. 13): ΔW = R K1ᵀ (λ C0 + K_prev K_prevᵀ + K1 K1ᵀ)⁻¹."""
 from __future__ import annotations
 
 import torch
@@ -10,7 +10,7 @@ def closed_form_update(keys: torch.Tensor, residuals: torch.Tensor, c0: torch.Te
     ΔW [d_model, d_ff] in float64.
 
     Solved as X A = R K1ᵀ with ``torch.linalg.solve(..., left=False)``, never an explicit inverse. prev_cov is
-    Σ K_prev K_prevᵀ of earlier edit batches at this site (sequential editing, METHOD §5.8); key_cov, when the
+    Σ K_prev K_prevᵀ of earlier edit batches at this site (sequential editing, docs/method.md §5.8); key_cov, when the
     caller already has it, is this batch's K1 K1ᵀ (float64), so it is not computed twice.
     """
     if lam <= 0:

@@ -1,4 +1,4 @@
-"""Popularity rankers (METHOD §6): MostPop (training period) and RecentPop (validation period).
+"""Popularity rankers (docs/method.md §6): MostPop (training period) and RecentPop (validation period).
 
 Both give every case the same list and do not filter items the user already has in their history: the generative
 models are scored the same way (repeat consumption is a valid target), so the baselines stay comparable.

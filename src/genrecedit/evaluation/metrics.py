@@ -1,4 +1,4 @@
-"""Per-case ranking metrics over top-K item lists (METHOD §4), vectorised with numpy.
+"""Per-case ranking metrics over top-K item lists (docs/method.md §4), vectorised with numpy.
 
 Every function takes the ranked lists a recommender returns, ``topk_items`` [n, K] int64 of item indices, best
 first, with ``EMPTY_SLOT`` (-1) where a model returned fewer than K items (a constrained beam that ran out of
@@ -41,7 +41,7 @@ def ndcg_at(ranks: np.ndarray, k: int) -> np.ndarray:
 
 
 def iid_ratio_at(topk_items: np.ndarray, subset_items: np.ndarray, k: int) -> np.ndarray:
-    """Share of each case's top-k slots that hold an item of a subset (IID Ratio@k, METHOD §4).
+    """Share of each case's top-k slots that hold an item of a subset (IID Ratio@k, docs/method.md §4).
 
     topk_items: [n, K] int64. subset_items: [n_items] bool, True for items of the subset (e.g. cold items).
     Returns [n] float64 in [0, 1]. The denominator is always k: empty slots, and slots beyond K when k > K, count

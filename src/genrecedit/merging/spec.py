@@ -13,7 +13,7 @@
     contexts: {domain: games}          # free-form metadata, kept with the merge
 
 Relative paths are taken from the working directory, like every other path of a run. ``base_model`` may differ from
-the model the checkpoints were fine-tuned from ("base-model replacement", METHOD §7): only the architecture and
+the model the checkpoints were fine-tuned from ("base-model replacement", docs/method.md §7): only the architecture and
 tokenizer have to match.
 """
 from __future__ import annotations
@@ -56,7 +56,7 @@ class MergeParameters:
 @dataclass
 class Weighting:
     """How the models' weights are chosen. ``recency``: ``0.5 ** (age / half_life)``, age = 0 for the newest (last)
-    model, 1 for the one before, …, normalised to sum to 1 (weighted contextual merging, METHOD §7)."""
+    model, 1 for the one before, …, normalised to sum to 1 (weighted contextual merging, docs/method.md §7)."""
 
     scheme: WeightScheme = "explicit"
     half_life: float | None = None  # recency only, in checkpoints

@@ -65,7 +65,7 @@ def beam_search(decoder: SteppedDecoder, layout: TokenLayout, trie: PrefixTrie, 
     """Top-k items for each of B encoder inputs [B, S] (mask [B, S]); ``k <= beam``.
 
     cached: decode with the KV cache (fast path); False recomputes the whole prefix with HF's decoder every step
-    (the reference semantics of METHOD §5.6), which must give identical beams.
+    (the reference semantics of docs/method.md §5.6), which must give identical beams.
 
     constrained: only SIDs of catalog items (the trie); otherwise any token of the right position, and decoded
     SIDs that name no item are dropped from the result (so fewer than k items may come back).

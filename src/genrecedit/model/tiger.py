@@ -1,7 +1,7 @@
 """The TIGER backbone: an HF T5 (gated-SiLU FFN) over position-specific SID tokens, and its checkpoint format.
 
 The decoder stack may have its own FFN width (``decoder_d_ff``): the decoder FFN is where GenRecEdit writes new
-items, so its width is edit capacity (METHOD §3a), while the encoder sees 20x more tokens and dominates cost.
+items, so its width is edit capacity (docs/method.md §3.1), while the encoder sees 20x more tokens and dominates cost.
 """
 from __future__ import annotations
 

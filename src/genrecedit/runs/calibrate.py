@@ -1,4 +1,4 @@
-"""Re-fitting λ for the knowledge the shipped edit learns from (beyond METHOD §5.10).
+"""Re-fitting λ for the knowledge the shipped edit learns from (docs/method.md §5.11).
 
 Selection (``sweep``) edits with the first half of the validation period's observed knowledge and scores the second
 half. The edit that ships learns from the whole period: 1.9–2.7× the requests on our runs, and at a fixed λ its warm

@@ -25,7 +25,7 @@ REPORTED = ("recall@10", "ndcg@10", "iid_ratio@10")
 
 def validation_midpoint(split) -> float:
     """The median timestamp of the validation period. With the *observed* knowledge source, selection on
-    validation (METHOD §5.10) takes knowledge from before it and scores the cases from it on."""
+    validation (docs/method.md §5.10) takes knowledge from before it and scores the cases from it on."""
     return float(np.median(split.valid.timestamps)) if len(split.valid) else 0.0
 
 

@@ -1,4 +1,4 @@
-"""Choosing λ and n (METHOD §5.10): edit with each candidate, score on validation cases, keep the best overall
+"""Choosing λ and n (docs/method.md §5.10): edit with each candidate, score on validation cases, keep the best overall
 NDCG@10 among candidates whose warm NDCG@10 drop is at most ``max_warm_drop``. Never reads the test set."""
 from __future__ import annotations
 

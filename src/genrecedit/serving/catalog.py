@@ -152,7 +152,7 @@ def build_snapshot(version: int, catalog: Catalog, base: Recommender, artifact: 
 
 
 def knowledge_for(train: CaseSet, catalog: Catalog, items: np.ndarray, kcfg: KnowledgeConfig) -> EditRequests:
-    """Pseudo-histories (METHOD §5.2) for new catalog items [m]: the only knowledge source a live service has
+    """Pseudo-histories (docs/method.md §5.2) for new catalog items [m]: the only knowledge source a live service has
     (an item added now has no observed cases). ``EmptyInputError`` names the items that get none."""
     requests = pseudo_histories(train, catalog.warm, catalog.embeddings, items, kcfg.histories_per_item,
                                 kcfg.neighbours)
