@@ -1,4 +1,4 @@
-"""Knowledge preparation (METHOD §5.1-5.2): which items to inject, and the histories that teach them.
+"""Knowledge preparation (docs/method.md §5.1-5.2): which items to inject, and the histories that teach them.
 
 A request is (history, cold item). For SID position p it becomes the edit request s_p = (history, c_0..c_{p-1}),
 o_p = c_p; ``keys.py`` builds those on the fly from the item's codes.
@@ -183,7 +183,7 @@ def case_histories(cases: CaseSet, items: np.ndarray, per_item: int | None = Non
     keep = np.isin(cases.targets, items) & (cases.history_lengths() > 0)
     idx = np.flatnonzero(keep)
     if per_item is not None and len(idx):
-        idx = idx[np.lexsort((-cases.timestamps[idx], cases.targets[idx]))]
-        rank = np.arange(len(idx)) - np.searchsorted(cases.targets[idx], cases.targets[idx], side="left")
-        idx = np.sort(idx[rank < per_item])
+        order, starts, _ = _occurrences_by_target(cases, int(cases.targets[idx].max()) + 1, idx)
+        rank = np.arange(len(order)) - starts[cases.targets[order]]
+        idx = np.sort(order[rank < per_item])
     return EditRequests(cases.histories[idx], cases.targets[idx], np.full(len(idx), -1, np.int64))
