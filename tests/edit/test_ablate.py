@@ -16,6 +16,8 @@ def test_ablations_run_every_cell_and_resume(tiny_run, tmp_path, monkeypatch):
     probe = result["cells"]["GenRecEdit"]["seeds"][0]
     # the trigger ablation scores the very same artifact as GenRecEdit, only decoded with every edit active
     assert result["cells"]["w/o one-one triggering"]["seeds"][0]["layers"] == probe["layers"]
+    # ... and every edit firing at every step changes what is recommended
+    assert result["cells"]["w/o one-one triggering"]["seeds"][0]["metrics"] != probe["metrics"]
     assert all(len(layers) == run.recommender.layout.n_positions for layers in random_layers)
     assert (tmp_path / "ablations.md").read_text().count("|") > 20
     saved = json.loads((tmp_path / "ablations.json").read_text())

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from genrecedit.edit.artifact import EditArtifact
+from genrecedit.edit.update import closed_form_update
 from genrecedit.runs.backbone import load_run
 from genrecedit.runs.edit import build_requests, edit_run, make_editor
 
@@ -38,7 +39,23 @@ def test_sequential_batches_keep_layers_and_stack(tiny_run):
     editor = make_editor(run)
     codes, ids = run.prepared.codes, run.prepared.split.item_ids
     art1, rep1 = editor.edit(build_requests(run, first), codes, ids)
-    art2, rep2 = editor.edit(build_requests(run, second), codes, ids, previous=art1)
+    mem2 = editor.memorize(build_requests(run, second), codes, previous=art1)
+    art2, rep2 = editor.solve(mem2, codes, ids)
+    # batch 2 is solved against the edited model: its z (and so δ) include batch 1's ΔW k where that fires ...
+    alone = editor.memorize(build_requests(run, second), codes)
+    assert any(not torch.equal(torch.cat(mem2.deltas[p]), torch.cat(alone.deltas[p])) for _, p in mem2.sites)
+    # ... and against the covariance batch 1 accumulated: ΔW_2 = the closed form with batch 1's K1 K1ᵀ added
+    moved = []
+    for layer, p in mem2.sites:
+        k1 = torch.cat(mem2.keys[p])
+        cov = k1.double().T @ k1.double()
+        expected = closed_form_update(k1, torch.cat(mem2.deltas[p]), mem2.c0[(layer, p)], editor.lam(p),
+                                      art1.previous_cov(p), cov)
+        torch.testing.assert_close(art2.batches[1].delta_w[p], expected)
+        torch.testing.assert_close(art2.batches[1].key_cov[p], cov)
+        without = closed_form_update(k1, torch.cat(mem2.deltas[p]), mem2.c0[(layer, p)], editor.lam(p), None, cov)
+        moved.append(not torch.allclose(art2.batches[1].delta_w[p], without))
+    assert any(moved)  # (a position whose δ are all 0 has ΔW = 0 either way)
     assert rep2.layers == rep1.layers and rep2.probe is None  # l_p fixed after the first batch
     assert len(art2.batches) == 2 and len(art1.batches) == 1  # the previous artifact is not mutated
     for p in range(run.recommender.layout.n_positions):

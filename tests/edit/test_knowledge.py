@@ -72,3 +72,19 @@ def test_case_histories_take_most_recent_per_item():
         ts = split.valid.timestamps[split.valid.targets == item]
         idx = np.flatnonzero((split.valid.targets == item) & (split.valid.timestamps == ts.max()))
         assert any(np.array_equal(hist, split.valid.histories[i]) for i in idx)
+
+
+def test_hand_out_goes_round_robin_most_recent_first_and_reuses_only_when_all_are_taken():
+    from genrecedit.data.dataset import CaseSet
+    from genrecedit.edit.knowledge import _hand_out, _occurrences_by_target
+
+    # samples: 0 and 1 teach warm item 0 (1 is the more recent), 2 teaches warm item 1
+    train = CaseSet(np.zeros(3, np.int64), np.array([[-1, 5], [-1, 6], [-1, 7]]), np.array([0, 0, 1]),
+                    np.array([1.0, 5.0, 3.0]))
+    order, starts, counts = _occurrences_by_target(train, 2, np.arange(3))
+    assert order[starts[0]:starts[0] + counts[0]].tolist() == [1, 0]  # most recent first
+    near = np.array([[0, 1], [0, 1]])  # both cold items (10, 11): warm 0 most similar, then warm 1
+    owner, source = _hand_out(np.array([10, 11]), near, order, starts, counts, per_item=2)
+    # 10 takes warm 0's most recent, then warm 1's only sample; 11 takes warm 0's next one (not the one 10 took)
+    # and reuses warm 1's sample, the only one it has
+    assert owner.tolist() == [10, 10, 11, 11] and source.tolist() == [1, 2, 0, 2]

@@ -50,4 +50,6 @@ def test_object_wise_edit_is_one_delta_at_index_zero_active_everywhere(tiny_run,
     # δ at index 0 alone can make whole SIDs right (teacher-forced); what the weight edit then does to the other
     # indices is the ablation's point (the paper's Table 3: it collapses)
     assert report.converged[0] > 0 and len(report.efficacy["after"]) == n_pos
+    # the edit does teach its requests the token at its own index (the later ones may collapse, as in the paper)
+    assert report.efficacy["after"][0] > report.efficacy["before"][0]
     assert np.isfinite(artifact.total_delta(0).numpy()).all()

@@ -95,3 +95,15 @@ def test_bad_probe_settings_are_refused(tiny_run, override):
     run = load_run(tiny_run, [override])
     with pytest.raises(ConfigError, match="probe"):
         make_editor(run).edit(build_requests(run), run.prepared.codes, run.prepared.split.item_ids)
+
+
+def test_gate_false_positive_rate_holds_on_held_out_keys():
+    from genrecedit.edit.gate import fit_gate
+
+    gen = torch.Generator().manual_seed(0)
+    positives = torch.randn(500, 16, generator=gen) + 1.0
+    negatives = torch.randn(2000, 16, generator=gen)
+    gate = fit_gate(positives, negatives, 0.05, seed=0)
+    fresh = torch.randn(20000, 16, generator=gen)  # never seen by the fit nor by its threshold
+    assert float(gate(fresh).float().mean()) <= 0.05 + 0.03
+    assert float(gate(torch.randn(2000, 16, generator=gen) + 1.0).float().mean()) > 0.5  # and it still fires
