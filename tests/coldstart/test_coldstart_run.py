@@ -79,3 +79,27 @@ def test_exposure_counts_slots_lists_and_unreached_items():
     assert out["new_item_slot_share"] == pytest.approx(3 / 9)
     assert out["max_item_share"] == pytest.approx(2 / 3) and out["max_item"] == 5
     assert out["unreached_items"] == 1 and out["reached_items"] == 2  # 7 is in no list; 4 is past the cut
+
+
+def test_evaluate_scores_the_runs_prior_with_exposure(tiny_run, tmp_path):
+    """`genrecedit evaluate` on a run whose config enables the prior reports TIGER and TIGER + prior, with the new
+    items' exposure and the paired gain of each over TIGER."""
+    import shutil
+
+    from genrecedit.runs.evaluate_report import evaluate_report
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    prior = ["prior.enabled=true", "prior.scope=0", "prior.threshold=-1.0", "prior.temperature=1.0",
+             "prior.budget=0.9"]
+    text = evaluate_report(run_dir, prior, None, "m")
+    assert "TIGER + prior" in text
+    saved = json.loads((run_dir / "m_intervals.json").read_text())
+    assert set(saved["exposure"]) == {"TIGER", "TIGER + prior"}
+    # an open gate and a budget of .9: the prior fills most slots with new items, TIGER leaves them few
+    assert saved["exposure"]["TIGER + prior"]["new_item_slot_share"] > saved["exposure"]["TIGER"][
+        "new_item_slot_share"]
+    assert set(saved["minus_base"]) == {"TIGER + prior"}
+    plain = evaluate_report(run_dir, [], None, "plain")
+    assert "prior" not in plain and "TIGER + prior" not in json.loads(
+        (run_dir / "plain_intervals.json").read_text())["exposure"]

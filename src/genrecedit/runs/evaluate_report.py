@@ -1,12 +1,18 @@
-"""``genrecedit evaluate``: base (and optionally edited) model vs popularity baselines, with bootstrap intervals."""
+"""``genrecedit evaluate``: base (and optionally edited) model vs popularity baselines, with bootstrap intervals and
+the new items' exposure; with the run's content prior enabled (``prior.enabled``, e.g. adopted by ``coldstart``) each
+model is also scored with the prior, as the service serves it."""
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
+from genrecedit.coldstart.exposure import exposure
 from genrecedit.edit.artifact import EditArtifact
 from genrecedit.evaluation.report import EvalResult, bootstrap_ci, format_table, paired_bootstrap_diff, write_metrics
 from genrecedit.runs.backbone import load_run
-from genrecedit.runs.evaluate import evaluate_model, popularity_results, evaluation_cases
+from genrecedit.runs.coldstart import make_prior, new_items
+from genrecedit.runs.evaluate import evaluation_cases, popularity_results, score_topk
 from genrecedit.atomic import write_json
 
 CI_METRICS = ("recall@10", "ndcg@10")
@@ -41,17 +47,32 @@ def evaluate_report(run_dir: Path, overrides: list[str], edits: Path | None, nam
     run.config.save(Path(run_dir) / f"{name}_config.yaml")  # the resolved config these metrics come from
     cases = evaluation_cases(run)
     results: dict[str, EvalResult] = {}
-    results["TIGER"], _ = evaluate_model(run, cases, desc="evaluate base")
+    lists: dict[str, np.ndarray] = {}
+    prior = make_prior(run, run.config.prior) if run.config.prior.enabled else None
+
+    def decode(name: str, schedule) -> None:
+        """``name``'s lists, and with the run's content prior enabled the same beams with the prior ("+ prior")."""
+        beams = run.recommender.recommend(cases.histories, run.config.decode, schedule, progress=f"evaluate {name}",
+                                          record_levels=prior is not None)
+        lists[name] = beams.items.numpy()
+        if prior is not None:
+            lists[f"{name} + prior"] = prior.apply(cases.histories, beams).items.numpy()
+
+    decode("TIGER", None)
     if edits is not None:
         artifact = EditArtifact.load(edits, run.base_hash)
-        schedule = artifact.schedule(run.config.eval.trigger, run.recommender.device)
-        results["GenRecEdit"], _ = evaluate_model(run, cases, schedule, desc="evaluate edited")
+        decode("GenRecEdit", artifact.schedule(run.config.eval.trigger, run.recommender.device))
+    results.update({name: score_topk(run, topk, cases) for name, topk in lists.items()})
     results.update(popularity_results(run, cases))
     write_metrics(Path(run_dir), name, {k: v.summary() for k, v in results.items()})
     n_boot, seed = run.config.eval.bootstrap, run.config.eval.seed
-    extra = {"intervals": intervals(results, n_boot, seed), "n_cases": len(cases)}
+    new = new_items(run)
+    extra = {"intervals": intervals(results, n_boot, seed), "n_cases": len(cases),
+             "exposure": {name: exposure(topk, new, 10) for name, topk in lists.items()}}
     if "GenRecEdit" in results:
         extra["edited_minus_base"] = paired_gains(results["GenRecEdit"], results["TIGER"], n_boot, seed)
+    extra["minus_base"] = {name: paired_gains(results[name], results["TIGER"], n_boot, seed)
+                           for name in lists if name != "TIGER"}
     write_json(Path(run_dir) / f"{name}_intervals.json", extra)
     return format_table({k: v.summary() for k, v in results.items()}) + \
         f"\n\nwritten: {Path(run_dir) / (name + '.md')}, {name}.json, {name}.png, {name}_intervals.json"
