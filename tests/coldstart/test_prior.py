@@ -149,3 +149,18 @@ def test_a_history_ending_with_a_new_item_gets_the_novel_budget():
     assert novel_end[0] == pytest.approx(0.5 * (1 - 0.6 * (w3 + w4 + w5)), rel=1e-5)
     with pytest.raises(ConfigError):
         PriorConfig(novel_budget=1.0)
+
+
+def test_the_budget_grows_with_the_share_of_new_items_among_the_recent_ones():
+    trie = PrefixTrie(CODES, (2, 2, 4))
+    beams = _beams(trie)
+    cfg = PriorConfig(enabled=True, budget=0.2, temperature=0.1, threshold=0.5, scope=0, novel_budget=0.6, recent=2)
+    prior = ContentPrior(cfg, EMB, CODES, NEW, trie)
+    # one of the two recent items is new: β + ½ (0.6 − β) = 0.4; both are new: 0.6 (item 3 ≡ item 0 in content)
+    half = prior.prepare(np.array([[0, 3]]), beams)[0]
+    full = prior.prepare(np.array([[3, 3]]), beams)[0]
+    assert float(half.novelty[0]) == 0.5 and float(full.novelty[0]) == 1.0
+    w3, w4, w5 = _w([10.0, 0.0, 6.0], 5.0)
+    assert _probs(prior.apply(np.array([[0, 3]]), beams, k=6))[0] == pytest.approx(
+        0.5 * (1 - 0.4 * (w3 + w4 + w5)), rel=1e-5)
+    assert float(prior.prepare(np.array([[-1, -1]]), beams)[0].novelty[0]) == 0.0

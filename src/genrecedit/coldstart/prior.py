@@ -43,8 +43,9 @@ class PriorConfig:
     threshold: float = 0.6  # θ: the cosine of the "none of them" option (the gate)
     scope: int = 1  # prefix length d the mixture acts in (0: the whole catalog)
     recent: int = 1  # the history's content: the mean embedding of its last `recent` items
-    # β for a history whose last item is itself new (one the backbone never learnt, so its own scores say little
-    # there, and such users move on to new items about twice as often); None: the same β for every history
+    # β for a history whose last `recent` items are all new themselves (items the backbone never learnt, so its own
+    # scores say little there, and such users move on to new items about twice as often); a history with a share s
+    # of new items among them gets β + s · (novel_budget − β). None: the same β for every history
     novel_budget: float | None = None
 
     def __post_init__(self) -> None:
@@ -81,7 +82,8 @@ class _Rows:
     """``ContentPrior.prepare``'s state for a chunk of rows: sims [n, m] (float32); slot [n, m] the decoded prefix
     (column of prefix_scores) each new item lies under, W for none; prefix_scores [n, W]; the beams' items and scores
     [n, K]; item_slot [n, K] each beam item's prefix column (-1: none); col / is_new [n, K]: a beam item's column
-    among the new items, and whether it is one; novel [n] whether the history ends with a new item."""
+    among the new items, and whether it is one; novelty [n] the share of new items among the history's last `recent`
+    items (0 for an empty history)."""
 
     sims: torch.Tensor
     slot: torch.Tensor
@@ -91,7 +93,7 @@ class _Rows:
     item_slot: torch.Tensor
     col: torch.Tensor
     is_new: torch.Tensor
-    novel: torch.Tensor  # [n] bool: the history's last item is a new item
+    novelty: torch.Tensor  # [n] float64: the share of new items among the history's last `recent` items
 
 
 class ContentPrior:
@@ -161,9 +163,11 @@ class ContentPrior:
         item_slot = torch.where(at.any(2), at.to(torch.int8).argmax(2).long(), -1)
         col = torch.searchsorted(self.new_items, items.clamp(min=0)).clamp(max=len(self.new_items) - 1)
         is_new = present & (self.new_items[col] == items)
-        last = torch.as_tensor(np.asarray(histories)[:, -1], dtype=torch.long)
-        novel = torch.isin(last, self.new_items)
-        return _Rows(sims, slot, prefix_scores, items, scores, item_slot, col, is_new, novel)
+        last = torch.as_tensor(np.asarray(histories)[:, -self.cfg.recent:], dtype=torch.long)
+        valid = last != PAD_ITEM
+        novel = (torch.isin(last, self.new_items) & valid).sum(1)
+        novelty = novel.double() / valid.sum(1).clamp(min=1)
+        return _Rows(sims, slot, prefix_scores, items, scores, item_slot, col, is_new, novelty)
 
     def _mix_rows(self, r: "_Rows", cfg: PriorConfig, k: int):
         z = r.sims.double() / cfg.temperature
@@ -175,7 +179,7 @@ class ContentPrior:
         lse = top + torch.log(math.exp(none - top) + mass)  # [n, W] log of the prefix's softmax normaliser
         budget = torch.full((n, 1), cfg.budget, dtype=torch.float64)
         if cfg.novel_budget is not None:
-            budget = torch.where(r.novel[:, None], cfg.novel_budget, budget)
+            budget = budget + (cfg.novel_budget - cfg.budget) * r.novelty[:, None]
         moved = budget * (1.0 - torch.exp(none - lse))  # share of each prefix's probability that moves
         safe = slot.clamp(max=width - 1)
         base = r.prefix_scores.gather(1, safe)

@@ -39,9 +39,9 @@ class PriorGrid:
     scope: tuple[int, ...] = (0, 1)
     recent: tuple[int, ...] = (1, 3)
     threshold: tuple[float, ...] = (0.5, 0.8)
-    temperature: tuple[float, ...] = (0.05, 0.1, 0.2)
-    budget: tuple[float, ...] = (0.02, 0.05, 0.15, 0.4)
-    novel_budget: tuple[float | None, ...] = (None, 0.4, 0.8)  # None: β for every history
+    temperature: tuple[float, ...] = (0.1, 0.2)
+    budget: tuple[float, ...] = (0.01, 0.05, 0.15, 0.4)
+    novel_budget: tuple[float | None, ...] = (None, 0.4, 0.8, 0.95)  # None: β for every history
 
     def cells(self, n_positions: int) -> list[PriorConfig]:
         return [PriorConfig(True, b, t, th, sc, r, nb) for sc, r, th, t, b, nb in itertools.product(
