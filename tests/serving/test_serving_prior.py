@@ -40,3 +40,23 @@ def test_without_the_prior_the_snapshot_decodes_plain_beams(open_service):
     service = open_service("s-noprior", exposure_cases=0)
     assert service.snapshot.prior is None
     assert topic_title(0, 0) and NOUNS  # the fixture's vocabulary is what the prior test relies on
+
+
+def test_adds_are_taught_with_the_runs_text_only_knowledge(open_service):
+    """A run whose knowledge source is `successor` teaches added items with histories that end with a text-similar
+    warm item (pseudo-histories would be training histories that preceded it)."""
+    from genrecedit.serving.catalog import knowledge_for
+
+    service = open_service("s-successor", ["knowledge.source=successor"], exposure_cases=0)
+    with TestClient(create_app(service)) as c:
+        r = c.post("/items", json={"items": new_items("succ", [2])})
+        assert r.status_code == 200, r.text
+        assert r.json()["n_requests"] > 0
+    snap = service.snapshot
+    new = snap.catalog.batch_indices(snap.active_batches[-1])
+    requests = knowledge_for(service.run.prepared.split.train, snap.catalog, new, service.run.config.knowledge)
+    last = requests.histories[:, -1]
+    assert len(requests) and snap.catalog.warm[last].all()
+    # each history is a training history with its target appended: it ends with the warm item it was taken from
+    train = service.run.prepared.split.train
+    assert (train.targets[requests.sources] == last).all()

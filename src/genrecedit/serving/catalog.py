@@ -20,7 +20,7 @@ from genrecedit.coldstart.prior import ContentPrior, PriorConfig
 from genrecedit.config import KnowledgeConfig
 from genrecedit.data.dataset import PAD_ITEM, CaseSet
 from genrecedit.edit.artifact import EditArtifact, EditBatch, TriggerMode
-from genrecedit.edit.knowledge import EditRequests, pseudo_histories
+from genrecedit.edit.knowledge import EditRequests, pseudo_histories, successor_histories
 from genrecedit.errors import EmptyInputError, UnknownItemError
 from genrecedit.model.beam import Beams
 from genrecedit.model.recommender import DecodeConfig, Recommender
@@ -152,10 +152,11 @@ def build_snapshot(version: int, catalog: Catalog, base: Recommender, artifact: 
 
 
 def knowledge_for(train: CaseSet, catalog: Catalog, items: np.ndarray, kcfg: KnowledgeConfig) -> EditRequests:
-    """Pseudo-histories (docs/method.md §5.2) for new catalog items [m]: the only knowledge source a live service has
-    (an item added now has no observed cases). ``EmptyInputError`` names the items that get none."""
-    requests = pseudo_histories(train, catalog.warm, catalog.embeddings, items, kcfg.histories_per_item,
-                                kcfg.neighbours)
+    """Text-only knowledge (docs/method.md §5.2) for new catalog items [m] — an item added now has no observed
+    cases: successor histories when the run's ``knowledge.source`` is ``successor``, else pseudo-histories.
+    ``EmptyInputError`` names the items that get none."""
+    build = successor_histories if kcfg.source == "successor" else pseudo_histories
+    requests = build(train, catalog.warm, catalog.embeddings, items, kcfg.histories_per_item, kcfg.neighbours)
     taught = set(requests.items.tolist())
     missing = [catalog.item_ids[i] for i in items if i not in taught]
     if missing:
