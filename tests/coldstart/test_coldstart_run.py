@@ -103,3 +103,11 @@ def test_evaluate_scores_the_runs_prior_with_exposure(tiny_run, tmp_path):
     plain = evaluate_report(run_dir, [], None, "plain")
     assert "prior" not in plain and "TIGER + prior" not in json.loads(
         (run_dir / "plain_intervals.json").read_text())["exposure"]
+
+
+def test_exposure_spreads_per_item_shares_over_the_reached_items():
+    topk = np.array([[5, 6], [5, 7], [5, 1], [1, 2]])
+    out = exposure(topk, np.array([5, 6, 7, 8]), k=2)
+    # item 5 is in 3 of 4 lists, 6 and 7 in 1 each; 8 in none (not counted among the reached)
+    assert out["reached_share_quantiles"]["p50"] == pytest.approx(0.25)
+    assert out["reached_share_quantiles"]["p99"] == pytest.approx(np.percentile([0.75, 0.25, 0.25], 99))
