@@ -40,6 +40,17 @@ def test_selection_never_reads_the_test_split(tiny_run):
     assert {c["s"] for c in result["baselines"]["reserved_slots"]["cells"]} == {1, 3}
 
 
+def test_the_prior_alone_selects_on_the_whole_validation_period(tiny_run):
+    """With observed knowledge configured, an edit selects on the period's second half (its first half is the
+    knowledge); the prior alone reads no interaction, so it selects on all of it."""
+    from genrecedit.runs.coldstart import selection_cases
+
+    run = load_run(tiny_run, ["knowledge.source=observed"])
+    valid = run.prepared.split.valid
+    assert len(selection_cases(run, None, whole=True)) == len(valid)
+    assert len(selection_cases(run, None, whole=False)) < len(valid)
+
+
 def test_tight_bounds_choose_nothing_and_the_report_says_so(tiny_run, tmp_path):
     run = load_run(tiny_run)
     spec = dataclasses.replace(SMALL, bounds=Bounds(max_warm_drop=-1.0, max_item_share=0.0))

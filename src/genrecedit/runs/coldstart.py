@@ -73,10 +73,14 @@ def new_items(run: LoadedRun) -> np.ndarray:
     return np.flatnonzero(~run.prepared.split.warm)
 
 
-def selection_cases(run: LoadedRun, limit: int | None) -> CaseSet:
-    """Validation cases (a seeded sample of ``limit``); with observed knowledge configured, its second half only."""
+def selection_cases(run: LoadedRun, limit: int | None, whole: bool) -> CaseSet:
+    """Validation cases (a seeded sample of ``limit``). ``whole``: the whole validation period — right for the prior
+    alone, whose knowledge is text only; else, with observed knowledge configured (an edit that learnt from the
+    period's first half), its second half only."""
     from genrecedit.runs.evaluate import evaluation_cases
 
+    if whole:  # the prior reads no interaction of a new item: no half of the period is knowledge
+        run = run.with_settings("knowledge", source="pseudo")
     return evaluation_cases(run.with_settings("eval", cases="valid", max_cases=limit))
 
 
@@ -113,7 +117,7 @@ def select_coldstart(run: LoadedRun, spec: ColdstartSpec, artifact: EditArtifact
     """Choose on validation: the content prior (best overall NDCG@10 among the grid's cells within ``spec.bounds``
     that beat the unedited beams), the reserved-slot hybrid's s and recent, the dense re-rank's and the retriever's
     recent (each by overall NDCG@10: the strongest version of each baseline). Decodes validation only."""
-    cases = selection_cases(run, spec.valid_max_cases)
+    cases = selection_cases(run, spec.valid_max_cases, whole=artifact is None)
     new = new_items(run)
     t0 = time.perf_counter()
     beams = decode(run, cases, None, "coldstart: validation beams" if progress else False)
