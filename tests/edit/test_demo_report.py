@@ -26,7 +26,7 @@ def test_demo_writes_the_report(tmp_path, synthetic_dir, tiny_overrides):
             assert all(0.0 <= report[model][subset][m] <= 1.0 for m in METRICS if m != "n_cases")
     assert report["base"]["cold"]["n_cases"] > 0  # the holdout launch leaves cold test cases to measure
     assert report["timing_s"]["train"] > 0 and report["timing_s"]["edit"] > 0
-    assert report["edit"]["trigger"] == "preserve" and report["edit"]["n_items"] > 0
+    assert report["edit"]["trigger"] == "prefix" and report["edit"]["n_items"] > 0  # demo.yaml's, chosen on validation
     # the demo re-fits λ for the shipped edit on validation: never below the selected λ, and within the bound there
     refit = json.loads((tmp_path / "demo" / "calibrate.json").read_text())
     assert report["edit"]["lam_selected"] == 1000 and report["edit"]["lam"] == refit["chosen_lam"] >= 1000
