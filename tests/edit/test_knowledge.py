@@ -2,29 +2,15 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
-from genrecedit.data.dataset import PAD_ITEM, RecDataset
+from genrecedit.data.dataset import PAD_ITEM
 from genrecedit.data.protocols import SplitConfig, make_split
 from genrecedit.edit.knowledge import case_histories, nearest_warm, pseudo_histories
-
-
-def _dataset(seed=0, n_users=60, n_items=30, per_user=12) -> RecDataset:
-    rng = np.random.default_rng(seed)
-    rows = []
-    for u in range(n_users):
-        times = np.sort(rng.integers(0, 1000, per_user))
-        for t, i in zip(times, rng.integers(0, n_items, per_user)):
-            rows.append((f"u{u}", f"i{i}", float(t)))
-    inter = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
-    inter = inter.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
-    items = pd.DataFrame({"text": [f"item {i}" for i in range(n_items + 3)]},
-                         index=pd.Index([f"i{i}" for i in range(n_items + 3)], name="item_id"))
-    return RecDataset("synthetic", inter, items)
+from knowledge_data import random_dataset
 
 
 def test_cold_items_are_exactly_those_absent_from_training():
-    split = make_split(_dataset(), SplitConfig(protocol="time"))
+    split = make_split(random_dataset(), SplitConfig(protocol="time"))
     in_train = np.zeros(split.n_items, bool)
     for seq in split.train_sequences:
         in_train[seq] = True
@@ -32,7 +18,7 @@ def test_cold_items_are_exactly_those_absent_from_training():
 
 
 def test_pseudo_histories_copy_neighbour_training_histories():
-    split = make_split(_dataset(), SplitConfig(protocol="time"))
+    split = make_split(random_dataset(), SplitConfig(protocol="time"))
     rng = np.random.default_rng(3)
     emb = rng.normal(size=(split.n_items, 8)).astype(np.float32)
     cold = split.cold_items()
@@ -64,7 +50,7 @@ def test_nearest_warm_orders_by_cosine():
 
 
 def test_case_histories_take_most_recent_per_item():
-    split = make_split(_dataset(seed=2), SplitConfig(protocol="time"))
+    split = make_split(random_dataset(seed=2), SplitConfig(protocol="time"))
     items = np.unique(split.valid.targets)[:3]
     req = case_histories(split.valid, items, per_item=1)
     assert sorted(req.items.tolist()) == sorted(items.tolist())

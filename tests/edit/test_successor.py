@@ -4,15 +4,15 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from genrecedit.config import load_config
-from genrecedit.data.dataset import PAD_ITEM, CaseSet, RecDataset
+from genrecedit.data.dataset import PAD_ITEM, CaseSet
 from genrecedit.data.protocols import SplitConfig, make_split
 from genrecedit.edit.knowledge import (extended_histories, nearest_warm, pseudo_histories, row_ids,
                                        successor_histories)
 from genrecedit.errors import ConfigError
+from knowledge_data import random_dataset
 
 P = PAD_ITEM
 
@@ -112,22 +112,8 @@ def test_successor_differs_from_pseudo_which_copies_training_keys():
     assert not np.isin(succ_ids[[0, 2]], train_ids).any()  # the successor ones from users' last items are not
 
 
-def _dataset(seed=0, n_users=60, n_items=30, per_user=12) -> RecDataset:
-    rng = np.random.default_rng(seed)
-    rows = []
-    for u in range(n_users):
-        times = np.sort(rng.integers(0, 1000, per_user))
-        for t, i in zip(times, rng.integers(0, n_items, per_user)):
-            rows.append((f"u{u}", f"i{i}", float(t)))
-    inter = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
-    inter = inter.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
-    items = pd.DataFrame({"text": [f"item {i}" for i in range(n_items + 3)]},
-                         index=pd.Index([f"i{i}" for i in range(n_items + 3)], name="item_id"))
-    return RecDataset("synthetic", inter, items)
-
-
 def test_successor_on_a_real_split_is_consistent():
-    split = make_split(_dataset(), SplitConfig(protocol="time"))
+    split = make_split(random_dataset(), SplitConfig(protocol="time"))
     emb = np.random.default_rng(3).normal(size=(split.n_items, 8)).astype(np.float32)
     cold = split.cold_items()
     req = successor_histories(split.train, split.warm, emb, cold, per_item=3, neighbours=4)
