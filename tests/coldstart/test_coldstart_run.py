@@ -13,7 +13,7 @@ from genrecedit.runs.backbone import load_run
 from genrecedit.runs.coldstart import Bounds, ColdstartSpec, PriorGrid, coldstart, select_coldstart
 
 SMALL = ColdstartSpec(grid=PriorGrid(scope=(0, 1), recent=(1,), threshold=(0.0, 0.5), temperature=(0.1,),
-                                     budget=(0.1, 0.5), novel_budget=(None,)),
+                                     budget=(0.1, 0.5), novel_budget=(None,), head=(0, 2)),
                       bounds=Bounds(max_warm_drop=1.0, max_item_share=1.0), valid_max_cases=None, slots=(1, 3),
                       recent=(1, 2))
 
@@ -32,7 +32,8 @@ def test_selection_never_reads_the_test_split(tiny_run):
     guarded = dataclasses.replace(run, prepared=dataclasses.replace(run.prepared, split=split))
     result = select_coldstart(guarded, SMALL, progress=False)
     assert result["cases"] == "valid" and result["n_cases"] == len(run.prepared.split.valid)
-    assert len(result["cells"]) == 8
+    assert len(result["cells"]) == 16  # 8 mixtures, each with head 0 and 2
+    assert {c["prior"]["head"] for c in result["cells"]} == {0, 2}
     # bounds wide open: the best cell wins if it beats the unedited beams, else nothing is chosen
     best = max(result["cells"], key=lambda c: c["metrics"]["overall"]["ndcg@10"])
     beats = best["metrics"]["overall"]["ndcg@10"] > result["base"]["overall"]["ndcg@10"]
@@ -49,6 +50,30 @@ def test_the_prior_alone_selects_on_the_whole_validation_period(tiny_run):
     valid = run.prepared.split.valid
     assert len(selection_cases(run, None, whole=True)) == len(valid)
     assert len(selection_cases(run, None, whole=False)) < len(valid)
+
+
+def test_the_warm_drop_bound_holds_at_the_intervals_upper_end():
+    """A cell whose validation estimate meets the bound but whose interval reaches past it is refused, unless the
+    bound is held at the estimate (``upper=False``)."""
+    from genrecedit.evaluation.report import evaluate_topk
+    from genrecedit.runs.coldstart import _admissible, warm_drop_upper
+
+    rng = np.random.default_rng(0)
+    n, warm = 400, np.ones(50, bool)
+    targets = rng.integers(0, 50, n)
+    base_lists = np.stack([np.r_[t, rng.permutation(np.setdiff1d(np.arange(50), [t]))[:9]] for t in targets])
+    moved = base_lists.copy()
+    hit = rng.random(n) < 0.03  # 3 % of the cases lose their target from the list
+    moved[hit, 0] = (targets[hit] + 1) % 50
+    base = evaluate_topk(base_lists, targets, np.zeros(n, bool), warm, None, (10,))
+    res = evaluate_topk(moved, targets, np.zeros(n, bool), warm, None, (10,))
+    drop = 1 - res.summary()["warm"]["ndcg@10"] / base.summary()["warm"]["ndcg@10"]
+    upper = warm_drop_upper(res, base)
+    assert drop == pytest.approx(hit.mean()) and upper > drop + 0.005
+    row = {"warm_drop": drop, "warm_drop_upper": upper, "exposure": {"max_item_share": 0.0}}
+    at = Bounds(max_warm_drop=(drop + upper) / 2, max_item_share=1.0)
+    assert not _admissible(row, at) and _admissible(row, dataclasses.replace(at, upper=False))
+    assert warm_drop_upper(base, base) == 0.0
 
 
 def test_tight_bounds_choose_nothing_and_the_report_says_so(tiny_run, tmp_path):

@@ -164,3 +164,28 @@ def test_the_budget_grows_with_the_share_of_new_items_among_the_recent_ones():
     assert _probs(prior.apply(np.array([[0, 3]]), beams, k=6))[0] == pytest.approx(
         0.5 * (1 - 0.4 * (w3 + w4 + w5)), rel=1e-5)
     assert float(prior.prepare(np.array([[-1, -1]]), beams)[0].novelty[0]) == 0.0
+
+
+def test_head_keeps_the_beams_first_picks_in_front_and_the_mixture_orders_the_rest():
+    trie = PrefixTrie(CODES, (2, 2, 4))
+    beams = _beams(trie)
+    cfg = PriorConfig(enabled=True, budget=0.9, temperature=0.1, threshold=0.5, scope=0)
+    prior = ContentPrior(cfg, EMB, CODES, NEW, trie)
+    free = prior.apply(HIST, beams, k=6)
+    assert free.items[0, 0] == 3  # a budget of .9: the matching new item outranks the beam's first pick
+    for head in (1, 2):
+        kept = ContentPrior(PriorConfig(**{**cfg.__dict__, "head": head}), EMB, CODES, NEW, trie).apply(
+            HIST, beams, k=6)
+        assert kept.items[0, :head].tolist() == beams.items[0, :head].tolist()
+        rest = [i for i in free.items[0].tolist() if i not in beams.items[0, :head].tolist()]
+        assert kept.items[0, head:].tolist() == rest[:6 - head]
+        # every item keeps its mixture score, wherever it is ranked
+        assert _probs(kept) == pytest.approx({i: p for i, p in _probs(free).items() if i in _probs(kept)})
+    # one mixture, several heads: the same lists as one mix per head
+    prepared = prior.prepare(HIST, beams)
+    many = prior.mix_heads(prepared, 6, cfg, (0, 1, 3))
+    for head, out in many.items():
+        one = prior.mix(prepared, 6, PriorConfig(**{**cfg.__dict__, "head": head}))
+        assert torch.equal(out.items, one.items) and torch.equal(out.scores, one.scores)
+    with pytest.raises(ConfigError):
+        PriorConfig(head=-1)

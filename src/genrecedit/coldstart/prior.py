@@ -13,6 +13,10 @@ touched prefix keeps its base probability times 1 − β · (1 − w_none), so e
 prefixes without new items keep their base scores exactly. ``scope`` 0 treats the whole catalog as one prefix
 (probability 1): a global mixture of the recommender and a content retriever.
 
+``head`` keeps the recommender's own first picks in front: the beam's first ``head`` items keep ranks 1..head and
+the mixture orders the slots after them. NDCG weighs the first ranks most, so a new item placed above a confident
+warm pick costs the warm user most and gains the new item least (a recall@10 hit counts the same at rank 4 as at 1).
+
 The prior reads the beams' surviving prefixes (``Beams.levels``, decoded with ``record_levels``), so a new item is
 reachable only under a prefix the beam decoded: the backbone says which kind of item comes next, the text says
 which new item of that kind. Nothing here is trained; the new items' interactions are never used.
@@ -47,6 +51,7 @@ class PriorConfig:
     # scores say little there, and such users move on to new items about twice as often); a history with a share s
     # of new items among them gets β + s · (novel_budget − β). None: the same β for every history
     novel_budget: float | None = None
+    head: int = 0  # the beam's first `head` items keep their ranks; the mixture orders the slots after them
 
     def __post_init__(self) -> None:
         if not 0 < self.budget < 1:
@@ -61,6 +66,8 @@ class PriorConfig:
             raise ConfigError(f"prior.scope must be ≥ 0, got {self.scope}")
         if self.recent < 1:
             raise ConfigError(f"prior.recent must be ≥ 1, got {self.recent}")
+        if self.head < 0:
+            raise ConfigError(f"prior.head must be ≥ 0, got {self.head}")
 
 
 def normalized(embeddings: np.ndarray) -> torch.Tensor:
@@ -132,16 +139,24 @@ class ContentPrior:
                 for s in range(0, len(histories), CHUNK_ROWS)]
 
     def mix(self, prepared: list["_Rows"], k: int, cfg: PriorConfig | None = None) -> Beams:
-        """The top ``k`` of the mixture for ``prepare``'s rows, with ``cfg``'s budget, temperature and threshold
-        (default: this prior's; its scope and recent must be this prior's)."""
+        """The top ``k`` of the mixture for ``prepare``'s rows, with ``cfg``'s budget, temperature, threshold and
+        head (default: this prior's; its scope and recent must be this prior's)."""
         cfg = cfg or self.cfg
+        return self.mix_heads(prepared, k, cfg, (cfg.head,))[cfg.head]
+
+    def mix_heads(self, prepared: list["_Rows"], k: int, cfg: PriorConfig,
+                  heads: tuple[int, ...]) -> dict[int, Beams]:
+        """``mix`` for several ``head`` values at the cost of one mixture (``cfg.head`` is ignored): head -> Beams."""
         if (cfg.scope, cfg.recent) != (self.cfg.scope, self.cfg.recent):
             raise ConfigError("mix: scope and recent are fixed by prepare; build another prior for others")
-        parts = [self._mix_rows(rows, cfg, k) for rows in prepared]
+        if any(h < 0 for h in heads):
+            raise ConfigError(f"prior.head must be ≥ 0, got {heads}")
+        parts = [self._mix_rows(rows, cfg, k, heads) for rows in prepared]
         if not parts:
             empty = torch.zeros((0, k), dtype=torch.long)
-            return Beams(empty, empty.float(), torch.zeros((0, k, self.codes.shape[1]), dtype=torch.long))
-        return Beams(*(torch.cat([p[i] for p in parts]) for i in range(3)))
+            none = Beams(empty, empty.float(), torch.zeros((0, k, self.codes.shape[1]), dtype=torch.long))
+            return {h: none for h in heads}
+        return {h: Beams(*(torch.cat([p[h][i] for p in parts]) for i in range(3))) for h in heads}
 
     def _prepare_rows(self, histories: np.ndarray, beams: Beams, rows: slice) -> "_Rows":
         items, scores = beams.items[rows], beams.scores[rows].double()
@@ -169,7 +184,7 @@ class ContentPrior:
         novelty = novel.double() / valid.sum(1).clamp(min=1)
         return _Rows(sims, slot, prefix_scores, items, scores, item_slot, col, is_new, novelty)
 
-    def _mix_rows(self, r: "_Rows", cfg: PriorConfig, k: int):
+    def _mix_rows(self, r: "_Rows", cfg: PriorConfig, k: int, heads: tuple[int, ...]) -> dict[int, tuple]:
         z = r.sims.double() / cfg.temperature
         n, width = r.prefix_scores.shape
         slot = r.slot.long()
@@ -199,8 +214,21 @@ class ContentPrior:
         all_items = torch.cat([r.items, self.new_items[c_idx]], dim=1)
         all_scores = torch.cat([torch.where(present, kept, float("-inf")), c_scores], dim=1)
         all_scores = torch.where(all_items >= 0, all_scores, float("-inf"))
-        best, pick = all_scores.topk(min(k, all_scores.shape[1]), dim=1)
-        out_items = torch.where(torch.isfinite(best), all_items.gather(1, pick), -1)
+        return {h: self._ranked(all_items, all_scores, present, h, k) for h in heads}
+
+    def _ranked(self, all_items: torch.Tensor, all_scores: torch.Tensor, present: torch.Tensor, head: int, k: int):
+        """The top ``k`` of the candidates by mixture score, the beam's first ``head`` items (the first columns of
+        the candidates, in beam order) in front: (items, scores, sids), each item's score its mixture score."""
+        key = all_scores
+        if head > 0:
+            width = min(head, present.shape[1])
+            order = torch.arange(width, 0, -1, dtype=all_scores.dtype)  # first beam item: the largest key
+            front = torch.where(present[:, :width], 1e300 * order / width, float("-inf"))  # above any log-prob
+            key = torch.cat([front, all_scores[:, width:]], 1)
+        top, pick = key.topk(min(k, key.shape[1]), dim=1)
+        best = all_scores.gather(1, pick)
+        out_items = torch.where(torch.isfinite(top) & torch.isfinite(best), all_items.gather(1, pick), -1)
+        best = torch.where(out_items >= 0, best, float("-inf"))
         out_sids = self.codes[out_items.clamp(min=0)]
         out_sids = torch.where(out_items[:, :, None] >= 0, out_sids, -1)
         return out_items, best.float(), out_sids
