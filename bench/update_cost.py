@@ -1,5 +1,5 @@
-"""Update cost (docs/method.md §5.9): the same cold items taught by GenRecEdit (C0 cold, C0 cached), Finetune and Retrain,
-side by side in one run: wall time, peak memory (RSS), ratios, and the updated models' test metrics.
+"""Update cost (docs/method.md §5.9): the same cold items taught by GenRecEdit (C0 cold, C0 cached), Finetune and
+Retrain, side by side in one run: wall time, peak memory (RSS), ratios, and the updated models' test metrics.
 
 Each update runs in its own process, so its peak RSS (``resource.getrusage``) is its own. The edit's time is
 docs/method.md §5.9's update time (keys + probe + δ + solve, + C0 when not cached); ``edit() wall`` adds the efficacy
@@ -120,8 +120,8 @@ def write_report(out_dir: Path, size: str, cfg: dict, results: dict, hw: dict) -
     table = md_table(["update", "wall s", "CPU s", "epochs", "peak RSS MiB", "RSS increase MiB", "wall ÷ Retrain",
                       "wall ÷ Finetune", "CPU ÷ Retrain", "CPU ÷ Finetune", "warm N@10", "cold R@10"], rows)
     table += (f"\n{any_r.get('n_items')} cold items, {any_r.get('n_requests')} pseudo-histories; base "
-              f"{cfg['base']['run_dir']}; threads {any_r.get('threads')}. Edit wall s = METHOD §5.9 update time "
-              "(keys + probe + δ + solve, + C0 when cold); CPU s = process CPU time of the whole call (the edit's "
+              f"{cfg['base']['run_dir']}; threads {any_r.get('threads')}. Edit wall s = docs/method.md §5.9 update "
+              "time (keys + probe + δ + solve, + C0 when cold); CPU s = process CPU time of the whole call (the edit's "
               "includes its efficacy diagnostics). Goals: edit ≤ 5 % of Retrain (goal 2 %), ≤ 15 % of Finetune.\n")
     write_result(out_dir, NAME, {"size": size, "config": cfg, "hardware": hw, "ratios": ratios, "results": results},
                  table, f"Update cost ({size})")

@@ -1,4 +1,4 @@
-"""No import cycle among genrecedit's modules (issue 19).
+"""No import cycle among genrecedit's modules.
 
 The graph is read with ``ast`` from the source, not from ``sys.modules``, so every import counts: top-level,
 inside a function, and under ``if TYPE_CHECKING``. An import of a submodule is an edge to that submodule (its

@@ -158,8 +158,9 @@ def sweep(run_dir: RunDir, overrides: Overrides = None,
 
 @app.command()
 def calibrate(run_dir: RunDir, overrides: Overrides = None,
-              by: Annotated[str, typer.Option(help="warm_drop (§5.10's bound) or exposure (the chosen cell's share "
-                                                   "of top-10 slots cold items take on warm cases)")] = "warm_drop",
+              by: Annotated[str, typer.Option(help="warm_drop (docs/method.md §5.10's bound) or exposure (the "
+                                                   "chosen cell's share of top-10 slots cold items take on warm "
+                                                   "cases)")] = "warm_drop",
               target: Annotated[Optional[float], typer.Option(help="the bound (default: from the sweep)")] = None,
               sweep_json: Annotated[Optional[Path], typer.Option(
                   "--sweep", help="the sweep that chose λ and n (default <run>/sweep.json)")] = None,

@@ -1,6 +1,6 @@
-"""Comparison baselines (docs/method.md §6): SASRec, BERT4Rec and VQ-Rec learn an obvious sequential pattern; the item-ID
-models never list a cold item while VQ-Rec can; fitted weights round-trip; SpecGR's verification and composition;
-the registry refuses what it does not know."""
+"""Comparison baselines (docs/method.md §6): SASRec, BERT4Rec and VQ-Rec learn an obvious sequential pattern; the
+item-ID models never list a cold item while VQ-Rec can; fitted weights round-trip; SpecGR's verification and
+composition; the registry refuses what it does not know."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Closed form vs least squares, exact rollback, refusal of a mismatched artifact."""
+"""Closed form vs least squares, exact rollback, refusal of a mismatched artifact, the all-edits schedule."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from genrecedit.edit.artifact import EditArtifact, EditBatch
+from genrecedit.edit.gate import KeyGate
 from genrecedit.edit.update import closed_form_update
 from genrecedit.errors import ArtifactMismatchError
 from genrecedit.model.beam import beam_search
@@ -91,3 +92,38 @@ def test_mismatched_artifact_is_refused(tiny_model, tmp_path):
         EditArtifact.load(tmp_path / "edits", base_hash="hash-of-model-b")
     with pytest.raises(ArtifactMismatchError):
         EditArtifact.load(tmp_path / "nothing-here")
+
+
+@pytest.mark.parametrize("constrained", [True, False])
+@pytest.mark.parametrize("batches", ["one", "two", "gated"])
+def test_all_edits_schedule_decodes_the_same_cached_and_uncached(tiny_model, tiny_layout, tiny_codes, tiny_histories,
+                                                                 constrained, batches):
+    """``schedule("all")`` fires every position's ΔW at every step and caches the edited stream: the KV-cached beam
+    search and the uncached reference (HF's decoder over the whole prefix, edits hooked at every index) agree."""
+    dec = SteppedDecoder(tiny_model, tiny_layout.n_positions)
+    trie = PrefixTrie(tiny_codes, tiny_layout.sizes)
+    ids, mask = tiny_layout.encoder_inputs(tiny_histories, tiny_codes)
+    art = EditArtifact("h", [0, 1, 2, 1], [_batch(tiny_model, 1, "a")])
+    if batches != "one":
+        art.batches.append(_batch(tiny_model, 2, "b"))
+    if batches == "gated":  # a gate that lets about half the keys through, on one batch's position 1
+        g = torch.Generator().manual_seed(5)
+        d_ff = art.batches[1].delta_w[1].shape[1]
+        art.batches[1].gates[1] = KeyGate(torch.randn(d_ff, generator=g), torch.tensor(0.0))
+    schedule = art.schedule("all")
+    every = schedule(0)
+    assert every.cache_edited and all(schedule(t) is every for t in range(tiny_layout.n_positions))
+    # every position's ΔW, once: summed over the batches, or each batch's own where a gate sits on one
+    assert len(every.edits) == (4 if batches != "gated" else 5)
+    if batches != "gated":
+        for p, e in enumerate(every.edits):
+            assert e.layer == art.layers[p] and torch.equal(e.delta_w, art.total_delta(p))
+    wide = len(tiny_codes)
+    with torch.no_grad():
+        cached = beam_search(dec, tiny_layout, trie, ids, mask, wide, wide, constrained, schedule)
+        uncached = beam_search(dec, tiny_layout, trie, ids, mask, wide, wide, constrained, schedule, cached=False)
+        one_one = beam_search(dec, tiny_layout, trie, ids, mask, wide, wide, constrained, art.schedule("one_one"))
+    assert torch.equal(cached.items, uncached.items) and torch.equal(cached.sids, uncached.sids)
+    torch.testing.assert_close(cached.scores, uncached.scores, rtol=1e-4, atol=1e-4)
+    # not vacuous: firing every ΔW at every step (and caching that stream) scores otherwise than one-one triggering
+    assert not torch.allclose(cached.scores, one_one.scores)

@@ -1,5 +1,5 @@
-"""SpecGR (Ding et al. 2024, docs/method.md §6): speculative drafting of candidates, cold items included, verified by the
-generative recommender.
+"""SpecGR (Ding et al. 2024, docs/method.md §6): speculative drafting of candidates, cold items included, verified by
+the generative recommender.
 
 1. Draft: the user's query vector is the mean of the (unit-normalised) text embeddings of the last
    ``draft_history`` history items; the ``draft_size`` catalog items most cosine-similar to it — warm or cold —

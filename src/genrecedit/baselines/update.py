@@ -168,8 +168,8 @@ def concat_cases(a: CaseSet, b: CaseSet) -> CaseSet:
 
 
 def retrain(run: LoadedRun, requests: EditRequests, out_dir: Path, **budget) -> UpdateResult:
-    """docs/method.md §5.9 Retrain: ``model/train.py``'s ``train_tiger`` from scratch with the run's model and train config
-    (same stopping rule, seed, device; threads as configured for the process) on train + ``pseudo_cases``.
+    """docs/method.md §5.9 Retrain: ``model/train.py``'s ``train_tiger`` from scratch with the run's model and train
+    config (same stopping rule, seed, device; threads as configured for the process) on train + ``pseudo_cases``.
 
     budget: optional overrides of ``epochs``, ``max_minutes``, ``patience``, ``eval_cases`` (to bound the cost;
     anything else would change the recipe). Writes ``<out_dir>/model/`` and ``<out_dir>/update.json``.

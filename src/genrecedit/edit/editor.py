@@ -1,5 +1,5 @@
-"""``ColdItemEditor``: GenRecEdit end to end on a trained backbone (docs/method.md §5), the one entry point that the CLI,
-experiments, service and tests call."""
+"""``ColdItemEditor``: GenRecEdit end to end on a trained backbone (docs/method.md §5), the one entry point that the
+CLI, experiments, service and tests call."""
 from __future__ import annotations
 
 import time
@@ -50,10 +50,10 @@ class EditConfig:
     # most this share of held-out training keys let through. None: no gate (the paper)
     gate_fpr: float | None = None
     delta: DeltaConfig = field(default_factory=DeltaConfig)
-    # re-fit λ for the edit that ships before making it (runs/calibrate.py; first batch only): the smallest λ ≥ lam
-    # whose edit keeps, on the validation cases, warm_drop: the warm NDCG@10 drop ≤ refit_bound (§5.10's bound), or
-    # exposure: the cold items' share of warm cases' top-10 slots ≤ that of the edit selection validated at lam.
-    # None: ship with lam (the paper)
+    # re-fit λ for the edit that ships before making it (runs/calibrate.py, docs/method.md §5.11; first batch only):
+    # the smallest λ ≥ lam whose edit keeps, on the validation cases, warm_drop: the warm NDCG@10 drop ≤ refit_bound
+    # (§5.10's bound), or exposure: the cold items' share of warm cases' top-10 slots ≤ that of the edit selection
+    # validated at lam. None: ship with lam (the paper)
     refit: Literal["warm_drop", "exposure"] | None = None
     refit_bound: float = 0.05
     c0_samples: int = 20000  # N0 training keys for C0 (≥ several × d_ff)

@@ -1,4 +1,5 @@
-"""The optional probe gate (issue 4, beyond the paper): fire a position's ΔW only on keys that look like the edit's.
+"""The optional probe gate (beyond the paper; docs/method.md §5.12): fire a position's ΔW only on keys that look
+like the edit's.
 
 A linear probe at the edit site (l_p, p) separates the batch's request keys from training keys (the same kind of
 classifier that located the layer). Its threshold is set on held-out training keys so that the gate fires on at most

@@ -16,11 +16,11 @@ from genrecedit.model.tokens import TokenLayout
 
 @dataclass
 class DeltaConfig:
-    """The δ optimiser. The paper's lr ≈ 0.5 / ≈ 30 steps left δ unconverged with a ``stop_prob`` margin: on game's
-    selection batch (1,832 observed requests, stop_prob 0.9) only 339 of position 1's δ reached it, against all of them
-    at lr 1.0 / 100 steps, and teacher-forced efficacy after the update rose from 0.48/0.37/0.55/0.89 to
-    0.53/0.54/0.73/0.91 at λ 1,500 (README, "Session 8"). A request stops once it converges, so the extra steps cost
-    nothing when δ converges early (game pseudo knowledge, 17,385 requests: 34 s → 30 s)."""
+    """The δ optimiser (docs/method.md §5.4). The paper's lr ≈ 0.5 / ≈ 30 steps left δ unconverged with a
+    ``stop_prob`` margin: on game's selection batch (1,832 observed requests, stop_prob 0.9) only 339 of position 1's
+    δ reached it, against all of them at lr 1.0 / 100 steps, and teacher-forced efficacy after the update rose from
+    0.48/0.37/0.55/0.89 to 0.53/0.54/0.73/0.91 at λ 1,500. A request stops once it converges, so the extra steps cost
+    nothing when δ converges early."""
 
     lr: float = 1.0
     steps: int = 100

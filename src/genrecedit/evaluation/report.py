@@ -55,7 +55,7 @@ class EvalResult:
     def cold_exposure(self, k: int = 10) -> float:
         """Mean share of the top-k slots that hold cold items, over the warm cases: how much room the new items
         take from the recommendations of users who wanted a known item. It needs no label beyond which cases are
-        warm, and under ``preserve`` decoding the warm NDCG@k drop is close to it (README, "Cold exposure")."""
+        warm, and under ``preserve`` decoding the warm NDCG@k drop follows it (docs/method.md §5.6)."""
         if k not in self.ks:
             raise ValueError(f"cold exposure at k={k}: the cutoffs are {self.ks}")
         warm = ~self.cold_mask

@@ -215,8 +215,8 @@ def _weights(results: dict, evals: dict, sets: list[str], run_dir: Path) -> list
 def _edit(edit: dict) -> list[str]:
     lines = [f"## Merge + edit (GenRecEdit on `{edit['model']}`)", "",
              f"{edit['n_items']} items new in the test period injected ({edit['n_requests']} requests, layers "
-             f"{edit['layers']}, {edit['edit_seconds']:.0f} s); efficacy per position before {edit['efficacy']['before']}"
-             f" after {edit['efficacy']['after']}.", ""]
+             f"{edit['layers']}, {edit['edit_seconds']:.0f} s); efficacy per position before "
+             f"{edit['efficacy']['before']} after {edit['efficacy']['after']}.", ""]
     rows = [[k, *[_f(edit[k][sub][m]) for sub in ("overall", "warm", "cold") for m in ("recall@10", "ndcg@10")],
              edit[k]["cold"]["n_cases"]] for k in ("before", "after")]
     return lines + _table(["", *SUBSET_HEADER, "cold cases"], rows) + [""]

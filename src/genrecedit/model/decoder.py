@@ -1,8 +1,9 @@
 """A step-wise, KV-cached view of the T5 decoder that exposes every FFN key and accepts FFN edits.
 
 HF's ``generate`` hides the pieces GenRecEdit needs (the key at (layer, index), an edit that fires at one index
-only, an unedited cache) and breaks on encoder/decoder depth mismatch in transformers 5.x (docs/method.md §3.1), so decoding
-runs here, layer by layer over the HF modules' own weights. ``tests/model`` checks it against HF's full forward.
+only, an unedited cache) and breaks on encoder/decoder depth mismatch in transformers 5.x (docs/method.md §3.1), so
+decoding runs here, layer by layer over the HF modules' own weights. ``tests/model`` checks it against HF's full
+forward.
 
 Conventions (docs/method.md §5): decoder index t holds [start, c_0 .. c_{P-2}][t]; the logits at index t predict SID
 position t. In layer l the FFN computes key k = silu(wi_0 x) * wi_1 x (the input of ``wo``) and value z = wo k.

@@ -10,8 +10,8 @@ Consistency model:
 
 Adding items: ids must be new to the catalog (the run's items count); the text is embedded with the run's encoder,
 SIDs come from the frozen tokenizer, pseudo-histories from the most similar warm items, and the edit is solved
-against the current stack (docs/method.md §5.8). Nothing is written for a batch that fails validation (a duplicate id, an
-empty text, an item without pseudo-histories); a batch whose edit fails is recorded as ``failed``.
+against the current stack (docs/method.md §5.8). Nothing is written for a batch that fails validation (a duplicate
+id, an empty text, an item without pseudo-histories); a batch whose edit fails is recorded as ``failed``.
 
 Rolling back: the newest batch is removed exactly (the stack minus its ΔW, outputs bit-identical to before it was
 added). An older batch: the later batches are recomputed in order on the remaining stack (their SIDs replayed,
