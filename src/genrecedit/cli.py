@@ -96,8 +96,13 @@ def edit(run_dir: RunDir, overrides: Overrides = None,
 def coldstart(run_dir: RunDir, overrides: Overrides = None,
               edits: Annotated[Optional[Path], typer.Option(help="edit artifact to mix the prior into")] = None,
               out: Annotated[Optional[Path], typer.Option(help="output directory (default: the run)")] = None,
-              name: str = "coldstart", valid_max_cases: int = 10_000, max_warm_drop: float = 0.03,
-              max_item_share: float = 0.05,
+              name: str = "coldstart",
+              valid_max_cases: Annotated[Optional[int], typer.Option(
+                  help="select on a seeded sample of this many validation cases (default: all)")] = None,
+              max_warm_drop: float = 0.03, max_item_share: float = 0.05,
+              upper: Annotated[bool, typer.Option(
+                  "--upper/--point", help="hold the warm-drop bound at the upper end of its 95 % interval on "
+                                          "validation (default) or at the estimate")] = True,
               adopt: Annotated[bool, typer.Option(help="write the chosen prior into the run's config.yaml (the "
                                                        "service then serves it)")] = False,
               device: Device = None) -> None:
@@ -110,7 +115,7 @@ def coldstart(run_dir: RunDir, overrides: Overrides = None,
     try:
         run = load_run(run_dir, list(overrides or []) + ([f"device={device}"] if device else []))
         artifact = EditArtifact.load(edits, run.base_hash) if edits else None
-        spec = ColdstartSpec(bounds=Bounds(max_warm_drop, max_item_share), valid_max_cases=valid_max_cases)
+        spec = ColdstartSpec(bounds=Bounds(max_warm_drop, max_item_share, upper), valid_max_cases=valid_max_cases)
         report = run_coldstart(run, out or run_dir, spec, artifact, name, echo=typer.echo)
         if adopt and report["chosen_prior"] is not None:
             from genrecedit.runs.coldstart import adopt_prior
