@@ -103,6 +103,9 @@ def coldstart(run_dir: RunDir, overrides: Overrides = None,
               upper: Annotated[bool, typer.Option(
                   "--upper/--point", help="hold the warm-drop bound at the upper end of its 95 % interval on "
                                           "validation (default) or at the estimate")] = True,
+              plan_window: Annotated[float, typer.Option(
+                  help="hold the warm-drop bound at the request mix (share of histories ending with a new item) of "
+                       "this latest share of the validation period; 1: the whole period's mix")] = 0.2,
               adopt: Annotated[bool, typer.Option(help="write the chosen prior into the run's config.yaml (the "
                                                        "service then serves it)")] = False,
               device: Device = None) -> None:
@@ -115,7 +118,8 @@ def coldstart(run_dir: RunDir, overrides: Overrides = None,
     try:
         run = load_run(run_dir, list(overrides or []) + ([f"device={device}"] if device else []))
         artifact = EditArtifact.load(edits, run.base_hash) if edits else None
-        spec = ColdstartSpec(bounds=Bounds(max_warm_drop, max_item_share, upper), valid_max_cases=valid_max_cases)
+        spec = ColdstartSpec(bounds=Bounds(max_warm_drop, max_item_share, upper, plan_window),
+                             valid_max_cases=valid_max_cases)
         report = run_coldstart(run, out or run_dir, spec, artifact, name, echo=typer.echo)
         if adopt and report["chosen_prior"] is not None:
             from genrecedit.runs.coldstart import adopt_prior

@@ -52,28 +52,45 @@ def test_the_prior_alone_selects_on_the_whole_validation_period(tiny_run):
     assert len(selection_cases(run, None, whole=False)) < len(valid)
 
 
-def test_the_warm_drop_bound_holds_at_the_intervals_upper_end():
-    """A cell whose validation estimate meets the bound but whose interval reaches past it is refused, unless the
-    bound is held at the estimate (``upper=False``)."""
+def test_the_warm_drop_is_held_at_the_latest_mix_and_at_its_intervals_upper_end():
+    """Warm cases whose history ends with a new item lose their target; those cases grow late in the period. The
+    planned drop mixes the strata at the latest window's share (not the period's average), its interval's upper end
+    lies above the estimate, and a bound between the two is met only when held at the estimate."""
+    from genrecedit.data.dataset import CaseSet
     from genrecedit.evaluation.report import evaluate_topk
-    from genrecedit.runs.coldstart import _admissible, warm_drop_upper
+    from genrecedit.runs.coldstart import WarmPlan, _admissible
 
     rng = np.random.default_rng(0)
-    n, warm = 400, np.ones(50, bool)
-    targets = rng.integers(0, 50, n)
-    base_lists = np.stack([np.r_[t, rng.permutation(np.setdiff1d(np.arange(50), [t]))[:9]] for t in targets])
+    n, new = 2000, np.array([40, 41])
+    times = np.arange(n, dtype=float)
+    novel = rng.random(n) < np.where(times >= 0.8 * n, 0.5, 0.1)  # 10 % of histories end new, 50 % in the last fifth
+    histories = np.stack([rng.integers(0, 40, n), np.where(novel, 40, rng.integers(0, 40, n))], 1)
+    targets = rng.integers(0, 40, n)
+    base_lists = np.stack([np.r_[t, rng.permutation(np.setdiff1d(np.arange(40), [t]))[:9]] for t in targets])
     moved = base_lists.copy()
-    hit = rng.random(n) < 0.03  # 3 % of the cases lose their target from the list
-    moved[hit, 0] = (targets[hit] + 1) % 50
-    base = evaluate_topk(base_lists, targets, np.zeros(n, bool), warm, None, (10,))
-    res = evaluate_topk(moved, targets, np.zeros(n, bool), warm, None, (10,))
-    drop = 1 - res.summary()["warm"]["ndcg@10"] / base.summary()["warm"]["ndcg@10"]
-    upper = warm_drop_upper(res, base)
-    assert drop == pytest.approx(hit.mean()) and upper > drop + 0.005
-    row = {"warm_drop": drop, "warm_drop_upper": upper, "exposure": {"max_item_share": 0.0}}
-    at = Bounds(max_warm_drop=(drop + upper) / 2, max_item_share=1.0)
+    lost = novel & (rng.random(n) < 0.3)  # 30 % of the novel stratum loses its target
+    moved[lost, 0] = (targets[lost] + 1) % 40
+    warm, cold = np.ones(42, bool), np.zeros(n, bool)
+    base = evaluate_topk(base_lists, targets, cold, warm, None, (10,))
+    res = evaluate_topk(moved, targets, cold, warm, None, (10,))
+    cases = CaseSet(np.arange(n), histories, targets, times)
+
+    plan = WarmPlan.of(cases, new, cold, window=0.2)
+    assert plan.share == pytest.approx(novel[times >= np.quantile(times, 0.8)].mean())
+    assert WarmPlan.of(cases, new, cold, window=None).share == pytest.approx(novel.mean())
+    point, upper = plan.drop(res, base)
+    # base NDCG is 1 everywhere: the drop is the planned share times the novel stratum's loss
+    assert point == pytest.approx(plan.share * lost[novel].mean())
+    average, _ = WarmPlan.of(cases, new, cold, window=None).drop(res, base)
+    assert average == pytest.approx(lost.mean()) and point > 2 * average
+    assert upper > point + 0.005
+    row = {"warm_drop_planned": [point, upper], "exposure": {"max_item_share": 0.0}}
+    at = Bounds(max_warm_drop=(point + upper) / 2, max_item_share=1.0)
     assert not _admissible(row, at) and _admissible(row, dataclasses.replace(at, upper=False))
-    assert warm_drop_upper(base, base) == 0.0
+    assert plan.drop(res, base, below=point / 2) == (pytest.approx(point), None)  # no interval past the bound
+    assert plan.drop(base, base) == (0.0, 0.0)
+    with pytest.raises(Exception, match="plan_window"):
+        WarmPlan.of(cases, new, cold, window=1.5)
 
 
 def test_tight_bounds_choose_nothing_and_the_report_says_so(tiny_run, tmp_path):
