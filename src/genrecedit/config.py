@@ -85,7 +85,7 @@ class RunConfig:
 # Knobs added after experiment cells were first cached, with the value that reproduces what came before: cache keys
 # leave them out at that value, so adding a knob does not invalidate every finished cell. (A changed *default* needs
 # no entry: resolved configs always spell the value out.)
-CACHE_NEUTRAL: dict[tuple[str, str], Any] = {("edit", "lam_scale"): None}
+CACHE_NEUTRAL: dict[tuple[str, str], Any] = {("edit", "lam_scale"): None, ("edit", "probe_backend"): "sklearn"}
 
 
 def cache_view(tree: dict, section: str | None = None) -> dict:

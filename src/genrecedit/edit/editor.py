@@ -19,8 +19,8 @@ from genrecedit.edit.keys import collect_keys, second_moments, teacher_force, tr
 from genrecedit.edit.knowledge import EditRequests
 from genrecedit.edit.memory import DeltaConfig, optimise_deltas
 from genrecedit.edit.objectwise import optimise_object_deltas
-from genrecedit.edit.probe import (LayerPolicy, ProbeTable, fixed_layers, locate_layers, negative_samples,
-                                   probe_accuracy)
+from genrecedit.edit.probe import (LayerPolicy, ProbeBackend, ProbeTable, fixed_layers, locate_layers,
+                                   negative_samples, probe_folds)
 from genrecedit.edit.update import closed_form_update
 from genrecedit.errors import ArtifactMismatchError, ConfigError, EmptyInputError
 from genrecedit.model.decoder import DecoderCache, edit_delta
@@ -40,6 +40,9 @@ class EditConfig:
     # any layer the plain argmax leaves l_p = p 3 times in 4 (tests/edit/test_probe.py). None: the paper's argmax
     probe_alpha: float | None = 0.05
     probe_folds: int = 5
+    # the probe's logistic fits: torch (all layers of a position at once, on the model's device) or sklearn (one by
+    # one on the CPU, the reference implementation; the same objective, accuracies within noise: test_probe.py)
+    probe_backend: ProbeBackend = "torch"
     # position_wise: GenRecEdit (one request, δ and ΔW per SID position). object_wise: the paper's "w/o
     # position-wise" ablation, a conventional history → whole-SID edit at (l_0, index 0) (see objectwise.py)
     scheme: Literal["position_wise", "object_wise"] = "position_wise"
@@ -135,10 +138,13 @@ class ColdItemEditor:
         neg_keys = collect_keys(self.decoder, self.layout, self.train.histories[neg], codes[self.train.targets[neg]],
                                 codes, sites, desc="probe keys (training)")
         folds = np.full((self.n_pos, self.n_layers, self.cfg.probe_folds), np.nan)
-        for layer, p in tqdm(sites, desc="linear probes", leave=False):
-            acc = probe_accuracy(pos_keys[(layer, p)], neg_keys[(layer, p)], req.items, self.train.targets[neg],
-                                 self.cfg.seed, self.cfg.probe_folds)
-            folds[p, layer, :len(acc)] = acc  # fewer items than folds: fewer folds (NaN-padded)
+        layers = range(self.n_layers)
+        for p in tqdm(range(self.n_pos), desc="linear probes", leave=False):
+            acc = probe_folds(torch.stack([pos_keys[(layer, p)] for layer in layers]),
+                              torch.stack([neg_keys[(layer, p)] for layer in layers]), req.items,
+                              self.train.targets[neg], self.cfg.seed, self.cfg.probe_folds, self.cfg.probe_backend,
+                              self.decoder.device)
+            folds[p, :, :acc.shape[1]] = acc  # fewer items than folds: fewer folds (NaN-padded)
         return ProbeTable.from_folds(folds)
 
     def lam(self, p: int, lam: float | None = None) -> float:
@@ -308,7 +314,7 @@ class ColdItemEditor:
         for layer, p in sites:
             pos = torch.cat(keys[p])
             pos = pos[torch.from_numpy(rng.permutation(len(pos))[: 4 * self.cfg.probe_samples])]
-            gates[p] = fit_gate(pos, neg_keys[(layer, p)], self.cfg.gate_fpr, self.cfg.seed)
+            gates[p] = fit_gate(pos, neg_keys[(layer, p)], self.cfg.gate_fpr, self.cfg.seed, self.decoder.device)
         return gates
 
     @torch.no_grad()

@@ -12,9 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
 
-from genrecedit.edit.probe import fit_small
+from genrecedit.edit.logistic import fit_logistic
 from genrecedit.errors import EmptyInputError
 
 
@@ -30,21 +29,24 @@ class KeyGate:
         return keys @ self.weight.to(keys) + self.bias.to(keys) > 0
 
 
-def fit_gate(positives: torch.Tensor, negatives: torch.Tensor, false_positive_rate: float, seed: int) -> KeyGate:
+def fit_gate(positives: torch.Tensor, negatives: torch.Tensor, false_positive_rate: float, seed: int,
+             device: torch.device | str | None = None) -> KeyGate:
     """Logistic regression on standardised keys (request keys [m, d_ff] = 1, training keys [n, d_ff] = 0, classes
-    balanced), folded back to raw keys; the threshold is the (1 − rate) quantile of held-out training keys' scores."""
+    balanced; scikit-learn's objective at C = 1, lbfgs tol 1e-4, ≤ 300 iterations, fitted in float64 with
+    ``logistic.fit_logistic`` on ``device``, default the keys'), folded back to raw keys; the threshold is the
+    (1 − rate) quantile of held-out training keys' scores. The gate itself lives on the CPU."""
     if len(positives) == 0 or len(negatives) < 10:
         raise EmptyInputError("the probe gate needs request keys and at least 10 training keys")
     if not 0.0 < false_positive_rate < 1.0:
         raise ValueError(f"gate false-positive rate must be in (0, 1), got {false_positive_rate}")
+    device = positives.device if device is None else device
     rng = np.random.default_rng(seed)
-    neg = negatives[rng.permutation(len(negatives))].double()
+    neg = negatives[torch.from_numpy(rng.permutation(len(negatives)))].to(device, torch.float64)
     held, fit_neg = neg[: max(len(neg) // 5, 5)], neg[max(len(neg) // 5, 5):]
-    x = torch.cat([positives.double(), fit_neg]).numpy()
-    y = np.concatenate([np.ones(len(positives)), np.zeros(len(fit_neg))])
-    mean, scale = x.mean(0), x.std(0) + 1e-6
-    clf = fit_small(LogisticRegression(max_iter=300, tol=1e-4, class_weight="balanced"), (x - mean) / scale, y)
-    w = clf.coef_[0] / scale
-    b = float(clf.intercept_[0] - (clf.coef_[0] * mean / scale).sum())
-    threshold = float(np.quantile(held.numpy() @ w + b, 1.0 - false_positive_rate))
-    return KeyGate(torch.from_numpy(w).float(), torch.tensor(b - max(threshold, 0.0), dtype=torch.float32))
+    x = torch.cat([positives.to(device, torch.float64), fit_neg])
+    y = torch.cat([torch.ones(len(positives)), torch.zeros(len(fit_neg))]).to(device)
+    fit = fit_logistic(x[None], y, torch.ones(1, len(x), dtype=torch.bool, device=device), C=1.0, tol=1e-4,
+                       max_iter=300, class_weight="balanced")
+    w, b = fit.coef[0, 0], fit.intercept[0, 0]
+    threshold = float(torch.quantile(held @ w + b, 1.0 - false_positive_rate))
+    return KeyGate(w.float().cpu(), (b - max(threshold, 0.0)).float().cpu())

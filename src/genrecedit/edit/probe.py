@@ -17,7 +17,11 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from genrecedit.edit.logistic import fit_logistic
+
 LayerPolicy = Literal["probe", "fixed", "random", "worst"]
+ProbeBackend = Literal["torch", "sklearn"]
+PROBE_C = 1.0  # inverse L2 strength of the probe's logistic regression (scikit-learn's C; its default)
 
 
 @dataclass
@@ -62,7 +66,7 @@ class ProbeTable:
 
 
 def fit_small(clf, x: np.ndarray, y: np.ndarray):
-    """Fit a small sklearn classifier (the layer probe, the probe gate) on one BLAS thread, convergence warnings
+    """Fit a small sklearn classifier (the layer probe's sklearn backend) on one BLAS thread, convergence warnings
     silenced. With two threads these fits were 7× slower on 2 cores and their numbers moved with the thread count
     (enough to flip the probe's argmax layer on game)."""
     with warnings.catch_warnings(), threadpool_limits(limits=1):
@@ -89,33 +93,68 @@ def _resolved(diff: np.ndarray, alpha: float) -> bool:
 
 
 def probe_accuracy(positives: torch.Tensor, negatives: torch.Tensor, pos_groups: np.ndarray,
-                   neg_groups: np.ndarray, seed: int, folds: int = 5) -> np.ndarray:
-    """[folds] balanced accuracies of a linear probe: keys of requests [m, d_ff] (label 1) vs training keys
-    [n, d_ff] (label 0), each fold held out once. Classes are balanced by subsampling the larger; the folds are
-    grouped by item (no item on both sides) and stratified by label. The subsample and the folds depend on the
-    seed and the sizes only, so every layer of a position is scored on the same folds."""
+                   neg_groups: np.ndarray, seed: int, folds: int = 5, backend: ProbeBackend = "torch") -> np.ndarray:
+    """[folds] balanced accuracies of a linear probe on one layer's keys: ``probe_folds`` with L = 1."""
+    return probe_folds(positives[None], negatives[None], pos_groups, neg_groups, seed, folds, backend)[0]
+
+
+def probe_folds(positives: torch.Tensor, negatives: torch.Tensor, pos_groups: np.ndarray, neg_groups: np.ndarray,
+                seed: int, folds: int = 5, backend: ProbeBackend = "torch",
+                device: torch.device | str | None = None) -> np.ndarray:
+    """[L, k] balanced accuracies of a linear probe per layer and fold: keys of requests [L, m, d_ff] (label 1) vs
+    training keys [L, n, d_ff] (label 0) at the L layers of one position, each fold held out once (k = ``folds``,
+    fewer when there are fewer items). Classes are balanced by subsampling the larger; the folds are grouped by item
+    (no item on both sides) and stratified by label. The subsample and the folds depend on the seed and the sizes
+    only, so every layer is scored on the same folds.
+
+    The probe is ``StandardScaler`` + L2 logistic regression at C = ``PROBE_C`` (lbfgs, tol 1e-3, ≤ 200
+    iterations; a not-quite-converged probe still ranks layers). ``backend="torch"`` fits all L × k problems at
+    once on ``device`` (default: the keys'; ``logistic.fit_logistic``, scikit-learn's objective and stopping rule);
+    ``"sklearn"`` fits them one by one with scikit-learn on the CPU (the reference)."""
+    if backend not in ("torch", "sklearn"):
+        raise ValueError(f"probe backend must be 'torch' or 'sklearn', got {backend!r}")
     rng = np.random.default_rng(seed)
-    n = min(len(positives), len(negatives))
-    pi = rng.choice(len(positives), n, replace=False)
-    ni = rng.choice(len(negatives), n, replace=False)
-    x = torch.cat([positives[pi], negatives[ni]]).numpy()
+    n = min(positives.shape[1], negatives.shape[1])
+    pi = rng.choice(positives.shape[1], n, replace=False)
+    ni = rng.choice(negatives.shape[1], n, replace=False)
     y = np.concatenate([np.ones(n), np.zeros(n)])
     # offset negative groups so a positive item and a negative item never share a group id by accident
     groups = np.concatenate([pos_groups[pi], neg_groups[ni] + int(pos_groups.max()) + 1])
+    n_layers = positives.shape[0]
     n_groups = min(len(np.unique(groups[:n])), len(np.unique(groups[n:])))
     if n_groups < 2:
-        return np.full(folds, 0.5)  # too few groups to tell; an uninformative score rather than an error
+        return np.full((n_layers, folds), 0.5)  # too few groups to tell; an uninformative score rather than an error
     k = min(folds, n_groups)
-    accs = []
-    for train_idx, test_idx in StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed).split(x, y, groups):
-        if len(np.unique(y[train_idx])) < 2 or len(np.unique(y[test_idx])) < 2:
-            accs.append(0.5)
-            continue
-        # a not-quite-converged probe still ranks layers
-        clf = fit_small(make_pipeline(StandardScaler(), LogisticRegression(max_iter=200, tol=1e-3)),
-                        x[train_idx], y[train_idx])
-        accs.append(float(balanced_accuracy_score(y[test_idx], clf.predict(x[test_idx]))))
-    return np.asarray(accs)
+    splits = list(StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed).split(y, y, groups))
+    # a fold with one class on either side cannot be scored
+    scorable = np.array([len(np.unique(y[tr])) == 2 and len(np.unique(y[te])) == 2 for tr, te in splits])
+    x = torch.cat([positives[:, pi], negatives[:, ni]], 1)
+    if backend == "sklearn":
+        accs = np.full((n_layers, k), 0.5)
+        xs = x.numpy()
+        for layer in range(n_layers):
+            for f, (tr, te) in enumerate(splits):
+                if scorable[f]:
+                    clf = fit_small(make_pipeline(StandardScaler(), LogisticRegression(C=PROBE_C, max_iter=200,
+                                                                                       tol=1e-3)),
+                                    xs[layer, tr], y[tr])
+                    accs[layer, f] = balanced_accuracy_score(y[te], clf.predict(xs[layer, te]))
+        return accs
+    x = x.to(positives.device if device is None else device)
+    train = np.zeros((k, 2 * n), dtype=bool)
+    for f, (tr, _) in enumerate(splits):
+        train[f, tr] = True
+    train_t = torch.from_numpy(train).to(x.device)
+    y_t = torch.from_numpy(y).to(x.device, torch.bool)
+    fit = fit_logistic(x, y_t, train_t, C=PROBE_C, tol=1e-3, max_iter=200)
+    pred = fit.decision(x) > 0  # [L, k, 2n]
+    test = ~train_t
+    # balanced accuracy: the mean of the two classes' recalls on each held-out fold
+    recall_pos = (pred & test & y_t).sum(-1) / (test & y_t).sum(-1).clamp_min(1)
+    recall_neg = (~pred & test & ~y_t).sum(-1) / (test & ~y_t).sum(-1).clamp_min(1)
+    accs = (0.5 * (recall_pos + recall_neg)).double().cpu().numpy()
+    accs[:, ~scorable] = 0.5
+    return accs
 
 
 def negative_samples(n_train: int, requests, n: int, rng: np.random.Generator) -> np.ndarray:
