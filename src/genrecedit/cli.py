@@ -46,13 +46,17 @@ def prepare(config: ConfigArg = None, overrides: Overrides = None, run_dir: RunD
 @app.command()
 def train(config: ConfigArg = None, overrides: Overrides = None, run_dir: RunDir = Path("runs/train"),
           device: Device = None, resume: bool = True) -> None:
-    """Train the TIGER backbone (early stopping on validation NDCG@10; resumes an interrupted run)."""
+    """Train the TIGER backbone (early stopping on validation NDCG@10; resumes an interrupted run). Runs under
+    ``torchrun --nproc_per_node=N`` too (DDP; ``train.batch_size`` is the global batch)."""
+    from genrecedit.model.distributed import is_main_process
     from genrecedit.runs.backbone import train_backbone
 
     try:
         _, result = train_backbone(_config(config, overrides, device), run_dir, resume)
     except GenRecEditError as err:
         _fail(err)
+    if not is_main_process():
+        return
     typer.echo(f"best epoch {result.best_epoch}: valid NDCG@10 {result.best_valid_ndcg10:.4f} "
                f"({result.train_seconds:.0f}s); checkpoint in {run_dir / 'model'}")
 

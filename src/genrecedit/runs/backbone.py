@@ -8,6 +8,7 @@ from pathlib import Path
 from genrecedit.config import RunConfig, load_config
 from genrecedit.data.protocols import save_split_summary, split_summary
 from genrecedit.errors import ArtifactMismatchError
+from genrecedit.model.distributed import barrier, init_from_env
 from genrecedit.model.recommender import Recommender
 from genrecedit.model.tiger import load_model
 from genrecedit.model.train import TrainResult, train_tiger
@@ -36,20 +37,32 @@ class LoadedRun:
 
 
 def train_backbone(cfg: RunConfig, run_dir: Path, resume: bool = True) -> tuple[Prepared, TrainResult]:
-    """prepare → train; writes config.yaml, split_summary.json, tokenizer/, model/ and train.json into run_dir."""
+    """prepare → train; writes config.yaml, split_summary.json, tokenizer/, model/ and train.json into run_dir.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every process calls this: the process group is joined from the
+    environment, rank 0 prepares (and writes the tokenizer and caches) while the others wait and then read what it
+    wrote, all train together (``model/train.py``) and only rank 0 writes."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    ctx = init_from_env(cfg.device)
     configure_runtime(cfg)
-    cfg.save(run_dir / CONFIG_FILE)
-    prepared = prepare(cfg, run_dir)
-    save_split_summary(split_summary(prepared.split), run_dir / "split_summary.json")
-    write_json(run_dir / "tokenizer_stats.json", prepared.tokenizer.stats())
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / CONFIG_FILE)
+        prepared = prepare(cfg, run_dir)
+        save_split_summary(split_summary(prepared.split), run_dir / "split_summary.json")
+        write_json(run_dir / "tokenizer_stats.json", prepared.tokenizer.stats())
+    barrier(ctx)
+    if not ctx.is_main:
+        prepared = prepare(cfg, run_dir)  # rank 0's tokenizer and embedding cache: the same SIDs
     train_cfg = replace(cfg.train, device=cfg.device, seed=cfg.seed)
     t0 = time.perf_counter()
     result = train_tiger(prepared.split.train, prepared.split.valid, prepared.codes, layout_for(prepared.tokenizer),
-                         cfg.model, train_cfg, run_dir / MODEL_DIR, prepared.tokenizer.quantizer_hash(), resume)
-    write_json(run_dir / "train.json", {**asdict(result), "wall_seconds": time.perf_counter() - t0,
-                                        "prepare_seconds": prepared.timings_s})
+                         cfg.model, train_cfg, run_dir / MODEL_DIR, prepared.tokenizer.quantizer_hash(), resume,
+                         ctx=ctx)
+    if ctx.is_main:
+        write_json(run_dir / "train.json", {**asdict(result), "wall_seconds": time.perf_counter() - t0,
+                                            "prepare_seconds": prepared.timings_s, "processes": ctx.world})
+    barrier(ctx)
     return prepared, result
 
 
