@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from genrecedit.model.decoder import DecoderCache, EncodedBatch, SteppedDecoder
+from genrecedit.model.distributed import DistContext, all_reduce_sum, barrier
 from genrecedit.model.tokens import TokenLayout, length_batches
 
 
@@ -84,6 +85,15 @@ class SecondMoment:
         self.total += k.T @ k
         self.count += k.shape[0]
 
+    def all_reduce(self, ctx: DistContext) -> "SecondMoment":
+        """Sum (Σ k kᵀ, count) over the processes of ``ctx`` (torch.distributed all-reduce, float64), so every
+        process holds the moment of all their keys. Alone: unchanged."""
+        if ctx.distributed:
+            all_reduce_sum(ctx, self.total)
+            count = all_reduce_sum(ctx, torch.tensor([float(self.count)], dtype=torch.float64))
+            self.count = int(count[0])
+        return self
+
     @property
     def mean(self) -> torch.Tensor:
         return self.total / max(self.count, 1)
@@ -95,11 +105,18 @@ def c0_cache_key(base_hash: str, train_fingerprint: str, site: tuple[int, int], 
 
 def second_moments(decoder: SteppedDecoder, layout: TokenLayout, histories: np.ndarray, target_codes: np.ndarray,
                    catalog_codes: np.ndarray, sites: list[tuple[int, int]], base_hash: str, train_fingerprint: str,
-                   cache_dir: Path | None, batch_size: int = 512) -> tuple[dict[tuple[int, int], torch.Tensor], bool]:
+                   cache_dir: Path | None, batch_size: int = 512,
+                   ctx: DistContext | None = None) -> tuple[dict[tuple[int, int], torch.Tensor], bool]:
     """C0 at each site over the given training samples; cached per (base model, training data, site, N0).
 
     Returns ({site: [d_ff, d_ff] float64}, whether every site came from the cache).
+
+    ctx: several processes (``model/distributed.py``) computing one C0 together: every process passes the same
+    samples and keys its share of them (every world-th batch of ``batch_size`` samples of similar length), the sums
+    Σ k kᵀ and counts are all-reduced in float64, and all get C0 over all N0 samples; rank 0 writes the cache.
+    Alone (None): every sample here.
     """
+    ctx = ctx or DistContext()
     n0 = len(histories)
     found: dict[tuple[int, int], torch.Tensor] = {}
     paths = {}
@@ -111,20 +128,25 @@ def second_moments(decoder: SteppedDecoder, layout: TokenLayout, histories: np.n
     missing = [s for s in sites if s not in found]
     if not missing:
         return found, True
+    # a sum: the order only sets how much padding each batch carries. Several processes take every world-th batch
+    # of the one-process batching, so each key is bit for bit the one a single process computes
+    batches = length_batches(histories, batch_size)[ctx.rank::ctx.world]
     moments: dict[tuple[int, int], SecondMoment] = {}
-    # a sum: the order only sets how much padding each batch carries
-    for rows in tqdm(length_batches(histories, batch_size), desc="C0 (training keys)", unit="batch", leave=False):
+    for rows in tqdm(batches, desc="C0 (training keys)", unit="batch", leave=False, disable=not ctx.is_main):
         tf = teacher_force(decoder, layout, histories[rows], target_codes[rows], catalog_codes)
         for layer, p in missing:
             key = tf.keys[p][layer]
             moments.setdefault((layer, p), SecondMoment(key.shape[1])).update(key)
-    for site in missing:
-        found[site] = moments[site].mean
-        if cache_dir is not None:
+    for layer, p in missing:
+        # a process with no samples still joins the reduction, with zeros
+        empty = SecondMoment(decoder.blocks[layer].layer[2].DenseReluDense.wo.in_features)
+        found[(layer, p)] = moments.get((layer, p), empty).all_reduce(ctx).mean
+        if cache_dir is not None and ctx.is_main:
             Path(cache_dir).mkdir(parents=True, exist_ok=True)
-            tmp = paths[site].with_suffix(".tmp")
-            save_file({"c0": found[site].contiguous()}, str(tmp))
-            tmp.replace(paths[site])
+            tmp = paths[(layer, p)].with_suffix(".tmp")
+            save_file({"c0": found[(layer, p)].contiguous()}, str(tmp))
+            tmp.replace(paths[(layer, p)])
+    barrier(ctx)  # the cache is complete before any process goes on
     return found, False
 
 
