@@ -12,7 +12,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from genrecedit.edit.logistic import fit_logistic
+from genrecedit.edit.logistic import _direction, fit_logistic
 
 
 def _data(seed: int, n: int = 400, d: int = 6, imbalance: float = 0.5):
@@ -61,13 +61,49 @@ def test_problems_fitted_together_equal_each_fitted_alone():
     rng = np.random.default_rng(1)
     train = torch.from_numpy(rng.random((4, 300)) < 0.75)
     for max_iter in (7, 200):
-        together = fit_logistic(x, y, train, tol=1e-4, max_iter=max_iter)
+        together = fit_logistic(x, y, train, tol=1e-4, max_iter=max_iter, layers_at_once=3)
+        torch.testing.assert_close(fit_logistic(x, y, train, tol=1e-4, max_iter=max_iter).coef, together.coef,
+                                   rtol=1e-4, atol=1e-5)  # the CPU default: one layer at a time
         for layer in range(3):
             for f in range(4):
                 alone = fit_logistic(x[layer:layer + 1], y, train[f:f + 1], tol=1e-4, max_iter=max_iter)
                 assert int(alone.n_iter[0, 0]) == int(together.n_iter[layer, f])
                 torch.testing.assert_close(together.coef[layer, f], alone.coef[0, 0], rtol=1e-4, atol=1e-5)
     assert int(together.n_iter.max()) < 200  # converged before the cap at tol 1e-4
+
+
+def _two_loop(g, s_hist, y_hist, rho, slot, gamma):
+    """The textbook L-BFGS two-loop recursion (Nocedal & Wright alg. 7.4), pairs newest first from ``slot`` − 1."""
+    m = s_hist.shape[0]
+    order = [(slot - 1 - k) % m for k in range(m)]
+    q, alphas = g.clone(), []
+    for j in order:
+        a = rho[j] * (s_hist[j] * q).sum(1)
+        q = q - a[:, None] * y_hist[j]
+        alphas.append(a)
+    r = gamma[:, None] * q
+    for j, a in zip(reversed(order), reversed(alphas)):
+        r = r + s_hist[j] * (a - rho[j] * (y_hist[j] * r).sum(1))[:, None]
+    return -r
+
+
+def test_the_compact_lbfgs_direction_is_the_two_loop_recursions():
+    """−H g from the compact representation equals the two-loop recursion's, with a ring buffer whose oldest pair
+    is mid-way and with empty pairs (ρ = 0: a round without an accepted step, or a slot not yet filled)."""
+    gen = torch.Generator().manual_seed(0)
+    m, b, d = 10, 6, 30
+    a = torch.randn(b, d, d, generator=gen, dtype=torch.float64)
+    hess = a @ a.mT + torch.eye(d, dtype=torch.float64)
+    s = torch.randn(m, b, d, generator=gen, dtype=torch.float64)
+    y = torch.einsum("bij,mbj->mbi", hess, s)
+    rho = 1 / (s * y).sum(-1)
+    for j, problem in ((3, 2), (7, slice(None))):
+        s[j, problem], y[j, problem], rho[j, problem] = 0.0, 0.0, 0.0
+    g = torch.randn(b, d, generator=gen, dtype=torch.float64)
+    gamma = torch.rand(b, generator=gen, dtype=torch.float64) + 0.5
+    for slot in (0, 4):
+        torch.testing.assert_close(_direction(g, s, y, rho, slot, gamma), _two_loop(g, s, y, rho, slot, gamma),
+                                   rtol=1e-10, atol=1e-12)
 
 
 def test_decision_scores_raw_features():

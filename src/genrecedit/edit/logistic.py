@@ -35,12 +35,24 @@ class LogisticFit:
 
 
 def fit_logistic(x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, C: float = 1.0, tol: float = 1e-3,
-                 max_iter: int = 200, class_weight: str | None = None, history: int = 10) -> LogisticFit:
+                 max_iter: int = 200, class_weight: str | None = None, history: int = 10,
+                 layers_at_once: int | None = None) -> LogisticFit:
     """L × F binary logistic regressions (module docstring). x [L, N, d] float; y [N] in {0, 1}; train [F, N] bool,
-    the rows problem (·, f) is fitted on (every layer uses the same rows); ``class_weight``: None or "balanced"."""
+    the rows problem (·, f) is fitted on (every layer uses the same rows); ``class_weight``: None or "balanced".
+
+    ``layers_at_once``: how many layers' problems one L-BFGS run takes (the result does not depend on it, each
+    problem being solved as if alone). Default: all of them on a GPU; one on the CPU, where a layer's features
+    (N × d floats, 16 MB on game) then stay in the cache across iterations, ≈ 1.5× faster on game's probe than all
+    four layers' (64 MB) streamed from memory every iteration."""
     if x.ndim != 3 or train.ndim != 2 or train.shape[1] != x.shape[1] or y.shape != (x.shape[1],):
         raise ValueError(f"x [L, N, d], y [N] and train [F, N] expected, got {tuple(x.shape)}, {tuple(y.shape)}, "
                          f"{tuple(train.shape)}")
+    step = layers_at_once or (x.shape[0] if x.device.type == "cuda" else 1)
+    if step < x.shape[0]:
+        parts = [fit_logistic(x[i:i + step], y, train, C, tol, max_iter, class_weight, history, step)
+                 for i in range(0, x.shape[0], step)]
+        return LogisticFit(torch.cat([f.coef for f in parts]), torch.cat([f.intercept for f in parts]),
+                           torch.cat([f.n_iter for f in parts]))
     n_layers, _, d = x.shape
     n_folds = train.shape[0]
     dtype, device = x.dtype, x.device
@@ -150,7 +162,7 @@ def _lbfgs(loss_grad, theta: torch.Tensor, tol: float, max_iter: int, history: i
         g = torch.where(accept[:, None], g_try, g)
         n_iter += accept
         active &= ~(accept & ((g.abs().amax(1) <= tol) | (n_iter >= max_iter))) & (backtracks < max_backtracks)
-        new_dir = _two_loop(g, s_hist, y_hist, rho, slot, gamma)
+        new_dir = _direction(g, s_hist, y_hist, rho, slot, gamma)
         new_slope = (g * new_dir).sum(1, dtype=torch.float64)
         bad = new_slope >= 0  # not a descent direction (round-off): restart from the gradient
         direction = torch.where((accept & ~bad)[:, None], new_dir, torch.where(accept[:, None], -g, direction))
@@ -159,18 +171,25 @@ def _lbfgs(loss_grad, theta: torch.Tensor, tol: float, max_iter: int, history: i
     return theta.reshape(*shape, dim), n_iter.reshape(shape)
 
 
-def _two_loop(g: torch.Tensor, s_hist: torch.Tensor, y_hist: torch.Tensor, rho: torch.Tensor, slot: int,
-              gamma: torch.Tensor) -> torch.Tensor:
-    """−H g for each problem's L-BFGS inverse-Hessian estimate (pairs newest first, the newest at ``slot`` − 1)."""
-    history = s_hist.shape[0]
-    order = [(slot - 1 - k) % history for k in range(history)]
-    q = g.clone()
-    alphas = []
-    for j in order:
-        a = rho[j] * (s_hist[j] * q).sum(1)
-        q -= a[:, None] * y_hist[j]
-        alphas.append(a)
-    out = gamma[:, None] * q
-    for j, a in zip(reversed(order), reversed(alphas)):
-        out += s_hist[j] * (a - rho[j] * (y_hist[j] * out).sum(1))[:, None]
-    return -out
+def _direction(g: torch.Tensor, s_hist: torch.Tensor, y_hist: torch.Tensor, rho: torch.Tensor, slot: int,
+               gamma: torch.Tensor) -> torch.Tensor:
+    """−H g for each problem's L-BFGS inverse-Hessian estimate H (initial γ I, the pairs of ``s_hist``/``y_hist``
+    [m, B, D], the oldest at ``slot``; ρ = 0 marks an empty pair). The compact form of Byrd, Nocedal and Schnabel
+    (Nocedal & Wright eq. 7.24): the same H as the two-loop recursion, in a few batched products and two m × m
+    triangular solves instead of 4m small steps (it equals the two-loop recursion: tests/edit/test_logistic.py)."""
+    S = s_hist.roll(-slot, 0).transpose(0, 1)  # [B, m, D], oldest pair first
+    Y = y_hist.roll(-slot, 0).transpose(0, 1)
+    empty = (rho.roll(-slot, 0) == 0).T.to(torch.float64)  # [B, m]
+    sy = torch.bmm(S, Y.transpose(1, 2)).double()  # s_i·y_j
+    yy = torch.bmm(Y, Y.transpose(1, 2)).double()
+    a = torch.bmm(S, g[..., None]).double()  # Sᵀg [B, m, 1]
+    b = torch.bmm(Y, g[..., None]).double()
+    gam = gamma.double()[:, None, None]
+    # R: upper triangle of SᵀY; an empty pair gets a unit diagonal and, with s = y = 0, contributes nothing
+    r = torch.triu(sy) + torch.diag_embed(empty)
+    u = torch.linalg.solve_triangular(r, a, upper=True)
+    w = torch.diagonal(sy, dim1=1, dim2=2)[..., None] * u + gam * torch.bmm(yy, u) - gam * b
+    p = torch.linalg.solve_triangular(r.transpose(1, 2), w, upper=False)
+    hg = (gamma[:, None] * g + torch.bmm(S.transpose(1, 2), p.to(g.dtype))[..., 0]
+          - gamma[:, None] * torch.bmm(Y.transpose(1, 2), u.to(g.dtype))[..., 0])
+    return -hg
