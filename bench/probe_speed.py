@@ -74,7 +74,6 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--out", type=Path, default=Path("runs/bench/probe"))
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
     if args.run is not None:
         keys, pos_groups, neg_groups = run_keys(args.run)
         source = str(args.run)
@@ -83,6 +82,7 @@ def main() -> None:
         keys, pos_groups, neg_groups = synthetic_keys(4, game["model"]["decoder_layers"], args.samples,
                                                       game["model"]["decoder_d_ff"])
         source = "synthetic (game.yaml sizes)"
+    torch.set_num_threads(args.threads)  # after load_run, which applies the run's own thread setting
     n_pos = len(keys)
     n_layers, _, d_ff = keys[0][0].shape
     print(f"keys: {source}; {n_pos} positions x {n_layers} layers x {keys[0][0].shape[1]} + {keys[0][1].shape[1]} "
