@@ -4,7 +4,8 @@ A new item with only its text has no signal the backbone learnt; the history's c
 prefix (a subtree of the catalog trie) that holds new items, the prior moves a bounded share of that prefix's
 probability to those items, by content similarity between the history and each item:
 
-    P(c | h) = P_base(prefix_d(c) | h) · β · w(c | h),    w(c | h) = exp(s(h, c) / τ) / (exp(θ / τ) + Σ_c' exp(s(h, c') / τ))
+    P(c | h) = P_base(prefix_d(c) | h) · β · w(c | h),
+    w(c | h) = exp(s(h, c) / τ) / (exp(θ / τ) + Σ_c' exp(s(h, c') / τ))
 
 with the sum over the new items c' of the same prefix, s the cosine similarity of the history's content vector (the
 mean of its last ``recent`` items' text embeddings) and an item's embedding, and θ a "none of them" option: a
