@@ -107,9 +107,13 @@ def coldstart(run_dir: RunDir, overrides: Overrides = None,
               upper: Annotated[bool, typer.Option(
                   "--upper/--point", help="hold the warm-drop bound at the upper end of its 95 % interval on "
                                           "validation (default) or at the estimate")] = True,
+              stratified: Annotated[bool, typer.Option(
+                  "--stratified/--one-setting", help="one setting per kind of history (its last item new or not), "
+                                                     "each within the bounds on its own cases (default), or one "
+                                                     "setting for all held at --plan-window's mix")] = True,
               plan_window: Annotated[float, typer.Option(
-                  help="hold the warm-drop bound at the request mix (share of histories ending with a new item) of "
-                       "this latest share of the validation period; 1: the whole period's mix")] = 0.2,
+                  help="--one-setting: hold the warm-drop bound at the request mix (share of histories ending with "
+                       "a new item) of this latest share of the validation period; 1: the whole period's mix")] = 0.2,
               adopt: Annotated[bool, typer.Option(help="write the chosen prior into the run's config.yaml (the "
                                                        "service then serves it)")] = False,
               device: Device = None) -> None:
@@ -122,7 +126,7 @@ def coldstart(run_dir: RunDir, overrides: Overrides = None,
     try:
         run = load_run(run_dir, list(overrides or []) + ([f"device={device}"] if device else []))
         artifact = EditArtifact.load(edits, run.base_hash) if edits else None
-        spec = ColdstartSpec(bounds=Bounds(max_warm_drop, max_item_share, upper, plan_window),
+        spec = ColdstartSpec(bounds=Bounds(max_warm_drop, max_item_share, upper, plan_window, stratified),
                              valid_max_cases=valid_max_cases)
         report = run_coldstart(run, out or run_dir, spec, artifact, name, echo=typer.echo)
         if adopt and report["chosen_prior"] is not None:

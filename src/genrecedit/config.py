@@ -137,6 +137,8 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         if type(None) in args or hint is Any:
             return None
         raise ConfigError(f"{where}: null is not allowed")
+    if dataclasses.is_dataclass(hint):  # an optional section (e.g. prior.novel)
+        return value if isinstance(value, hint) else _build(hint, value, where)
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
@@ -145,6 +147,8 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         for arg in args:
             if arg is type(None):
                 continue
+            if dataclasses.is_dataclass(arg) and isinstance(value, dict):  # its own errors say what is wrong
+                return _build(arg, value, where)
             try:
                 return _coerce(arg, value, where)
             except ConfigError:

@@ -34,11 +34,80 @@ def test_selection_never_reads_the_test_split(tiny_run):
     assert result["cases"] == "valid" and result["n_cases"] == len(run.prepared.split.valid)
     assert len(result["cells"]) == 16  # 8 mixtures, each with head 0 and 2
     assert {c["prior"]["head"] for c in result["cells"]} == {0, 2}
-    # bounds wide open: the best cell wins if it beats the unedited beams, else nothing is chosen
-    best = max(result["cells"], key=lambda c: c["metrics"]["overall"]["ndcg@10"])
-    beats = best["metrics"]["overall"]["ndcg@10"] > result["base"]["overall"]["ndcg@10"]
-    assert result["chosen"] == (best["prior"] if beats else None)
+    # bounds wide open: per stratum the best cell wins if it beats the unedited beams there
+    chosen = result["chosen"]
+    for name in ("rest", "novel"):
+        cells = [c for c in result["cells"] if name in c["strata"]]
+        best = max(cells, key=lambda c: c["strata"][name]["ndcg"], default=None)
+        beats = best is not None and best["strata"][name]["ndcg"] > best["strata"][name]["base_ndcg"]
+        if name == "novel":
+            assert chosen is None or chosen["novel"] == ({**best["prior"]} if beats else {**chosen["novel"],
+                                                                                         "enabled": False})
+        elif chosen is not None:
+            assert chosen["novel_only"] == (not beats)
+            if beats:
+                assert {k: v for k, v in chosen.items() if k not in ("novel", "novel_only")} == best["prior"]
+    if chosen is not None:  # the two settings together, scored on the same validation cases
+        assert result["chosen_strata"].keys() <= {"rest", "novel"}
+    # one setting for every history: the best cell overall
+    flat = select_coldstart(guarded, dataclasses.replace(SMALL, bounds=dataclasses.replace(SMALL.bounds,
+                                                                                             stratified=False)),
+                            progress=False)
+    best = max(flat["cells"], key=lambda c: c["metrics"]["overall"]["ndcg@10"])
+    beats = best["metrics"]["overall"]["ndcg@10"] > flat["base"]["overall"]["ndcg@10"]
+    assert flat["chosen"] == (best["prior"] if beats else None)
     assert {c["s"] for c in result["baselines"]["reserved_slots"]["cells"]} == {1, 3}
+
+
+def test_each_stratum_takes_its_best_cell_within_its_own_bounds():
+    from genrecedit.runs.coldstart import choose_strata
+
+    def cell(budget: float, rest: tuple, novel: tuple) -> dict:
+        def row(ndcg, drop, share):
+            return {"ndcg": ndcg, "base_ndcg": 0.10, "warm_drop": drop, "warm_drop_upper": drop + 0.01,
+                    "max_item_share": share}
+        return {"prior": {"budget": budget, "head": 0}, "strata": {"rest": row(*rest), "novel": row(*novel)}}
+
+    cells = [cell(0.1, (0.11, 0.00, 0.01), (0.105, 0.00, 0.01)),
+             cell(0.2, (0.12, 0.015, 0.01), (0.12, 0.10, 0.01)),   # novel: drop too large
+             cell(0.3, (0.13, 0.025, 0.01), (0.13, 0.00, 0.20)),   # rest: upper end past .03; novel: exposure
+             cell(0.4, (0.14, 0.00, 0.01), (0.11, 0.01, 0.01))]
+    chosen = choose_strata(cells, Bounds())
+    assert chosen["budget"] == 0.4 and chosen["novel"]["budget"] == 0.4 and not chosen["novel_only"]
+    chosen = choose_strata(cells[:3], Bounds())
+    assert chosen["budget"] == 0.2 and chosen["novel"]["budget"] == 0.1
+    assert choose_strata(cells[:3], Bounds(upper=False))["budget"] == 0.3  # held at the estimate only
+    # a stratum with no admissible cell keeps the beam's lists
+    worse = [cell(0.1, (0.09, 0.0, 0.01), (0.12, 0.0, 0.01))]
+    only = choose_strata(worse, Bounds())
+    assert only["novel_only"] and only["novel"]["budget"] == 0.1 and only["enabled"]
+    none_novel = choose_strata([cell(0.1, (0.12, 0.0, 0.01), (0.09, 0.0, 0.01))], Bounds())
+    assert not none_novel["novel_only"] and none_novel["novel"]["enabled"] is False
+    assert choose_strata([cell(0.1, (0.09, 0.0, 0.01), (0.09, 0.0, 0.01))], Bounds()) is None
+
+
+def test_strata_rows_measure_each_kind_of_history_on_its_own_cases():
+    from genrecedit.evaluation.report import evaluate_topk
+    from genrecedit.runs.coldstart import strata_masks, strata_rows
+
+    rng = np.random.default_rng(1)
+    n, new = 1000, np.array([40, 41])
+    novel = rng.random(n) < 0.2
+    histories = np.stack([rng.integers(0, 40, n), np.where(novel, 40, rng.integers(0, 40, n))], 1)
+    targets = rng.integers(0, 40, n)
+    base_lists = np.stack([np.r_[t, rng.permutation(np.setdiff1d(np.arange(40), [t]))[:9]] for t in targets])
+    moved = base_lists.copy()
+    lost = novel & (rng.random(n) < 0.5)
+    moved[lost, 0] = 41  # the new item 41 takes the first slot of half the novel stratum, whose targets drop out
+    warm, cold = np.ones(42, bool), np.zeros(n, bool)
+    base = evaluate_topk(base_lists, targets, cold, warm, None, (10,))
+    res = evaluate_topk(moved, targets, cold, warm, None, (10,))
+    rows = strata_rows(res, base, moved, new, strata_masks(histories, new))
+    assert rows["rest"]["warm_drop"] == 0.0 and rows["rest"]["max_item_share"] == 0.0
+    assert rows["novel"]["warm_drop"] == pytest.approx(lost[novel].mean())
+    assert rows["novel"]["max_item_share"] == pytest.approx(lost[novel].mean())
+    assert rows["novel"]["n_cases"] == novel.sum() and rows["rest"]["n_cases"] == n - novel.sum()
+    assert rows["novel"]["warm_drop_upper"] > rows["novel"]["warm_drop"]
 
 
 def test_the_prior_alone_selects_on_the_whole_validation_period(tiny_run):

@@ -189,3 +189,50 @@ def test_head_keeps_the_beams_first_picks_in_front_and_the_mixture_orders_the_re
         assert torch.equal(out.items, one.items) and torch.equal(out.scores, one.scores)
     with pytest.raises(ConfigError):
         PriorConfig(head=-1)
+
+
+def test_a_stratified_setting_mixes_each_kind_of_history_with_its_own_setting():
+    """Histories ending with a new item take ``novel``'s setting, the others the top one (or the beam's list with
+    ``novel_only``; or the other way round with ``novel.enabled`` false) — row by row within one call."""
+    trie = PrefixTrie(CODES, (2, 2, 4))
+    one = _beams(trie)
+    beams = Beams(one.items.repeat(2, 1), one.scores.repeat(2, 1), one.sids.repeat(2, 1, 1),
+                  [(n.repeat(2, 1), s.repeat(2, 1)) for n, s in one.levels])
+    histories = np.array([[-1, 0], [-1, 3]])  # the same content; the second history ends with the new item 3
+    rest_cfg = PriorConfig(enabled=True, budget=0.2, temperature=0.1, threshold=0.5, scope=0)
+    novel_cfg = PriorConfig(enabled=True, budget=0.6, temperature=0.1, threshold=0.5, scope=1)
+
+    def alone(cfg: PriorConfig, row: int) -> Beams:
+        return ContentPrior(cfg, EMB, CODES, NEW, trie).apply(histories[row:row + 1], one, k=6)
+
+    both = ContentPrior(PriorConfig(**{**rest_cfg.__dict__, "novel": novel_cfg}), EMB, CODES, NEW, trie)
+    out = both.apply(histories, beams, k=6)
+    assert both.ends_new(histories).tolist() == [False, True]
+    for row, cfg in ((0, rest_cfg), (1, novel_cfg)):
+        ref = alone(cfg, row)
+        assert torch.equal(out.items[row], ref.items[0]) and torch.allclose(out.scores[row], ref.scores[0])
+    assert not torch.equal(out.items[0], out.items[1])  # the two settings differ on these histories
+    # novel_only: a history ending with a warm item keeps the beam's list exactly
+    only = ContentPrior(PriorConfig(**{**rest_cfg.__dict__, "novel": novel_cfg, "novel_only": True}), EMB, CODES,
+                        NEW, trie).apply(histories, beams, k=6)
+    assert only.items[0, :3].tolist() == [0, 1, 2] and (only.items[0, 3:] == -1).all()
+    assert torch.equal(only.items[1], out.items[1])
+    # novel disabled: a history ending with a new item keeps the beam's list
+    off = ContentPrior(PriorConfig(**{**rest_cfg.__dict__, "novel": PriorConfig(enabled=False)}), EMB, CODES, NEW,
+                       trie).apply(histories, beams, k=6)
+    assert torch.equal(off.items[0], out.items[0]) and off.items[1, :3].tolist() == [0, 1, 2]
+
+
+def test_stratified_settings_load_from_plain_mappings_and_refuse_nesting():
+    from genrecedit.config import RunConfig, _build
+
+    cfg = PriorConfig.of({"enabled": True, "budget": 0.2, "novel": {"budget": 0.6, "head": 1}, "novel_only": False})
+    assert cfg.novel == PriorConfig(budget=0.6, head=1) and cfg.stratified
+    loaded = _build(RunConfig, {"prior": {"enabled": True, "novel": {"budget": 0.6}, "novel_only": True}}, "")
+    assert loaded.prior.novel.budget == 0.6 and loaded.prior.novel_only
+    with pytest.raises(ConfigError, match="novel"):
+        PriorConfig(novel=PriorConfig(novel=PriorConfig()))
+    with pytest.raises(ConfigError, match="novel_only"):
+        PriorConfig(novel_only=True)
+    with pytest.raises(ConfigError, match="unknown"):
+        _build(RunConfig, {"prior": {"novel": {"bugdet": 0.6}}}, "")

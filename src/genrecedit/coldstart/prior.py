@@ -18,6 +18,12 @@ prefixes without new items keep their base scores exactly. ``scope`` 0 treats th
 the mixture orders the slots after them. NDCG weighs the first ranks most, so a new item placed above a confident
 warm pick costs the warm user most and gains the new item least (a recall@10 hit counts the same at rank 4 as at 1).
 
+``novel`` gives histories whose last item is itself new a setting of their own (and ``novel_only`` leaves every
+other history's list as the beam made it): there the backbone knows the last item least, and users move on to new
+items most, so the two kinds of history want different budgets — and choosing one setting per kind, each within the
+warm bound on its own histories, keeps the bound whatever share of requests each kind makes (that share grows as
+new items accumulate).
+
 The prior reads the beams' surviving prefixes (``Beams.levels``, decoded with ``record_levels``), so a new item is
 reachable only under a prefix the beam decoded: the backbone says which kind of item comes next, the text says
 which new item of that kind. Nothing here is trained; the new items' interactions are never used.
@@ -25,7 +31,7 @@ which new item of that kind. Nothing here is trained; the new items' interaction
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -53,8 +59,27 @@ class PriorConfig:
     # of new items among them gets β + s · (novel_budget − β). None: the same β for every history
     novel_budget: float | None = None
     head: int = 0  # the beam's first `head` items keep their ranks; the mixture orders the slots after them
+    # the setting for histories whose last item is new (None: this one for every history; its `enabled` false:
+    # those histories keep the beam's list); its own `novel` is None
+    novel: "PriorConfig | None" = None
+    novel_only: bool = False  # histories whose last item is warm (or empty) keep the beam's list
+
+    @staticmethod
+    def of(data: dict) -> "PriorConfig":
+        """From a plain mapping (a selection or report JSON), ``novel`` included."""
+        novel = data.get("novel")
+        return PriorConfig(**{**data, "novel": PriorConfig.of(novel) if isinstance(novel, dict) else novel})
+
+    @property
+    def stratified(self) -> bool:
+        return self.novel is not None or self.novel_only
 
     def __post_init__(self) -> None:
+        if self.novel is not None:
+            if not isinstance(self.novel, PriorConfig) or self.novel.stratified:
+                raise ConfigError("prior.novel must be a prior setting without a novel/novel_only of its own")
+        if self.novel_only and self.novel is None:
+            raise ConfigError("prior.novel_only needs prior.novel (the setting for histories ending with a new item)")
         if not 0 < self.budget < 1:
             raise ConfigError(f"prior.budget must be in (0, 1), got {self.budget}")
         if self.novel_budget is not None and not 0 < self.novel_budget < 1:
@@ -125,11 +150,38 @@ class ContentPrior:
         else:
             self.item_node = torch.as_tensor(trie.item_nodes(cfg.scope))
         self.new_node = self.item_node[self.new_items]
+        self.novel = None
+        if cfg.novel is not None and cfg.novel.enabled:
+            self.novel = ContentPrior(cfg.novel, embeddings, codes, new_items, trie)
 
     def apply(self, histories: np.ndarray, beams: Beams, k: int | None = None) -> Beams:
         """Mix the new items into each row's ranking; [n, L] histories and their ``beams`` (decoded with
-        ``record_levels`` when scope ≥ 1) -> the top ``k`` (default: the beams' width) of the mixture."""
-        return self.mix(self.prepare(histories, beams), beams.items.shape[1] if k is None else k)
+        ``record_levels`` when scope ≥ 1) -> the top ``k`` (default: the beams' width) of the mixture. A stratified
+        setting mixes histories whose last item is new with ``cfg.novel`` and the others with this setting (or not
+        at all, ``novel_only``)."""
+        k = beams.items.shape[1] if k is None else k
+        if not self.cfg.stratified:
+            return self.mix(self.prepare(histories, beams), k)
+        novel = torch.as_tensor(self.ends_new(histories))
+        unmixed = Beams(beams.items[:, :k], beams.scores[:, :k], beams.sids[:, :k])
+        if self.cfg.novel_only:
+            rest = unmixed
+        else:
+            rest = self.mix(self.prepare(histories, beams), k, replace(self.cfg, novel=None, novel_only=False))
+        if not bool(novel.any()):
+            return rest
+        own = self.novel.mix(self.novel.prepare(histories, beams), k) if self.novel is not None else unmixed
+        if own.items.shape[1] != rest.items.shape[1]:  # a beam narrower than k: pad the shorter with empty slots
+            width = max(own.items.shape[1], rest.items.shape[1])
+            own, rest = _padded(own, width), _padded(rest, width)
+        pick = novel[:, None]
+        return Beams(torch.where(pick, own.items, rest.items), torch.where(pick, own.scores, rest.scores),
+                     torch.where(pick[:, :, None], own.sids, rest.sids))
+
+    def ends_new(self, histories: np.ndarray) -> np.ndarray:
+        """[n] bool: the history's last item is one of this prior's new items."""
+        last = np.asarray(histories)[:, -1]
+        return np.isin(last, self.new_items.numpy()) & (last != PAD_ITEM)
 
     def prepare(self, histories: np.ndarray, beams: Beams) -> list["_Rows"]:
         """What ``mix`` needs that does not depend on the budget, temperature or threshold: the history-item
@@ -233,3 +285,13 @@ class ContentPrior:
         out_sids = self.codes[out_items.clamp(min=0)]
         out_sids = torch.where(out_items[:, :, None] >= 0, out_sids, -1)
         return out_items, best.float(), out_sids
+
+
+def _padded(beams: Beams, width: int) -> Beams:
+    pad = width - beams.items.shape[1]
+    if pad == 0:
+        return beams
+    n, _, p = beams.sids.shape
+    return Beams(torch.cat([beams.items, torch.full((n, pad), -1, dtype=beams.items.dtype)], 1),
+                 torch.cat([beams.scores, torch.full((n, pad), float("-inf"), dtype=beams.scores.dtype)], 1),
+                 torch.cat([beams.sids, torch.full((n, pad, p), -1, dtype=beams.sids.dtype)], 1))

@@ -59,7 +59,11 @@ class Bounds:
     """What a shipped setting must keep on validation: the warm NDCG@10 drop and the largest share of lists any one
     new item enters.
 
-    The warm drop is held for the request mix of the next period, not validation's average: the prior moves most
+    ``stratified`` (the default) chooses a setting per stratum, the history's last item new or not
+    (``PriorConfig.novel``), each the best of the grid within the bounds on that stratum's validation cases alone:
+    a mixture of two lists that each keep the bound keeps it at any share of the two, so nothing about the next
+    period's mix has to be guessed. Otherwise one setting serves every history and its drop is held at a planned
+    mix: the warm drop is held for the request mix of the next period, not validation's average: the prior moves most
     where a history ends with a new item (there it replaces much of the list; elsewhere it moves almost nothing),
     and that share grows as new items accumulate (game: 3 % of warm validation cases in the period's first tenth,
     16 % in its last). So the drop is estimated per stratum (the history's last item new or not) and mixed at the
@@ -72,6 +76,9 @@ class Bounds:
     max_item_share: float = 0.05
     upper: bool = True
     plan_window: float | None = 0.2
+    # one setting per stratum, each within the bounds on its own stratum's validation cases: the bound then holds
+    # at any mix of the two (False: one setting for every history, held at the planned mix)
+    stratified: bool = True
 
 
 @dataclass
@@ -156,25 +163,84 @@ class WarmPlan:
         within each stratum. The interval is computed only when the estimate is at most ``below`` (else None: it
         could not meet a bound the estimate misses)."""
         a, b = result.per_case(f"ndcg@{CUT}", "warm"), base.per_case(f"ndcg@{CUT}", "warm")
-        strata = [(m, w) for m, w in ((~self.novel, 1 - self.share), (self.novel, self.share)) if m.any() and w > 0]
-        if not strata:
-            return 0.0, 0.0
+        strata = [(a[m], b[m], w) for m, w in ((~self.novel, 1 - self.share), (self.novel, self.share))
+                  if m.any() and w > 0]
+        return mixed_drop(strata, below, n_boot, seed)
 
-        def drop(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-            return np.where(den > 0, 1 - num / np.maximum(den, 1e-300), 0.0)
 
-        point = drop(sum(w * a[m].mean() for m, w in strata), sum(w * b[m].mean() for m, w in strata))
-        if point > below:
-            return float(point), None
-        rng = np.random.default_rng(seed)
-        num, den = np.zeros(n_boot), np.zeros(n_boot)
-        for m, w in strata:
-            am, bm = a[m], b[m]
-            for start in range(0, n_boot, 100):
-                idx = rng.integers(0, len(am), size=(min(100, n_boot - start), len(am)))
-                num[start:start + len(idx)] += w * am[idx].mean(1)
-                den[start:start + len(idx)] += w * bm[idx].mean(1)
-        return float(point), float(np.quantile(drop(num, den), 0.975))
+def mixed_drop(strata: list[tuple[np.ndarray, np.ndarray, float]], below: float = float("inf"), n_boot: int = 1000,
+               seed: int = 0) -> tuple[float, float | None]:
+    """(estimate, upper end of its 95 % bootstrap interval) of 1 − Σ w·mean(a) / Σ w·mean(b) over strata
+    (a, b, w): per-case NDCG@10 of a system and of the base on one stratum's warm cases, and the stratum's weight.
+    Cases are resampled within each stratum; the interval only when the estimate is at most ``below``."""
+    if not strata:
+        return 0.0, 0.0
+
+    def drop(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+        return np.where(den > 0, 1 - num / np.maximum(den, 1e-300), 0.0)
+
+    point = drop(sum(w * a.mean() for a, _, w in strata), sum(w * b.mean() for _, b, w in strata))
+    if point > below:
+        return float(point), None
+    rng = np.random.default_rng(seed)
+    num, den = np.zeros(n_boot), np.zeros(n_boot)
+    for a, b, w in strata:
+        for start in range(0, n_boot, 100):
+            idx = rng.integers(0, len(a), size=(min(100, n_boot - start), len(a)))
+            num[start:start + len(idx)] += w * a[idx].mean(1)
+            den[start:start + len(idx)] += w * b[idx].mean(1)
+    return float(point), float(np.quantile(drop(num, den), 0.975))
+
+
+STRATA = ("rest", "novel")  # the history's last item warm (or none) / new
+
+
+def strata_masks(histories: np.ndarray, new: np.ndarray) -> dict[str, np.ndarray]:
+    last = np.asarray(histories)[:, -1]
+    novel = np.isin(last, new) & (last != PAD_ITEM)
+    return {"rest": ~novel, "novel": novel}
+
+
+def strata_rows(result: EvalResult, base: EvalResult, topk: np.ndarray, new: np.ndarray,
+                masks: dict[str, np.ndarray], below: float = float("inf")) -> dict:
+    """Per stratum: cases, overall NDCG@10 of ``result`` and of ``base``, cold recall@10, the warm NDCG@10 drop
+    with the upper end of its interval (when the estimate is at most ``below``) and exposure on its lists."""
+    a, b = result.per_case(f"ndcg@{CUT}", "overall"), base.per_case(f"ndcg@{CUT}", "overall")
+    recall = result.per_case(f"recall@{CUT}", "overall")
+    warm = ~result.cold_mask
+    out = {}
+    for name, mask in masks.items():
+        if not mask.any():
+            continue
+        w, c = mask & warm, mask & ~warm
+        drop, upper = mixed_drop([(a[w], b[w], 1.0)] if w.any() else [], below)
+        e = exposure(topk[mask], new, CUT)
+        out[name] = {"n_cases": int(mask.sum()), "n_warm": int(w.sum()), "ndcg": float(a[mask].mean()),
+                     "base_ndcg": float(b[mask].mean()), "cold_recall": float(recall[c].mean()) if c.any() else None,
+                     "warm_drop": drop, "warm_drop_upper": upper, "max_item_share": e["max_item_share"],
+                     "new_item_slot_share": e["new_item_slot_share"]}
+    return out
+
+
+def choose_strata(cells: list[dict], bounds: Bounds) -> dict | None:
+    """The stratified setting: per stratum the cell with the best overall NDCG@10 on that stratum's cases among
+    those within ``bounds`` there and above the unedited beams there; a stratum with none keeps the beam's lists.
+    None when neither stratum has one."""
+    best = {}
+    for name in STRATA:
+        ok = [c for c in cells if name in c["strata"] and _admissible_stratum(c["strata"][name], bounds)]
+        best[name] = _best(ok, key=lambda c: c["strata"][name]["ndcg"])
+    if best["rest"] is None and best["novel"] is None:
+        return None
+    novel = dict(best["novel"]["prior"]) if best["novel"] is not None else {**asdict(PriorConfig()), "enabled": False}
+    top = dict(best["rest"]["prior"]) if best["rest"] is not None else dict(novel)
+    return {**top, "enabled": True, "novel": novel, "novel_only": best["rest"] is None}
+
+
+def _admissible_stratum(row: dict, bounds: Bounds) -> bool:
+    drop = row["warm_drop_upper"] if bounds.upper else row["warm_drop"]
+    return (drop is not None and drop <= bounds.max_warm_drop and row["max_item_share"] <= bounds.max_item_share
+            and row["ndcg"] > row["base_ndcg"])
 
 
 def _best(cells: list[dict], key=lambda c: c["metrics"]["overall"][f"ndcg@{CUT}"]) -> dict | None:
@@ -195,6 +261,7 @@ def select_coldstart(run: LoadedRun, spec: ColdstartSpec, artifact: EditArtifact
     base = score_topk(run, items, cases)
     base_row = _row(base, items, new, base)
     plan = WarmPlan.of(cases, new, base.cold_mask, spec.bounds.plan_window)
+    masks = strata_masks(cases.histories, new)
     edited_row = None
     if artifact is not None:  # the prior then mixes into the edited beams
         beams = decode(run, cases, artifact, "coldstart: validation beams, edited" if progress else False)
@@ -217,13 +284,27 @@ def select_coldstart(run: LoadedRun, spec: ColdstartSpec, artifact: EditArtifact
                 result = score_topk(run, topk, cases)
                 row = _row(result, topk, new, base)
                 row["warm_drop_planned"] = plan.drop(result, base, below=spec.bounds.max_warm_drop)
-                cells.append({"prior": asdict(replace(cfg, head=head)), "metrics": row})
+                cell = {"prior": asdict(replace(cfg, head=head)), "metrics": row}
+                if spec.bounds.stratified:
+                    cell["strata"] = strata_rows(result, base, topk, new, masks, below=spec.bounds.max_warm_drop)
+                cells.append(cell)
                 bar.update()
         del prepared
     bar.close()
-    ok = [c for c in cells if _admissible(c["metrics"], spec.bounds)
-          and c["metrics"]["overall"][f"ndcg@{CUT}"] > base_row["overall"][f"ndcg@{CUT}"]]
-    chosen = _best(ok)
+    if spec.bounds.stratified:
+        prior = choose_strata(cells, spec.bounds)
+        chosen = None
+        if prior is not None:  # the two strata's settings together, on the same validation cases
+            topk = make_prior(run, PriorConfig.of(prior)).apply(cases.histories, beams).items.numpy()
+            result = score_topk(run, topk, cases)
+            row = _row(result, topk, new, base)
+            row["warm_drop_planned"] = plan.drop(result, base)
+            chosen = {"prior": prior, "metrics": row,
+                      "strata": strata_rows(result, base, topk, new, masks)}
+    else:
+        ok = [c for c in cells if _admissible(c["metrics"], spec.bounds)
+              and c["metrics"]["overall"][f"ndcg@{CUT}"] > base_row["overall"][f"ndcg@{CUT}"]]
+        chosen = _best(ok)
     width = items.shape[1]
     retrieved = {r: retrieve(run.prepared.embeddings, cases.histories, new, width, r) for r in spec.recent}
     baselines = {
@@ -239,6 +320,7 @@ def select_coldstart(run: LoadedRun, spec: ColdstartSpec, artifact: EditArtifact
             "base": base_row, "edited": edited_row, "cells": cells,
             "chosen": None if chosen is None else chosen["prior"],
             "chosen_metrics": None if chosen is None else chosen["metrics"],
+            "chosen_strata": None if chosen is None else chosen.get("strata"),
             "baselines": {name: {"cells": c, "chosen": {k: v for k, v in _best(c).items() if k != "metrics"}}
                           for name, c in baselines.items()}}
 
@@ -266,7 +348,7 @@ def coldstart(run: LoadedRun, out_dir: Path, spec: ColdstartSpec | None = None,
         beams = decode(run, cases, artifact, "coldstart: test beams, edited")
         lists["TIGER + edit"] = beams.items.numpy()
     if selection["chosen"] is not None:
-        prior_cfg = PriorConfig(**selection["chosen"])
+        prior_cfg = PriorConfig.of(selection["chosen"])
         lists["content prior (chosen)"] = make_prior(run, prior_cfg).apply(cases.histories, beams).items.numpy()
     picks = selection["baselines"]
     for r in spec.recent:
@@ -281,13 +363,16 @@ def coldstart(run: LoadedRun, out_dir: Path, spec: ColdstartSpec | None = None,
     base_name = next(iter(lists))
     base = results[base_name]
     rows = {}
+    masks = strata_masks(cases.histories, new)
     for sys_name, res in results.items():
         row = _row(res, lists[sys_name], new, base)
         row["vs_base"] = _paired(res, base)
+        row["strata"] = strata_rows(res, base, lists[sys_name], new, masks)
         rows[sys_name] = row
     best_baseline = max((n for n in rows if n != base_name and "prior" not in n),
                         key=lambda n: rows[n]["overall"][f"ndcg@{CUT}"])
     report = {"dataset": run.config.dataset, "n_cases": len(cases), "n_new_items": int(len(new)),
+              "novel_share": float(masks["novel"].mean()),
               "chosen_prior": selection["chosen"], "bounds": asdict(spec.bounds), "systems": rows,
               "best_baseline": best_baseline}
     if "content prior (chosen)" in results:
@@ -314,7 +399,7 @@ def adopt_prior(run_dir: Path, prior: dict) -> RunConfig:
     service (``genrecedit serve``) serves it; atomic. Returns the updated config."""
     path = Path(run_dir) / CONFIG_FILE
     cfg = load_config(path)
-    cfg = replace(cfg, prior=PriorConfig(**{**prior, "enabled": True}))
+    cfg = replace(cfg, prior=PriorConfig.of({**prior, "enabled": True}))
     cfg.save(path)
     return cfg
 
