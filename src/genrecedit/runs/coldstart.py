@@ -248,11 +248,13 @@ def _best(cells: list[dict], key=lambda c: c["metrics"]["overall"][f"ndcg@{CUT}"
 
 
 def select_coldstart(run: LoadedRun, spec: ColdstartSpec, artifact: EditArtifact | None = None,
-                     progress: bool = True) -> dict:
+                     progress: bool = True, cases: CaseSet | None = None) -> dict:
     """Choose on validation: the content prior (best overall NDCG@10 among the grid's cells within ``spec.bounds``
     that beat the unedited beams), the reserved-slot hybrid's s and recent, the dense re-rank's and the retriever's
-    recent (each by overall NDCG@10: the strongest version of each baseline). Decodes validation only."""
-    cases = selection_cases(run, spec.valid_max_cases, whole=artifact is None)
+    recent (each by overall NDCG@10: the strongest version of each baseline). Decodes validation only (``cases``:
+    a subset of it chosen by the caller, e.g. an early window to check a rule on the later one)."""
+    if cases is None:
+        cases = selection_cases(run, spec.valid_max_cases, whole=artifact is None)
     new = new_items(run)
     t0 = time.perf_counter()
     beams = decode(run, cases, None, "coldstart: validation beams" if progress else False)
