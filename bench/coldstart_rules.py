@@ -7,7 +7,8 @@ moves the same way from validation to test).
 
 Rules, all from the same grid pass (``genrecedit.runs.coldstart``): ``stratified`` (one setting per kind of history,
 each within the bounds on its own cases), ``one setting, planned mix`` (the latest 20 % of the early window's mix)
-and ``one setting, early mix`` (the early window's own mix). Per rule on the later window: warm NDCG@10 drop, cold
+and ``one setting, early mix`` (the early window's own mix), the bound held at the upper end of the drop's 95 %
+interval or at the estimate. Per rule on the later window: warm NDCG@10 drop, cold
 recall@10, overall NDCG@10, exposure, and the share of histories ending with a new item in both windows. Writes
 ``<out>/coldstart_rules.json`` and ``.md``.
 """
@@ -62,17 +63,22 @@ def main() -> None:
     select_s = time.perf_counter() - t0
     cells = selection["cells"]
     base_ndcg = selection["base"]["overall"][f"ndcg@{CUT}"]
-    flat = [c for c in cells if _admissible(c["metrics"], spec.bounds) and
-            c["metrics"]["overall"][f"ndcg@{CUT}"] > base_ndcg]
-    early_mix = dataclasses.replace(spec.bounds, plan_window=None)
-    rules = {"stratified": choose_strata(cells, spec.bounds),
-             "one setting, planned mix": (_best(flat) or {}).get("prior")}
-    # the early window's own mix: the planned drop recomputed at plan_window None needs a second pass; the flat
-    # cells' plain warm drop (validation's own mix) is the same estimate without the interval
-    own = [c for c in cells if c["metrics"]["warm_drop"] <= early_mix.max_warm_drop
-           and c["metrics"]["exposure"]["max_item_share"] <= early_mix.max_item_share
+    point = dataclasses.replace(spec.bounds, upper=False)
+
+    def one_setting(bounds: Bounds) -> dict | None:
+        ok = [c for c in cells if _admissible(c["metrics"], bounds) and c["metrics"]["overall"][f"ndcg@{CUT}"] >
+              base_ndcg]
+        return (_best(ok) or {}).get("prior")
+
+    rules = {"stratified, interval's upper end": choose_strata(cells, spec.bounds),
+             "stratified, estimate": choose_strata(cells, point),
+             "one setting, planned mix, upper end": one_setting(spec.bounds),
+             "one setting, planned mix, estimate": one_setting(point)}
+    # the early window's own mix (no plan): the cells' plain warm drop, an estimate
+    own = [c for c in cells if c["metrics"]["warm_drop"] <= spec.bounds.max_warm_drop
+           and c["metrics"]["exposure"]["max_item_share"] <= spec.bounds.max_item_share
            and c["metrics"]["overall"][f"ndcg@{CUT}"] > base_ndcg]
-    rules["one setting, early mix (estimate)"] = (_best(own) or {}).get("prior")
+    rules["one setting, early mix, estimate"] = (_best(own) or {}).get("prior")
     beams = decode(run, later, None, "later window beams")
     base = score_topk(run, beams.items.numpy(), later)
     new = new_items(run)
