@@ -7,8 +7,10 @@ moves the same way from validation to test).
 
 Rules, all from the same grid pass (``genrecedit.runs.coldstart``): ``stratified`` (one setting per kind of history,
 each within the bounds on its own cases), ``one setting, planned mix`` (the latest 20 % of the early window's mix)
-and ``one setting, early mix`` (the early window's own mix), the bound held at the upper end of the drop's 95 %
-interval or at the estimate. Per rule on the later window: warm NDCG@10 drop, cold
+and one setting held at a planned share of histories ending with a new item: the early window's own, its latest
+20 %'s, its straight-line trend at the middle of a next period as long (``WarmPlan.of(..., trend=True)``), or the
+worst case (both strata within the bound); the bound at the upper end of the drop's 95 % interval or at the
+estimate. Per rule on the later window: warm NDCG@10 drop, cold
 recall@10, overall NDCG@10, exposure, and the share of histories ending with a new item in both windows. Writes
 ``<out>/coldstart_rules.json`` and ``.md``.
 """
@@ -25,7 +27,7 @@ from common import hardware, md_table, write_result
 from genrecedit.coldstart.exposure import exposure
 from genrecedit.coldstart.prior import PriorConfig
 from genrecedit.runs.backbone import load_run
-from genrecedit.runs.coldstart import (CUT, Bounds, ColdstartSpec, _admissible, _best, choose_strata, decode,
+from genrecedit.runs.coldstart import (CUT, ColdstartSpec, WarmPlan, _admissible, _best, choose_strata, decode,
                                        make_prior, new_items, select_coldstart, selection_cases, strata_masks)
 from genrecedit.runs.evaluate import score_topk
 
@@ -64,26 +66,45 @@ def main() -> None:
     cells = selection["cells"]
     base_ndcg = selection["base"]["overall"][f"ndcg@{CUT}"]
     point = dataclasses.replace(spec.bounds, upper=False)
+    bound, share_bound = spec.bounds.max_warm_drop, spec.bounds.max_item_share
+    warm_early = ~run.prepared.split.is_cold(early)
+    plans = {"early mix": float(strata_masks(early.histories, new_items(run))["novel"][warm_early].mean()),
+             "latest 20 %": WarmPlan.of(early, new_items(run), ~warm_early, 0.2).share,
+             "trend": WarmPlan.of(early, new_items(run), ~warm_early, 0.2, trend=True).share,
+             "worst case": 1.0}
 
-    def one_setting(bounds: Bounds) -> dict | None:
-        ok = [c for c in cells if _admissible(c["metrics"], bounds) and c["metrics"]["overall"][f"ndcg@{CUT}"] >
-              base_ndcg]
+    def drop_at(cell: dict, q: float) -> float:
+        """The cell's warm drop (estimate) with the novel stratum at share q of warm cases ("worst case": the
+        larger of the two strata's drops)."""
+        st = cell["strata"]
+        if q >= 1.0:
+            return max(st[n]["warm_drop"] for n in st)
+        r, n = st["rest"], st.get("novel")
+        if n is None or n["base_warm_ndcg"] is None:
+            return r["warm_drop"]
+        num = (1 - q) * r["warm_ndcg"] + q * n["warm_ndcg"]
+        den = (1 - q) * r["base_warm_ndcg"] + q * n["base_warm_ndcg"]
+        return 1 - num / den
+
+    def one_setting(admissible) -> dict | None:
+        ok = [c for c in cells if admissible(c) and c["metrics"]["exposure"]["max_item_share"] <= share_bound
+              and c["metrics"]["overall"][f"ndcg@{CUT}"] > base_ndcg]
         return (_best(ok) or {}).get("prior")
 
-    rules = {"stratified, interval's upper end": choose_strata(cells, spec.bounds),
+    rules = {"stratified, upper end": choose_strata(cells, spec.bounds),
              "stratified, estimate": choose_strata(cells, point),
-             "one setting, planned mix, upper end": one_setting(spec.bounds),
-             "one setting, planned mix, estimate": one_setting(point)}
-    # the early window's own mix (no plan): the cells' plain warm drop, an estimate
-    own = [c for c in cells if c["metrics"]["warm_drop"] <= spec.bounds.max_warm_drop
-           and c["metrics"]["exposure"]["max_item_share"] <= spec.bounds.max_item_share
-           and c["metrics"]["overall"][f"ndcg@{CUT}"] > base_ndcg]
-    rules["one setting, early mix, estimate"] = (_best(own) or {}).get("prior")
+             "one setting, latest 20 %, upper end": one_setting(lambda c: _admissible(c["metrics"], spec.bounds))}
+    for plan, q in plans.items():
+        rules[f"one setting, {plan} ({100 * q:.1f} %), estimate"] = one_setting(
+            lambda c, q=q: drop_at(c, q) <= bound)
     beams = decode(run, later, None, "later window beams")
     base = score_topk(run, beams.items.numpy(), later)
     new = new_items(run)
+    warm_later = ~run.prepared.split.is_cold(later)
     shares = {"early": float(strata_masks(early.histories, new)["novel"].mean()),
-              "later": float(strata_masks(later.histories, new)["novel"].mean())}
+              "later": float(strata_masks(later.histories, new)["novel"].mean()),
+              "early_warm": plans["early mix"], "later_warm": float(strata_masks(later.histories, new)["novel"][
+                  warm_later].mean()), "plans": plans}
     results = {name: {"prior": prior, "later": later_scores(run, later, prior, beams, base)}
                for name, prior in rules.items()}
     rows = [[name, f"{100 * r['later']['warm_drop']:.1f} %", f"{r['later']['cold_recall@10']:.4f}",
@@ -96,8 +117,8 @@ def main() -> None:
                                   "base_later_overall_ndcg@10": base.summary()["overall"][f"ndcg@{CUT}"],
                                   "rules": results, "hardware": hardware()}, table,
                  "Content-prior selection rules: selected on early validation, scored on later validation")
-    print(f"histories ending with a new item: early {100 * shares['early']:.1f} %, later "
-          f"{100 * shares['later']:.1f} %\n{table}")
+    print(f"warm histories ending with a new item: early {100 * shares['early_warm']:.1f} %, later "
+          f"{100 * shares['later_warm']:.1f} %\n{table}")
 
 
 if __name__ == "__main__":

@@ -114,6 +114,9 @@ def coldstart(run_dir: RunDir, overrides: Overrides = None,
               plan_window: Annotated[float, typer.Option(
                   help="--one-setting: hold the warm-drop bound at the request mix (share of histories ending with "
                        "a new item) of this latest share of the validation period; 1: the whole period's mix")] = 0.2,
+              plan_trend: Annotated[bool, typer.Option(
+                  help="--one-setting: plan at the share's straight-line trend read at the middle of a next "
+                       "period as long as validation's (never below --plan-window's)")] = False,
               adopt: Annotated[bool, typer.Option(help="write the chosen prior into the run's config.yaml (the "
                                                        "service then serves it)")] = False,
               device: Device = None) -> None:
@@ -126,7 +129,9 @@ def coldstart(run_dir: RunDir, overrides: Overrides = None,
     try:
         run = load_run(run_dir, list(overrides or []) + ([f"device={device}"] if device else []))
         artifact = EditArtifact.load(edits, run.base_hash) if edits else None
-        spec = ColdstartSpec(bounds=Bounds(max_warm_drop, max_item_share, upper, plan_window, stratified),
+        spec = ColdstartSpec(bounds=Bounds(max_warm_drop=max_warm_drop, max_item_share=max_item_share, upper=upper,
+                                           plan_window=plan_window, stratified=stratified,
+                                           plan_trend=plan_trend),
                              valid_max_cases=valid_max_cases)
         report = run_coldstart(run, out or run_dir, spec, artifact, name, echo=typer.echo)
         if adopt and report["chosen_prior"] is not None:

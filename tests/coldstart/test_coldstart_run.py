@@ -233,3 +233,24 @@ def test_exposure_spreads_per_item_shares_over_the_reached_items():
     # item 5 is in 3 of 4 lists, 6 and 7 in 1 each; 8 in none (not counted among the reached)
     assert out["reached_share_quantiles"]["p50"] == pytest.approx(0.25)
     assert out["reached_share_quantiles"]["p99"] == pytest.approx(np.percentile([0.75, 0.25, 0.25], 99))
+
+
+def test_the_trend_plan_reads_the_shares_line_at_the_middle_of_the_next_period():
+    from genrecedit.data.dataset import CaseSet
+    from genrecedit.runs.coldstart import WarmPlan, trend_share
+
+    rng = np.random.default_rng(2)
+    n, new = 20000, np.array([40])
+    times = np.sort(rng.uniform(0, 100, n))
+    novel = rng.random(n) < 0.3 * times / 100  # the share grows from 0 to .3 over the period
+    assert trend_share(times, novel) == pytest.approx(0.45, abs=0.02)  # the line at 1.5 periods
+    histories = np.stack([np.zeros(n, int), np.where(novel, 40, 1)], 1)
+    cases = CaseSet(np.arange(n), histories, np.ones(n, int), times)
+    cold = np.zeros(n, bool)
+    window = WarmPlan.of(cases, new, cold, 0.2).share
+    assert window == pytest.approx(0.27, abs=0.02)  # the latest fifth's mean
+    assert WarmPlan.of(cases, new, cold, 0.2, trend=True).share == pytest.approx(0.45, abs=0.02)
+    # a falling share never plans below the latest window's
+    assert WarmPlan.of(CaseSet(np.arange(n), histories[::-1], np.ones(n, int), times), new, cold, 0.2,
+                       trend=True).share == pytest.approx(WarmPlan.of(
+                           CaseSet(np.arange(n), histories[::-1], np.ones(n, int), times), new, cold, 0.2).share)

@@ -79,6 +79,7 @@ class Bounds:
     # one setting per stratum, each within the bounds on its own stratum's validation cases: the bound then holds
     # at any mix of the two (False: one setting for every history, held at the planned mix)
     stratified: bool = True
+    plan_trend: bool = False  # plan at the share's trend extrapolated to the middle of the next period (WarmPlan.of)
 
 
 @dataclass
@@ -142,7 +143,10 @@ class WarmPlan:
     share: float
 
     @staticmethod
-    def of(cases: CaseSet, new: np.ndarray, cold: np.ndarray, window: float | None) -> "WarmPlan":
+    def of(cases: CaseSet, new: np.ndarray, cold: np.ndarray, window: float | None,
+           trend: bool = False) -> "WarmPlan":
+        """``trend``: the share where its straight-line trend over the validation period (warm cases by time)
+        reaches the middle of a next period as long, and never below the latest window's share."""
         last = cases.histories[:, -1]
         novel = np.isin(last, new) & (last != PAD_ITEM)
         warm = ~cold
@@ -154,6 +158,8 @@ class WarmPlan:
             cut = np.quantile(cases.timestamps[warm], 1 - window) if warm.any() else 0.0
             recent = warm & (cases.timestamps >= cut)
         share = float(novel[recent].mean()) if recent.any() else 0.0
+        if trend and warm.sum() > 1:
+            share = max(share, trend_share(cases.timestamps[warm], novel[warm]))
         return WarmPlan(novel[warm], share)
 
     def drop(self, result: EvalResult, base: EvalResult, below: float = float("inf"), n_boot: int = 1000,
@@ -166,6 +172,16 @@ class WarmPlan:
         strata = [(a[m], b[m], w) for m, w in ((~self.novel, 1 - self.share), (self.novel, self.share))
                   if m.any() and w > 0]
         return mixed_drop(strata, below, n_boot, seed)
+
+
+def trend_share(times: np.ndarray, novel: np.ndarray) -> float:
+    """The least-squares line of ``novel`` (0/1) over ``times``, read at the middle of a next period as long as
+    theirs (clipped to [0, 1]): where the share of histories ending with a new item is heading."""
+    t0, t1 = float(times.min()), float(times.max())
+    if t1 <= t0:
+        return float(novel.mean())
+    slope, intercept = np.polyfit((times - t0) / (t1 - t0), novel.astype(float), 1)
+    return float(np.clip(intercept + slope * 1.5, 0.0, 1.0))
 
 
 def mixed_drop(strata: list[tuple[np.ndarray, np.ndarray, float]], below: float = float("inf"), n_boot: int = 1000,
@@ -216,6 +232,8 @@ def strata_rows(result: EvalResult, base: EvalResult, topk: np.ndarray, new: np.
         drop, upper = mixed_drop([(a[w], b[w], 1.0)] if w.any() else [], below)
         e = exposure(topk[mask], new, CUT)
         out[name] = {"n_cases": int(mask.sum()), "n_warm": int(w.sum()), "ndcg": float(a[mask].mean()),
+                     "warm_ndcg": float(a[w].mean()) if w.any() else None,
+                     "base_warm_ndcg": float(b[w].mean()) if w.any() else None,
                      "base_ndcg": float(b[mask].mean()), "cold_recall": float(recall[c].mean()) if c.any() else None,
                      "warm_drop": drop, "warm_drop_upper": upper, "max_item_share": e["max_item_share"],
                      "new_item_slot_share": e["new_item_slot_share"]}
@@ -262,7 +280,7 @@ def select_coldstart(run: LoadedRun, spec: ColdstartSpec, artifact: EditArtifact
     items = beams.items.numpy()  # the unedited beams: the base every warm drop is measured against
     base = score_topk(run, items, cases)
     base_row = _row(base, items, new, base)
-    plan = WarmPlan.of(cases, new, base.cold_mask, spec.bounds.plan_window)
+    plan = WarmPlan.of(cases, new, base.cold_mask, spec.bounds.plan_window, spec.bounds.plan_trend)
     masks = strata_masks(cases.histories, new)
     edited_row = None
     if artifact is not None:  # the prior then mixes into the edited beams
