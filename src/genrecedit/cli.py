@@ -280,12 +280,21 @@ def serve(model: Annotated[Path, typer.Option("--model", "-m", help="trained run
           host: Annotated[str, typer.Option(help="bind address (loopback by default)")] = "127.0.0.1",
           port: int = 8000,
           state_dir: Annotated[Optional[Path], typer.Option(help="registry + edits (default: <model>/service)")] = None,
+          api_key_file: Annotated[Optional[Path], typer.Option(
+              help="file holding the API key that POST /items and DELETE /edits require in X-API-Key "
+                   "(default: $GENRECEDIT_API_KEY)")] = None,
+          insecure_no_auth: Annotated[bool, typer.Option(
+              "--insecure-no-auth", help="with no API key, leave the mutating endpoints open (local development "
+                                         "only)")] = False,
           overrides: Overrides = None, device: Device = None) -> None:
-    """Serve recommendations over HTTP; new items (POST /items) are learnt with GenRecEdit while serving."""
+    """Serve recommendations over HTTP; new items (POST /items) are learnt with GenRecEdit while serving. Adding and
+    rolling back need an API key: GENRECEDIT_API_KEY=<secret> genrecedit serve --model runs/demo."""
     from genrecedit.serving import serve as run_server
 
     try:
-        run_server(model, host, port, state_dir, list(overrides or []) + ([f"device={device}"] if device else []))
+        run_server(model, host, port, state_dir.resolve() if state_dir else None,
+                   list(overrides or []) + ([f"device={device}"] if device else []),
+                   api_key_file=api_key_file.resolve() if api_key_file else None, insecure_no_auth=insecure_no_auth)
     except GenRecEditError as err:
         _fail(err)
 

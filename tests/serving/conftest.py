@@ -8,7 +8,8 @@ from typing import Callable, Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from genrecedit.serving import LiveService, ServiceConfig, create_app
+from genrecedit.serving import LiveService, ServiceConfig
+from serving_helpers import api, key_file
 from serving_run import SERVICE_OVERRIDES, synthetic_dataset, train_tiny_run
 
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -25,10 +26,12 @@ OpenService = Callable[..., LiveService]
 
 @pytest.fixture
 def open_service(serving_run, tmp_path) -> Iterator[OpenService]:
-    """open_service(state="state", overrides=[], **service_config) -> LiveService on the tiny run; closed after."""
+    """open_service(state="state", overrides=[], **service_config) -> LiveService on the tiny run (its API key:
+    ``serving_helpers.API_KEY``); closed after."""
     opened: list[LiveService] = []
 
     def open_(state: str = "state", overrides: list[str] | None = None, **kwargs) -> LiveService:
+        kwargs.setdefault("api_key_file", key_file(tmp_path))
         cfg = ServiceConfig(state_dir=tmp_path / state, **kwargs)
         service = LiveService.open(serving_run, cfg, SERVICE_OVERRIDES + list(overrides or []))
         opened.append(service)
@@ -42,5 +45,5 @@ def open_service(serving_run, tmp_path) -> Iterator[OpenService]:
 @pytest.fixture
 def client(open_service) -> Iterator[TestClient]:
     service = open_service()
-    with TestClient(create_app(service)) as c:
+    with api(service) as c:
         yield c

@@ -1,7 +1,27 @@
 """Small request helpers shared by the in-process (TestClient) and real-server (httpx) tests."""
 from __future__ import annotations
 
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+
+from genrecedit.serving import create_app
 from serving_run import new_item_title
+
+API_KEY = "test-key-0123456789abcdef"
+
+
+def key_file(folder: Path, key: str = API_KEY) -> Path:
+    """A file holding ``key`` (``ServiceConfig.api_key_file``)."""
+    path = Path(folder) / "api-key"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(key + "\n")
+    return path
+
+
+def api(service, key: str | None = API_KEY) -> TestClient:
+    """An in-process HTTP client of ``service`` that sends ``key`` (None: no key) with every request."""
+    return TestClient(create_app(service), headers={"X-API-Key": key} if key is not None else {})
 
 HISTORIES = [[], ["i00"], ["i30", "i31", "i32"], ["i50", "i51", "i52", "i53", "i12"], ["i71", "i70"] * 12]
 

@@ -7,13 +7,12 @@ import dataclasses
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 
 from genrecedit.runs.backbone import load_run
-from genrecedit.serving import LiveService, ServiceConfig, create_app
+from genrecedit.serving import LiveService, ServiceConfig
 from genrecedit.serving.batcher import Ranked
 from genrecedit.serving.exposure import added_item_exposure, exposure_status, validation_histories
-from serving_helpers import new_items
+from serving_helpers import api, key_file, new_items
 from serving_run import SERVICE_OVERRIDES
 
 ADD_KEYS = {"batch_id", "status", "model_version", "items", "n_requests", "layers", "efficacy", "timings_s"}
@@ -40,8 +39,8 @@ def test_status_and_the_estimate_on_given_lists():
 def test_an_add_answers_each_items_exposure_as_recommend_sees_it(open_service):
     service = open_service("s-exposure", exposure_cases=20)
     assert service.exposure_histories.shape == (20, service.max_history)
-    with TestClient(create_app(service)) as c:
-        r = c.post("/items", json={"items": new_items("exp", [0, 3])})
+    with api(service) as c:
+        r = c.post("/items?wait=true", json={"items": new_items("exp", [0, 3])})
         assert r.status_code == 200, r.text
         body = r.json()
         assert body.keys() >= ADD_KEYS | {"warnings", "exposure_estimate"}
@@ -69,8 +68,8 @@ def test_an_item_that_reaches_no_one_is_flagged(open_service, monkeypatch):
         return [Ranked(r.items[r.items < snap.catalog.n_base], r.scores[r.items < snap.catalog.n_base])
                 for r in lists]
     monkeypatch.setattr(service, "_ranked", without_added)
-    with TestClient(create_app(service)) as c:
-        body = c.post("/items", json={"items": new_items("lost", [1])}).json()
+    with api(service) as c:
+        body = c.post("/items?wait=true", json={"items": new_items("lost", [1])}).json()
         assert body["status"] == "active" and c.get("/items/lost-1").status_code == 200  # served all the same
         assert [(i["id"], i["exposure"], i["status"]) for i in body["items"]] == [("lost-1", 0.0, "active_unreached")]
         assert len(body["warnings"]) == 1 and "'lost-1' reaches no one" in body["warnings"][0]
@@ -80,15 +79,15 @@ def test_an_item_that_reaches_no_one_is_flagged(open_service, monkeypatch):
             return [Ranked(np.r_[new, r.items[: k - 1]], np.r_[0.0, r.scores[: k - 1]])
                     for r in real(snap, histories, k, batcher)]
         monkeypatch.setattr(service, "_ranked", everywhere)
-        body = c.post("/items", json={"items": new_items("loud", [2])}).json()
+        body = c.post("/items?wait=true", json={"items": new_items("loud", [2])}).json()
         assert [(i["exposure"], i["status"]) for i in body["items"]] == [(1.0, "active_overexposed")]
         assert "'loud-2' is overexposed" in body["warnings"][0] and "100.0%" in body["warnings"][0]
 
 
 def test_no_estimate_when_disabled(open_service):
     service = open_service("s-off", exposure_cases=0)
-    with TestClient(create_app(service)) as c:
-        body = c.post("/items", json={"items": new_items("off", [4])}).json()
+    with api(service) as c:
+        body = c.post("/items?wait=true", json={"items": new_items("off", [4])}).json()
     assert body["warnings"] == [] and body["exposure_estimate"] is None
     assert [(i["exposure"], i["status"]) for i in body["items"]] == [(None, "active")]
 
@@ -105,7 +104,7 @@ def test_the_estimate_decodes_validation_histories_never_test(serving_run, tmp_p
     run = load_run(serving_run, SERVICE_OVERRIDES)
     split = dataclasses.replace(run.prepared.split, test=_NoTest())
     run = dataclasses.replace(run, prepared=dataclasses.replace(run.prepared, split=split))
-    service = LiveService(run, ServiceConfig(state_dir=tmp_path / "state", exposure_cases=12))
+    service = LiveService(run, ServiceConfig(state_dir=tmp_path / "state", exposure_cases=12, api_key_file=key_file(tmp_path)))
     decoded: list[np.ndarray] = []
     real = service._ranked
 
@@ -114,8 +113,8 @@ def test_the_estimate_decodes_validation_histories_never_test(serving_run, tmp_p
         return real(snap, histories, k, batcher)
     service._ranked = spy
     try:
-        with TestClient(create_app(service)) as c:
-            body = c.post("/items", json={"items": new_items("v", [5])}).json()
+        with api(service) as c:
+            body = c.post("/items?wait=true", json={"items": new_items("v", [5])}).json()
     finally:
         service.close()
     assert body["exposure_estimate"]["n_histories"] == 12

@@ -2,10 +2,7 @@
 users whose history does not, through the HTTP API on the tiny serving run (users there stay within one topic)."""
 from __future__ import annotations
 
-from fastapi.testclient import TestClient
-
-from genrecedit.serving import create_app
-from serving_helpers import new_items
+from serving_helpers import api, new_items
 from serving_run import TOPICS, NOUNS, topic_title
 
 PRIOR = ["prior.enabled=true", "prior.scope=0", "prior.threshold=0.6", "prior.temperature=0.05",
@@ -19,8 +16,8 @@ def _history(topic: int) -> list[str]:
 def test_an_added_item_reaches_matching_histories_only(open_service):
     service = open_service("s-prior", PRIOR, exposure_cases=0)
     assert (service.snapshot.prior is None) == bool(service.snapshot.catalog.warm.all())  # no new item yet: none
-    with TestClient(create_app(service)) as c:
-        added = c.post("/items", json={"items": new_items("prior", [3])})
+    with api(service) as c:
+        added = c.post("/items?wait=true", json={"items": new_items("prior", [3])})
         assert added.status_code == 200, added.text
         new_id = added.json()["items"][0]["item_id"]
         assert service.snapshot.prior is not None and new_id in service.snapshot.catalog.item_ids
@@ -48,8 +45,8 @@ def test_adds_are_taught_with_the_runs_text_only_knowledge(open_service):
     from genrecedit.serving.catalog import knowledge_for
 
     service = open_service("s-successor", ["knowledge.source=successor"], exposure_cases=0)
-    with TestClient(create_app(service)) as c:
-        r = c.post("/items", json={"items": new_items("succ", [2])})
+    with api(service) as c:
+        r = c.post("/items?wait=true", json={"items": new_items("succ", [2])})
         assert r.status_code == 200, r.text
         assert r.json()["n_requests"] > 0
     snap = service.snapshot

@@ -3,14 +3,12 @@
 - amazon2018-game: items first seen in its test period are added to a tiny model trained on the period before,
   become recommendable, and rolling the batches back gives the pre-edit outputs exactly (skipped without the data).
 - a crash: ``kill -9`` while a large batch is being edited; on restart the registry, the catalog and the active
-  edits are intact and the interrupted batch is marked failed.
+  edits are intact, the interrupted batch and its job are marked failed, and finished jobs still answer.
 """
 from __future__ import annotations
 
-import threading
 import time
 
-import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -41,12 +39,12 @@ def test_game_cold_items_become_recommendable_and_roll_back_exactly(game):
         c = server.client
         assert all(c.get(f"/items/{x['item_id']}").status_code == 404 for x in cold)
         before = outputs(c, histories)
-        r = c.post("/items", json={"items": cold[:4]})
+        r = c.post("/items?wait=true", json={"items": cold[:4]})
         assert r.status_code == 200, r.text
         first = r.json()
         assert_recommendable(c, first, min_share=0.75)
         after_first = outputs(c, histories)
-        second = c.post("/items", json={"items": cold[4:8]}).json()
+        second = c.post("/items?wait=true", json={"items": cold[4:8]}).json()
         assert_recommendable(c, second, min_share=0.75)
         assert all(c.get(f"/items/{x['item_id']}").json()["warm"] is False for x in cold[:8])
         assert c.delete(f"/edits/{second['batch_id']}").json()["exact"]
@@ -63,18 +61,21 @@ def test_restart_after_kill_mid_edit(serving_run, tmp_path):
     server = ServerProcess(serving_run, tmp_path / "state", overrides).start()
     try:
         c = server.client
-        added = c.post("/items", json={"items": new_items("a")}).json()
+        first = c.post("/items", json={"items": new_items("a")}, headers={"Idempotency-Key": "first"})
+        assert first.status_code == 202, first.text
+        finished = _wait_for(c, first.json()["job_id"])
+        assert finished["state"] == "succeeded"
+        added = finished["result"]
         assert_recommendable(c, added)
         probes = HISTORIES + [x["probe_history"] for x in added["items"]]
         before = outputs(c, probes)
         items_before = [c.get(f"/items/{x['item_id']}").json() for x in added["items"]]
-        assert c.post("/items", json={"items": new_items("a")}).status_code == 409
+        assert c.post("/items?wait=true", json={"items": new_items("a")}).status_code == 409
         state_before = registry_state(c)
 
         rng = np.random.default_rng(0)
         big = [{"item_id": f"z{i}", "text": " ".join(f"w{w}" for w in rng.integers(0, 500, 3))} for i in range(200)]
-        thread = threading.Thread(target=_post_quietly, args=(server.url, big))
-        thread.start()
+        job = c.post("/items", json={"items": big}, headers={"Idempotency-Key": "big"}).json()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             batches = c.get("/edits").json()["batches"]
@@ -82,26 +83,36 @@ def test_restart_after_kill_mid_edit(serving_run, tmp_path):
                 break
             time.sleep(0.01)
         assert batches[-1]["status"] == "pending", "the large batch finished before it could be interrupted"
+        assert c.get(f"/jobs/{job['job_id']}").json()["state"] == "running"
         server.kill()
-        thread.join()
     finally:
         server.stop()
 
     with ServerProcess(serving_run, tmp_path / "state", overrides) as again:
         c = again.client
         assert c.get("/health").json()["interrupted_at_start"] == ["b000002"]
-        assert registry_state(c)[2] == state_before[2]  # catalog size (model_version counts from 0 again)
+        assert registry_state(c)[1:] == state_before[1:]  # the model version and the catalog size, kept
         batches = c.get("/edits").json()["batches"]
         assert [(b["batch_id"], b["status"]) for b in batches] == [("b000001", "active"), ("b000002", "failed")]
         assert "interrupted" in batches[1]["error"]
         assert outputs(c, probes) == before
         assert [c.get(f"/items/{x['item_id']}").json() for x in added["items"]] == items_before
         assert c.get("/items/z0").status_code == 404
-        assert c.post("/items", json={"items": new_items("c", [5])}).status_code == 200
+        interrupted = c.get(f"/jobs/{job['job_id']}").json()
+        assert interrupted["state"] == "failed" and interrupted["batch_id"] == "b000002"
+        assert "interrupted" in interrupted["error"]["detail"] and interrupted["finished_at"] is not None
+        assert c.get("/health").json()["jobs_interrupted_at_start"] == [job["job_id"]]
+        assert c.get(f"/jobs/{finished['job_id']}").json() == finished  # a finished job answers after a restart
+        retry = c.post("/items", json={"items": new_items("a")}, headers={"Idempotency-Key": "first"})
+        assert retry.status_code == 202 and retry.json() == finished  # ... and its key still names it
+        assert c.post("/items?wait=true", json={"items": new_items("c", [5])}).status_code == 200
 
 
-def _post_quietly(url: str, items: list[dict]) -> None:
-    try:
-        httpx.post(f"{url}/items", json={"items": items}, timeout=120)
-    except httpx.TransportError:
-        pass  # the server was killed mid-request
+def _wait_for(client, job_id: str, timeout: float = 120.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/jobs/{job_id}").json()
+        if job["state"] in ("succeeded", "failed"):
+            return job
+        time.sleep(0.02)
+    raise AssertionError(f"job {job_id} not finished in {timeout}s: {job}")

@@ -114,8 +114,9 @@ def _read_interactions(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
     return frame, table.lines
 
 
-def _read_items(path: Path, text_fields: Sequence[str] | None) -> pd.DataFrame:
-    """Item table indexed by ``item_id`` with one ``text`` column: the text fields joined by ``TEXT_SEPARATOR``."""
+def _read_items(path: Path, text_fields: Sequence[str] | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Item table indexed by ``item_id`` with one ``text`` column: the text fields joined by ``TEXT_SEPARATOR``;
+    and the fields themselves, one column each (``RecDataset.item_fields``)."""
     table = read_atomic_table(path)
     ids = table.require(ITEM_ID)
     if text_fields is None:
@@ -140,7 +141,9 @@ def _read_items(path: Path, text_fields: Sequence[str] | None) -> pd.DataFrame:
         raise EmptyInputError(
             f"{path}:{table.lines[row]}: item {ids.iloc[row]!r} has empty text (fields: {', '.join(fields)})"
         )
-    return pd.DataFrame({"text": text}, index=pd.Index(ids.to_numpy(), name=ITEM_ID))
+    index = pd.Index(ids.to_numpy(), name=ITEM_ID)
+    return (pd.DataFrame({"text": text}, index=index),
+            pd.DataFrame(dict(zip(fields, parts)), index=index.copy(), columns=list(dict.fromkeys(fields))))
 
 
 def sort_interactions(frame: pd.DataFrame) -> pd.DataFrame:
@@ -166,7 +169,7 @@ def read_atomic(
     naming file and line.
     """
     inter_path, item_path = Path(inter_path), Path(item_path)
-    items = _read_items(item_path, text_fields)
+    items, fields = _read_items(item_path, text_fields)
     inter, lines = _read_interactions(inter_path)
     unknown = ~inter["item_id"].isin(items.index).to_numpy()
     if (row := _first_true(unknown)) is not None:
@@ -175,6 +178,6 @@ def read_atomic(
         )
     if name is None:
         name = inter_path.name.split(".inter")[0]
-    ds = RecDataset(name=name, interactions=sort_interactions(inter), items=items)
+    ds = RecDataset(name=name, interactions=sort_interactions(inter), items=items, item_fields=fields)
     ds.validate()
     return ds

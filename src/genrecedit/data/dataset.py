@@ -18,11 +18,14 @@ class RecDataset:
     interactions: columns ``user_id`` (str), ``item_id`` (str), ``timestamp`` (float64, seconds),
         sorted by (user_id, timestamp) with a stable sort, so ties keep file order.
     items: index ``item_id`` (str, unique), column ``text`` (str, non-empty). Every interacted item is here.
+    item_fields: the item file's text fields one column each (index ``item_id``, header order, stripped, ``""`` where
+        empty) — what ``text`` was joined from, kept for display; None when the reader has no such fields.
     """
 
     name: str
     interactions: pd.DataFrame
     items: pd.DataFrame
+    item_fields: pd.DataFrame | None = None
 
     def validate(self) -> None:
         """Check the invariants readers promise; raise a specific error otherwise."""

@@ -11,11 +11,18 @@ Schema (``SCHEMA``):
   artifact (checked on restart).
 - ``items(batch_id, position, item_id, text, embedding, sid)``: the batch's items in order; ``embedding`` is the
   float32 text embedding (little-endian bytes), ``sid`` the JSON list of codes.
+- ``jobs(job_id, idempotency_key, request_sha256, state, created_at, started_at, finished_at, batch_id, item_ids,
+  result, error)``: one asynchronous add (``POST /items``); ``state`` is ``queued``, ``running``, ``succeeded`` or
+  ``failed``; ``result`` is the add's JSON answer, ``error`` ``{status_code, error, detail}``. An idempotency key
+  names one job for good (``request_sha256`` tells a retry from a different request under the same key).
+- ``meta.model_version``: the version of the serving model, raised by one in the transaction of every add and
+  rollback that changes it, so it never goes back, across restarts and rollbacks alike.
 
 Crash safety: artifact versions are immutable directories; the service writes a new one first and then commits one
 transaction that points ``artifact_dir`` at it and updates the batches. A crash before the commit leaves the old
 pointer (the orphan directory is removed on restart); ``pending`` batches found on restart were interrupted and are
-marked ``failed``. Writes come from the single edit worker; reads may come from any thread (one lock).
+marked ``failed``, and so are jobs found ``queued`` or ``running`` (their process died with them). Batch writes come
+from the single edit worker; reads and job records may come from any thread (one lock).
 """
 from __future__ import annotations
 
@@ -60,7 +67,22 @@ CREATE TABLE IF NOT EXISTS items (
     PRIMARY KEY (batch_id, position)
 );
 CREATE INDEX IF NOT EXISTS items_by_id ON items(item_id);
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    idempotency_key TEXT NOT NULL UNIQUE,
+    request_sha256 TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'succeeded', 'failed')),
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    batch_id TEXT,
+    item_ids TEXT NOT NULL,
+    result TEXT,
+    error TEXT
+);
 """
+JOB_STATES = ("queued", "running", "succeeded", "failed")
+JOB_INTERRUPTED = "interrupted: the service stopped before this job finished; send the items again with a new key"
 
 
 @dataclass(frozen=True)
@@ -94,6 +116,42 @@ class BatchRecord:
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "delta_sha256"}
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One row of ``jobs``, JSON-ready through ``to_dict`` (timings in seconds: queued, running, total)."""
+
+    job_id: str
+    idempotency_key: str
+    request_sha256: str
+    state: str
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    batch_id: str | None
+    item_ids: list[str]
+    result: dict | None
+    error: dict | None
+
+    def to_dict(self) -> dict:
+        timings = {"queued": (self.started_at or self.finished_at or time.time()) - self.created_at}
+        if self.started_at is not None:
+            timings["running"] = (self.finished_at or time.time()) - self.started_at
+        if self.finished_at is not None:
+            timings["total"] = self.finished_at - self.created_at
+        return {"job_id": self.job_id, "idempotency_key": self.idempotency_key, "state": self.state,
+                "created_at": self.created_at, "started_at": self.started_at, "finished_at": self.finished_at,
+                "timings_s": {k: round(max(v, 0.0), 4) for k, v in timings.items()}, "batch_id": self.batch_id,
+                "item_ids": self.item_ids, "result": self.result, "error": self.error}
+
+
+class IdempotencyConflictError(Exception):
+    """An idempotency key already names a job for a different request (``job``: that job)."""
+
+    def __init__(self, job: JobRecord) -> None:
+        super().__init__(job.job_id)
+        self.job = job
 
 
 class Registry:
@@ -153,13 +211,19 @@ class Registry:
         rows = self._read("SELECT value FROM meta WHERE key = 'artifact_dir'")
         return rows[0][0] if rows else None
 
+    def model_version(self) -> int:
+        rows = self._read("SELECT value FROM meta WHERE key = 'model_version'")
+        return int(rows[0][0]) if rows else 0
+
     def next_seq(self) -> int:
         return int(self._read("SELECT COALESCE(MAX(seq), 0) + 1 FROM batches")[0][0])
 
     # -- writes (the edit worker) ----------------------------------------------------------------------------
-    def add_pending(self, seq: int, batch: BatchItems) -> None:
-        """Record a validated batch whose edit is about to run, with its items."""
+    def add_pending(self, seq: int, batch: BatchItems, job_id: str | None = None) -> None:
+        """Record a validated batch whose edit is about to run, with its items (and tie it to its job)."""
         with self._transaction() as cur:
+            if job_id is not None:
+                cur.execute("UPDATE jobs SET batch_id = ? WHERE job_id = ?", (batch.batch_id, job_id))
             cur.execute("INSERT INTO batches (batch_id, seq, status, created_at, n_items) "
                         "VALUES (?, ?, 'pending', ?, ?)", (batch.batch_id, seq, time.time(), len(batch.item_ids)))
             cur.executemany("INSERT INTO items VALUES (?, ?, ?, ?, ?, ?)", [
@@ -168,8 +232,9 @@ class Registry:
                                                                batch.sids))])
 
     def activate(self, batch_id: str, artifact_dir: str, delta_sha256: str, n_requests: int, timings: dict,
-                 report: dict) -> None:
-        """The batch's artifact is on disk: make it active and point at the new artifact, atomically."""
+                 report: dict, model_version: int) -> None:
+        """The batch's artifact is on disk: make it active, point at the new artifact and record the new model
+        version, atomically."""
         with self._transaction() as cur:
             cur.execute("UPDATE batches SET status = 'active', applied_at = ?, delta_sha256 = ?, n_requests = ?, "
                         "timings = ?, report = ? WHERE batch_id = ? AND status = 'pending'",
@@ -177,15 +242,18 @@ class Registry:
             if cur.rowcount != 1:
                 raise ArtifactMismatchError(f"batch {batch_id} is not pending in {self.path}")
             _set_meta(cur, "artifact_dir", artifact_dir)
+            _raise_version(cur, model_version)
 
     def fail(self, batch_id: str, error: str) -> None:
         with self._transaction() as cur:
             cur.execute("UPDATE batches SET status = 'failed', error = ? WHERE batch_id = ? AND status = 'pending'",
                         (error, batch_id))
 
-    def roll_back(self, batch_id: str, artifact_dir: str, recomputed: dict[str, tuple[np.ndarray, str]]) -> None:
+    def roll_back(self, batch_id: str, artifact_dir: str, recomputed: dict[str, tuple[np.ndarray, str]],
+                  model_version: int) -> None:
         """Mark ``batch_id`` rolled back, store the recomputed SIDs and ΔW fingerprints of the later batches
-        (``{batch_id: (sids [m, P], delta_sha256)}``) and point at the new artifact, in one transaction."""
+        (``{batch_id: (sids [m, P], delta_sha256)}``), point at the new artifact and record the new model version,
+        in one transaction."""
         with self._transaction() as cur:
             cur.execute("UPDATE batches SET status = 'rolled_back', rolled_back_at = ? "
                         "WHERE batch_id = ? AND status = 'active'", (time.time(), batch_id))
@@ -196,6 +264,7 @@ class Registry:
                 cur.executemany("UPDATE items SET sid = ? WHERE batch_id = ? AND position = ?",
                                 [(json.dumps([int(c) for c in sid]), later, i) for i, sid in enumerate(sids)])
             _set_meta(cur, "artifact_dir", artifact_dir)
+            _raise_version(cur, model_version)
 
     def fail_interrupted(self) -> list[str]:
         """Batches left ``pending`` by a crash -> ``failed``; returns their ids."""
@@ -203,6 +272,53 @@ class Registry:
             ids = [r[0] for r in cur.execute("SELECT batch_id FROM batches WHERE status = 'pending'").fetchall()]
             cur.execute("UPDATE batches SET status = 'failed', error = ? WHERE status = 'pending'", (INTERRUPTED,))
         return ids
+
+    # -- jobs ------------------------------------------------------------------------------------------------
+    def create_job(self, job_id: str, key: str, request_sha256: str, item_ids: list[str]) -> tuple[JobRecord, bool]:
+        """A queued job under ``key``, or the job the key already names (``(job, False)``) when the request is the
+        same; ``IdempotencyConflictError`` when it names one for another request."""
+        with self._transaction() as cur:
+            row = cur.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE idempotency_key = ?", (key,)).fetchone()
+            if row is not None:
+                job = _job(row)
+                if job.request_sha256 != request_sha256:
+                    raise IdempotencyConflictError(job)
+                return job, False
+            cur.execute("INSERT INTO jobs (job_id, idempotency_key, request_sha256, state, created_at, item_ids) "
+                        "VALUES (?, ?, ?, 'queued', ?, ?)", (job_id, key, request_sha256, time.time(),
+                                                             json.dumps(item_ids)))
+            return _job(cur.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()), True
+
+    def start_job(self, job_id: str) -> None:
+        with self._transaction() as cur:
+            cur.execute("UPDATE jobs SET state = 'running', started_at = ? WHERE job_id = ? AND state = 'queued'",
+                        (time.time(), job_id))
+
+    def finish_job(self, job_id: str, result: dict | None = None, error: dict | None = None) -> None:
+        """``succeeded`` with ``result``, or ``failed`` with ``error``."""
+        with self._transaction() as cur:
+            cur.execute("UPDATE jobs SET state = ?, finished_at = ?, result = ?, error = ? WHERE job_id = ?",
+                        ("failed" if error is not None else "succeeded", time.time(),
+                         None if result is None else json.dumps(result), None if error is None else json.dumps(error),
+                         job_id))
+
+    def fail_interrupted_jobs(self) -> list[str]:
+        """Jobs left ``queued`` or ``running`` by a stopped process -> ``failed``; returns their ids."""
+        error = json.dumps({"status_code": 500, "error": "Interrupted", "detail": JOB_INTERRUPTED})
+        with self._transaction() as cur:
+            ids = [r[0] for r in cur.execute("SELECT job_id FROM jobs WHERE state IN ('queued', 'running') "
+                                             "ORDER BY created_at").fetchall()]
+            cur.execute("UPDATE jobs SET state = 'failed', finished_at = ?, error = ? "
+                        "WHERE state IN ('queued', 'running')", (time.time(), error))
+        return ids
+
+    def job_by_key(self, key: str) -> JobRecord | None:
+        rows = self._read(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE idempotency_key = ?", (key,))
+        return _job(rows[0]) if rows else None
+
+    def job(self, job_id: str) -> JobRecord | None:
+        rows = self._read(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,))
+        return _job(rows[0]) if rows else None
 
     # -- reads -----------------------------------------------------------------------------------------------
     def active_batches(self) -> list[tuple[BatchItems, str]]:
@@ -241,3 +357,20 @@ class Registry:
 
 def _set_meta(cur: sqlite3.Cursor, key: str, value: str) -> None:
     cur.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+
+
+def _raise_version(cur: sqlite3.Cursor, version: int) -> None:
+    """Record the serving model's version; refuses to go back (two writers, or a stale snapshot)."""
+    row = cur.execute("SELECT value FROM meta WHERE key = 'model_version'").fetchone()
+    if row is not None and int(row[0]) >= version:
+        raise ArtifactMismatchError(f"model version {version} is not above the recorded {row[0]}")
+    _set_meta(cur, "model_version", str(version))
+
+
+_JOB_COLUMNS = ("job_id, idempotency_key, request_sha256, state, created_at, started_at, finished_at, batch_id, "
+                "item_ids, result, error")
+
+
+def _job(row: tuple) -> JobRecord:
+    return JobRecord(*row[:8], json.loads(row[8]), json.loads(row[9]) if row[9] else None,
+                     json.loads(row[10]) if row[10] else None)

@@ -17,6 +17,14 @@ Rolling back: the newest batch is removed exactly (the stack minus its ΔW, outp
 added). An older batch: the later batches are recomputed in order on the remaining stack (their SIDs replayed,
 their pseudo-histories and edits solved again) — slower, and the later batches' ΔW change.
 
+Asynchronous adds (``submit_add``): the batch is validated at once (a 4xx writes nothing), recorded as a job in the
+registry under its idempotency key, and run on the edit worker; the job records its state, timings and the add's
+answer (or its error), so that a restarted service still answers for finished jobs. ``add_items`` is the blocking
+form of the same add (no job).
+
+Versions: ``model_version`` is kept in the registry and raised in the transaction of every add and rollback, so it
+never goes back, across restarts too.
+
 Reach: after each add the new snapshot decodes a seeded sample of the run's validation histories through the same
 function as ``recommend`` (``_ranked``, on a batcher of its own so that live requests neither wait behind it nor
 count it in their metrics), and the add answers each item's exposure (the share of those top-10 lists holding it)
@@ -24,52 +32,43 @@ with a warning for an item that reaches no one or more than ``max_item_share`` o
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import re
+import secrets
 import shutil
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from genrecedit.edit.artifact import EditArtifact, TriggerMode
-from genrecedit.errors import (ArtifactMismatchError, ConfigError, DuplicateItemError, EmptyInputError,
-                               GenRecEditError)
+from genrecedit.errors import ArtifactMismatchError, ConfigError, DuplicateItemError, EmptyInputError
 from genrecedit.model.recommender import DecodeConfig
 from genrecedit.runs.backbone import LoadedRun, load_run
 from genrecedit.runs.edit import make_editor
 from genrecedit.serving.batcher import Ranked, RecommendBatcher
 from genrecedit.serving.catalog import (Catalog, Snapshot, build_snapshot, delta_fingerprint, knowledge_for,
                                         with_batch_id)
+from genrecedit.serving.errors import (BatchNotActiveError, EditFailedError, IdempotencyKeyReusedError,
+                                       InvalidRequestError, PayloadTooLargeError, UnknownBatchError, UnknownJobError,
+                                       error_body)
 from genrecedit.serving.exposure import EXPOSURE_K, added_item_exposure, validation_histories
+from genrecedit.serving.metadata import ItemMetadata
 from genrecedit.serving.metrics import Metrics
-from genrecedit.serving.registry import Registry
+from genrecedit.serving.registry import IdempotencyConflictError, JobRecord, Registry
 from genrecedit.text.embed import embed_items, make_encoder
 
 ARTIFACTS = "artifacts"
 DEFAULT_STATE = "service"
 MAX_ID_CHARS = 200
-
-
-class PayloadTooLargeError(GenRecEditError):
-    """A request asks for more than the service accepts at once (HTTP 413)."""
-
-
-class UnknownBatchError(GenRecEditError):
-    """No batch with this id in the registry (HTTP 404)."""
-
-
-class BatchNotActiveError(GenRecEditError):
-    """The batch exists but is not active, so it cannot be rolled back (HTTP 409)."""
-
-
-class InvalidRequestError(GenRecEditError):
-    """A request value is out of range (HTTP 422)."""
-
-
-class EditFailedError(GenRecEditError):
-    """The edit itself failed; the previous model keeps serving (HTTP 500)."""
+# letters, digits and _:@+~=- in runs, joined by single dots: no '/', '..', spaces or control characters
+ITEM_ID_PATTERN = r"^[A-Za-z0-9_:@+~=-]+(?:\.[A-Za-z0-9_:@+~=-]+)*$"
+MAX_KEY_CHARS = 200
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]+$"  # printable ASCII, no spaces
 
 
 @dataclass
@@ -85,6 +84,16 @@ class ServiceConfig:
     trigger: TriggerMode | None = None  # how edits fire when decoding; None: the run's eval.trigger (its recipe)
     exposure_cases: int = 500  # validation histories decoded after each add to estimate reach; 0: no estimate
     max_item_share: float = 0.05  # an added item in more of those top-10 lists than this is flagged overexposed
+    api_key_file: Path | None = field(default=None, repr=False)  # None: $GENRECEDIT_API_KEY (serving.access)
+    insecure_no_auth: bool = False  # no key configured: mutating endpoints open (local development only)
+    max_body_bytes: int = 8 * 1024 * 1024  # per HTTP request, chunked bodies included
+
+    def resolved(self, run_dir: Path) -> "ServiceConfig":
+        """Relative paths (``state_dir``, ``api_key_file``) taken against the run directory, not the CWD."""
+        def at(path: Path | None) -> Path | None:
+            return None if path is None else Path(run_dir) / Path(path) if not Path(path).is_absolute() else Path(path)
+        return replace(self, state_dir=at(self.state_dir) or Path(run_dir) / DEFAULT_STATE,
+                       api_key_file=at(self.api_key_file))
 
 
 @dataclass(frozen=True)
@@ -95,9 +104,10 @@ class NewItem:
 
 class LiveService:
     def __init__(self, run: LoadedRun, cfg: ServiceConfig | None = None) -> None:
-        self.run = run
-        self.cfg = cfg or ServiceConfig()
-        self.state_dir = Path(self.cfg.state_dir or run.run_dir / DEFAULT_STATE)
+        self.run = _caches_in_run_dir(run)
+        run = self.run
+        self.cfg = (cfg or ServiceConfig()).resolved(run.run_dir)
+        self.state_dir = Path(self.cfg.state_dir)
         self.decode = run.config.decode
         self.max_history = run.config.split.max_history
         self.trigger: TriggerMode = self.cfg.trigger or run.config.eval.trigger
@@ -112,10 +122,15 @@ class LiveService:
         self.encoder = make_encoder(run.config.embedding.encoder, run.config.device, run.config.embedding.batch_size)
         self.embedding_cache = Path(run.config.cache_dir) / "embeddings"
         self.base_catalog = Catalog.base(run.prepared)
+        self.metadata = ItemMetadata(run.prepared.dataset)
         self.metrics = Metrics()
         self.registry = Registry(self.state_dir)
         self.registry.bind_base(run.base_hash)
         self.interrupted = self.registry.fail_interrupted()
+        self.interrupted_jobs = self.registry.fail_interrupted_jobs()
+        self._jobs: dict[str, Future] = {}  # this process's unfinished jobs
+        self._jobs_lock = threading.Lock()
+        self._texts: tuple[int, dict[str, str]] = (-1, {})  # (snapshot version, added item id -> text)
         self.snapshot: Snapshot = self._restore()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edit-worker")
         self._queued = 0  # changes submitted to the worker and not finished yet
@@ -142,9 +157,11 @@ class LiveService:
         self.registry.close()
 
     # -- requests (any thread) -------------------------------------------------------------------------------
-    def recommend(self, history: list[str], k: int | None = None) -> dict:
+    def recommend(self, history: list[str], k: int | None = None, exclude_seen: bool = False) -> dict:
         """Top-k (default ``decode.k``, at most ``decode.beam``) items for one user's history of item ids, oldest
-        first. An empty history is valid (the model answers a lone EOS input: popularity-like output)."""
+        first, each with its score and metadata (title, text, fields). An empty history is valid (the model answers
+        a lone EOS input: popularity-like output). ``exclude_seen``: items of the history are dropped and the list
+        filled from the rest of the beam (fewer than k when more than beam − k of the beam were seen)."""
         k = self.decode.k if k is None else k
         if not 1 <= k <= self.decode.beam:
             raise InvalidRequestError(f"k={k} must be between 1 and the beam width {self.decode.beam}")
@@ -153,10 +170,25 @@ class LiveService:
                                        f"(the model reads the last {self.max_history})")
         snap = self.snapshot
         hist = snap.catalog.histories([history], self.max_history)
-        ranked = self._ranked(snap, hist, k)[0]
-        return {"items": [{"item_id": snap.catalog.item_ids[i], "score": float(s)}
-                          for i, s in zip(ranked.items, ranked.scores)],
+        ranked = self._ranked(snap, hist, self.decode.beam if exclude_seen else k)[0]
+        pairs = list(zip(ranked.items.tolist(), ranked.scores.tolist()))
+        if exclude_seen:
+            seen = {snap.catalog.index[item] for item in history}
+            pairs = [(i, s) for i, s in pairs if i not in seen][:k]
+        return {"items": [{"item_id": snap.catalog.item_ids[i], "score": float(s),
+                           **self._metadata(snap, snap.catalog.item_ids[i])} for i, s in pairs],
                 "model_version": snap.version, "active_batches": len(snap.catalog.batches)}
+
+    def _metadata(self, snap: Snapshot, item_id: str) -> dict:
+        """``{"title", "text", "fields"}`` of a catalog item of ``snap``."""
+        base = self.metadata.base(item_id)
+        if base is not None and snap.catalog.index[item_id] < snap.catalog.n_base:
+            return {**base, "fields": dict(base["fields"])}
+        version, texts = self._texts
+        if version != snap.version:
+            texts = {i: t for b in snap.catalog.batches for i, t in zip(b.item_ids, b.texts)}
+            self._texts = (snap.version, texts)
+        return ItemMetadata.added(texts[item_id])
 
     def _ranked(self, snap: Snapshot, histories: np.ndarray, k: int,
                 batcher: RecommendBatcher | None = None) -> list[Ranked]:
@@ -177,24 +209,86 @@ class LiveService:
         if item_id not in snap.catalog.index:
             return None
         pos = snap.catalog.index[item_id]
-        origin = snap.catalog.origin(item_id)
-        if origin is None:
-            text = str(self.run.prepared.dataset.items.loc[item_id, "text"])
-        else:
-            batch = next(b for b in snap.catalog.batches if b.batch_id == origin)
-            text = batch.texts[batch.item_ids.index(item_id)]
-        return {"item_id": item_id, "index": pos, "sid": snap.catalog.codes[pos].tolist(), "text": text,
-                "warm": bool(snap.catalog.warm[pos]), "batch_id": origin}
+        return {"item_id": item_id, "index": pos, "sid": snap.catalog.codes[pos].tolist(),
+                **self._metadata(snap, item_id), "warm": bool(snap.catalog.warm[pos]),
+                "batch_id": snap.catalog.origin(item_id)}
 
     def health(self) -> dict:
         snap = self.snapshot
         return {"status": "ok", "model_version": snap.version, "catalog_size": len(snap.catalog),
                 "base_items": snap.catalog.n_base, "added_items": len(snap.catalog) - snap.catalog.n_base,
                 "active_batches": snap.active_batches, "base_hash": self.run.base_hash,
-                "edit_queue": self._queued, "interrupted_at_start": self.interrupted}
+                "edit_queue": self._queued, "interrupted_at_start": self.interrupted,
+                "jobs_interrupted_at_start": self.interrupted_jobs}
 
     def add_items(self, items: list[NewItem]) -> dict:
         """Validate at the boundary, then run the edit on the worker; blocks until the batch is serving."""
+        self._validate(items)
+        return self._on_worker(self._add, list(items))
+
+    def submit_add(self, items: list[NewItem], idempotency_key: str | None = None) -> tuple[dict, bool]:
+        """Record an add as a job and queue it on the edit worker; returns (the job, whether it was created now).
+
+        A key that already names a job for the same items returns that job (a retry); for other items,
+        ``IdempotencyKeyReusedError``. Without a key one is drawn (the answer says which). The batch is validated
+        first, against the catalog too: a 4xx records nothing."""
+        key = idempotency_key if idempotency_key is not None else f"auto-{secrets.token_hex(12)}"
+        if not 0 < len(key) <= MAX_KEY_CHARS or not re.fullmatch(IDEMPOTENCY_KEY_PATTERN, key):
+            raise InvalidRequestError(f"Idempotency-Key must be 1-{MAX_KEY_CHARS} printable ASCII characters "
+                                      "without spaces")
+        digest = _request_digest(items)
+        known = self.registry.job_by_key(key)
+        if known is not None:
+            if known.request_sha256 != digest:
+                raise _key_reused(key, known)
+            return known.to_dict(), False
+        self._validate(items)
+        snap = self.snapshot
+        taken = [it.item_id for it in items if it.item_id in snap.catalog.index]
+        if taken:
+            raise DuplicateItemError(f"item {taken[0]!r} is already in the catalog")
+        try:
+            job, created = self.registry.create_job(f"job-{secrets.token_hex(8)}", key, digest,
+                                                    [it.item_id for it in items])
+        except IdempotencyConflictError as err:  # the same key, sent concurrently with other items
+            raise _key_reused(key, err.job) from None
+        if created:
+            with self._jobs_lock, self._queued_lock:
+                self._queued += 1
+                self._jobs[job.job_id] = self._worker.submit(self._run_job, job.job_id, list(items))
+        return job.to_dict(), created
+
+    def job(self, job_id: str) -> dict:
+        record = self.registry.job(job_id)
+        if record is None:
+            raise UnknownJobError(f"no job {job_id!r}")
+        return record.to_dict()
+
+    def wait_job(self, job_id: str, timeout: float | None = None) -> dict:
+        """Block until the job has finished (if it runs in this process) and return its record."""
+        with self._jobs_lock:
+            future = self._jobs.get(job_id)
+        if future is not None:
+            future.result(timeout)
+        return self.job(job_id)
+
+    def _run_job(self, job_id: str, items: list[NewItem]) -> None:
+        """On the edit worker: the add, with the job's state, timings and answer (or error) recorded."""
+        try:
+            self.registry.start_job(job_id)
+            try:
+                result = self._add(items, job_id)
+            except Exception as err:  # noqa: BLE001 - recorded on the job, the worker goes on
+                self.registry.finish_job(job_id, error=error_body(err))
+            else:
+                self.registry.finish_job(job_id, result=result)
+        finally:
+            with self._jobs_lock, self._queued_lock:
+                self._queued -= 1
+                self._jobs.pop(job_id, None)
+
+    def _validate(self, items: list[NewItem]) -> None:
+        """The checks that need no model: count, ids (``ITEM_ID_PATTERN``), texts, repeats."""
         if not items:
             raise EmptyInputError("no items given; send at least one {item_id, text}")
         if len(items) > self.cfg.max_items_per_batch:
@@ -203,9 +297,10 @@ class LiveService:
         for it in items:
             if not it.item_id.strip():
                 raise EmptyInputError("an item id is empty")
-            if "/" in it.item_id or len(it.item_id) > MAX_ID_CHARS or it.item_id != it.item_id.strip():
-                raise InvalidRequestError(f"item id {it.item_id[:MAX_ID_CHARS]!r}: ids are at most {MAX_ID_CHARS} "
-                                          "characters, without '/' or surrounding spaces (GET /items/{id} names them)")
+            if len(it.item_id) > MAX_ID_CHARS or not re.fullmatch(ITEM_ID_PATTERN, it.item_id):
+                raise InvalidRequestError(f"item id {it.item_id[:MAX_ID_CHARS]!r}: ids are 1-{MAX_ID_CHARS} "
+                                          f"characters matching {ITEM_ID_PATTERN} (letters, digits and _:@+~=-, "
+                                          "dots only between them; no '/', '..', spaces or control characters)")
             if not it.text.strip():
                 raise EmptyInputError(f"item {it.item_id!r} has an empty text")
             if len(it.text) > self.cfg.max_text_chars:
@@ -214,7 +309,6 @@ class LiveService:
             if it.item_id in seen:
                 raise DuplicateItemError(f"item {it.item_id!r} occurs twice in the batch")
             seen.add(it.item_id)
-        return self._on_worker(self._add, list(items))
 
     def roll_back(self, batch_id: str) -> dict:
         """Remove an active batch (exact for the newest; later batches recomputed for an older one); blocks."""
@@ -230,7 +324,7 @@ class LiveService:
                 self._queued -= 1
 
     # -- the edit worker -------------------------------------------------------------------------------------
-    def _add(self, items: list[NewItem]) -> dict:
+    def _add(self, items: list[NewItem], job_id: str | None = None) -> dict:
         start = time.perf_counter()
         snap, timings = self.snapshot, {}
         for it in items:
@@ -251,7 +345,7 @@ class LiveService:
         new = catalog.batch_indices(batch_id)
         requests = knowledge_for(self.run.prepared.split.train, catalog, new, self.run.config.knowledge)
         timings["knowledge"] = time.perf_counter() - t0
-        self.registry.add_pending(seq, catalog.batches[-1])  # validated: from here on the batch is on record
+        self.registry.add_pending(seq, catalog.batches[-1], job_id)  # validated: from here on the batch is on record
         version_dir = None
         try:
             t0 = time.perf_counter()
@@ -267,7 +361,7 @@ class LiveService:
             timings["save"] = time.perf_counter() - t0
             timings["total"] = time.perf_counter() - start
             self.registry.activate(batch_id, version_dir, delta_fingerprint(artifact.batches[-1]), len(requests),
-                                   _rounded(timings), _report(report))
+                                   _rounded(timings), _report(report), nxt.version)
         except Exception as err:
             self.registry.fail(batch_id, f"{type(err).__name__}: {err}")
             if version_dir:
@@ -317,7 +411,7 @@ class LiveService:
             nxt = build_snapshot(snap.version + 1, catalog, self.run.recommender, artifact,
                                  self.trigger, self.run.config.prior)
             version_dir = self._save(artifact, f"rollback-{batch_id}")
-            self.registry.roll_back(batch_id, version_dir, recomputed)
+            self.registry.roll_back(batch_id, version_dir, recomputed, nxt.version)
         except Exception as err:
             if version_dir:
                 shutil.rmtree(self.state_dir / version_dir, ignore_errors=True)
@@ -380,8 +474,8 @@ class LiveService:
                 raise ArtifactMismatchError(f"batch {batch.batch_id}: the artifact's ΔW or SIDs differ from the "
                                             "registry's record")
         self._remove_stale_artifacts(rel)
-        return build_snapshot(0, catalog, self.run.recommender, artifact,
-                                 self.trigger, self.run.config.prior)
+        return build_snapshot(self.registry.model_version(), catalog, self.run.recommender, artifact,
+                              self.trigger, self.run.config.prior)
 
 
 def _rounded(timings: dict) -> dict:
@@ -391,3 +485,23 @@ def _rounded(timings: dict) -> dict:
 def _report(report) -> dict:
     return {"layers": report.layers, "n_requests": report.n_requests, "converged": report.converged,
             "efficacy": report.efficacy, "edit_timings_s": _rounded(report.timings_s), "c0_cached": report.c0_cached}
+
+
+def _key_reused(key: str, job: JobRecord) -> IdempotencyKeyReusedError:
+    return IdempotencyKeyReusedError(f"Idempotency-Key {key!r} already names job {job.job_id} for other items; "
+                                     "send a new key for a new request")
+
+
+def _request_digest(items: list[NewItem]) -> str:
+    """sha256 of the items as sent (order kept): what tells a retry from another request under the same key."""
+    body = json.dumps([[it.item_id, it.text] for it in items], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def _caches_in_run_dir(run: LoadedRun) -> LoadedRun:
+    """The run with a relative ``cache_dir`` taken against the run directory: the caches the service writes (added
+    items' embeddings, the edit's C0) belong to the run, wherever the service was started from."""
+    cache = Path(run.config.cache_dir)
+    if cache.is_absolute():
+        return run
+    return replace(run, config=replace(run.config, cache_dir=str(Path(run.run_dir) / cache)))
