@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import socket
 import time
 
 import numpy as np
@@ -116,3 +117,26 @@ def _wait_for(client, job_id: str, timeout: float = 120.0) -> dict:
             return job
         time.sleep(0.02)
     raise AssertionError(f"job {job_id} not finished in {timeout}s: {job}")
+
+
+def test_a_chunked_body_over_the_limit_is_refused_before_it_ends(serving_run, tmp_path):
+    """A body sent without Content-Length (chunked) is answered 413 once the limit is crossed, while the client has
+    not finished sending; the API key appears nowhere in the server's log."""
+    limit = 8 * 1024 * 1024  # ServiceConfig.max_body_bytes
+    with ServerProcess(serving_run, tmp_path / "state", SERVICE_OVERRIDES) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            sock.sendall(b"POST /items HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         b"Transfer-Encoding: chunked\r\nX-API-Key: " + server.api_key.encode() + b"\r\n\r\n")
+            chunk = b"x" * 65536
+            sent = 0
+            while sent <= limit + len(chunk):
+                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                sent += len(chunk)
+            answer = sock.recv(65536)  # the body has not ended (no last chunk): only an early answer comes back
+        assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+        assert b"PayloadTooLargeError" in answer
+        assert server.client.get("/edits").json()["batches"] == []
+        assert server.client.post("/items", json={"items": new_items("x", [0])},
+                                  headers={"X-API-Key": "wrong-key-0123456789"}).status_code == 401
+        assert server.client.post("/items?wait=true", json={"items": new_items("x", [0])}).status_code == 200
+    assert server.api_key not in server.log.read_text()
