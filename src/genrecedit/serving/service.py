@@ -32,10 +32,7 @@ with a warning for an item that reaches no one or more than ``max_item_share`` o
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import re
-import secrets
 import shutil
 import threading
 import time
@@ -53,13 +50,13 @@ from genrecedit.runs.edit import make_editor
 from genrecedit.serving.batcher import Ranked, RecommendBatcher
 from genrecedit.serving.catalog import (Catalog, Snapshot, build_snapshot, delta_fingerprint, knowledge_for,
                                         with_batch_id)
-from genrecedit.serving.errors import (BatchNotActiveError, EditFailedError, IdempotencyKeyReusedError,
-                                       InvalidRequestError, PayloadTooLargeError, UnknownBatchError, UnknownJobError,
-                                       error_body)
+from genrecedit.serving.errors import (BatchNotActiveError, EditFailedError, InvalidRequestError,
+                                       PayloadTooLargeError, UnknownBatchError)
 from genrecedit.serving.exposure import EXPOSURE_K, added_item_exposure, validation_histories
+from genrecedit.serving.jobs import AddJobs
 from genrecedit.serving.metadata import ItemMetadata
 from genrecedit.serving.metrics import Metrics
-from genrecedit.serving.registry import IdempotencyConflictError, JobRecord, Registry
+from genrecedit.serving.registry import Registry
 from genrecedit.text.embed import embed_items, make_encoder
 
 ARTIFACTS = "artifacts"
@@ -67,8 +64,6 @@ DEFAULT_STATE = "service"
 MAX_ID_CHARS = 200
 # letters, digits and _:@+~=- in runs, joined by single dots: no '/', '..', spaces or control characters
 ITEM_ID_PATTERN = r"^[A-Za-z0-9_:@+~=-]+(?:\.[A-Za-z0-9_:@+~=-]+)*$"
-MAX_KEY_CHARS = 200
-IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]+$"  # printable ASCII, no spaces
 
 
 @dataclass
@@ -128,13 +123,12 @@ class LiveService:
         self.registry.bind_base(run.base_hash)
         self.interrupted = self.registry.fail_interrupted()
         self.interrupted_jobs = self.registry.fail_interrupted_jobs()
-        self._jobs: dict[str, Future] = {}  # this process's unfinished jobs
-        self._jobs_lock = threading.Lock()
         self._texts: tuple[int, dict[str, str]] = (-1, {})  # (snapshot version, added item id -> text)
         self.snapshot: Snapshot = self._restore()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edit-worker")
         self._queued = 0  # changes submitted to the worker and not finished yet
         self._queued_lock = threading.Lock()
+        self.jobs = AddJobs(self.registry, self._queue)
         self._closed = False
         decode = DecodeConfig(self.decode.beam, self.decode.k, self.decode.batch_size, self.decode.constrained)
         self.batcher = RecommendBatcher(decode, self.cfg.batch_window_ms / 1e3, self.cfg.max_micro_batch,
@@ -228,64 +222,26 @@ class LiveService:
 
     def submit_add(self, items: list[NewItem], idempotency_key: str | None = None) -> tuple[dict, bool]:
         """Record an add as a job and queue it on the edit worker; returns (the job, whether it was created now).
+        A retry under the same key returns the same job; the batch is validated first, against the catalog too
+        (``serving.jobs.AddJobs.create``)."""
+        items = list(items)
+        return self.jobs.create(idempotency_key, [[it.item_id, it.text] for it in items],
+                                [it.item_id for it in items], lambda: self._validate_new(items),
+                                lambda job_id: self._add(items, job_id))
 
-        A key that already names a job for the same items returns that job (a retry); for other items,
-        ``IdempotencyKeyReusedError``. Without a key one is drawn (the answer says which). The batch is validated
-        first, against the catalog too: a 4xx records nothing."""
-        key = idempotency_key if idempotency_key is not None else f"auto-{secrets.token_hex(12)}"
-        if not 0 < len(key) <= MAX_KEY_CHARS or not re.fullmatch(IDEMPOTENCY_KEY_PATTERN, key):
-            raise InvalidRequestError(f"Idempotency-Key must be 1-{MAX_KEY_CHARS} printable ASCII characters "
-                                      "without spaces")
-        digest = _request_digest(items)
-        known = self.registry.job_by_key(key)
-        if known is not None:
-            if known.request_sha256 != digest:
-                raise _key_reused(key, known)
-            return known.to_dict(), False
+    def job(self, job_id: str) -> dict:
+        return self.jobs.get(job_id)
+
+    def wait_job(self, job_id: str, timeout: float | None = None) -> dict:
+        return self.jobs.wait(job_id, timeout)
+
+    def _validate_new(self, items: list[NewItem]) -> None:
+        """``_validate`` and no id already in the catalog (the worker checks again against the newest one)."""
         self._validate(items)
         snap = self.snapshot
         taken = [it.item_id for it in items if it.item_id in snap.catalog.index]
         if taken:
             raise DuplicateItemError(f"item {taken[0]!r} is already in the catalog")
-        try:
-            job, created = self.registry.create_job(f"job-{secrets.token_hex(8)}", key, digest,
-                                                    [it.item_id for it in items])
-        except IdempotencyConflictError as err:  # the same key, sent concurrently with other items
-            raise _key_reused(key, err.job) from None
-        if created:
-            with self._jobs_lock, self._queued_lock:
-                self._queued += 1
-                self._jobs[job.job_id] = self._worker.submit(self._run_job, job.job_id, list(items))
-        return job.to_dict(), created
-
-    def job(self, job_id: str) -> dict:
-        record = self.registry.job(job_id)
-        if record is None:
-            raise UnknownJobError(f"no job {job_id!r}")
-        return record.to_dict()
-
-    def wait_job(self, job_id: str, timeout: float | None = None) -> dict:
-        """Block until the job has finished (if it runs in this process) and return its record."""
-        with self._jobs_lock:
-            future = self._jobs.get(job_id)
-        if future is not None:
-            future.result(timeout)
-        return self.job(job_id)
-
-    def _run_job(self, job_id: str, items: list[NewItem]) -> None:
-        """On the edit worker: the add, with the job's state, timings and answer (or error) recorded."""
-        try:
-            self.registry.start_job(job_id)
-            try:
-                result = self._add(items, job_id)
-            except Exception as err:  # noqa: BLE001 - recorded on the job, the worker goes on
-                self.registry.finish_job(job_id, error=error_body(err))
-            else:
-                self.registry.finish_job(job_id, result=result)
-        finally:
-            with self._jobs_lock, self._queued_lock:
-                self._queued -= 1
-                self._jobs.pop(job_id, None)
 
     def _validate(self, items: list[NewItem]) -> None:
         """The checks that need no model: count, ids (``ITEM_ID_PATTERN``), texts, repeats."""
@@ -315,13 +271,24 @@ class LiveService:
         return self._on_worker(self._roll_back, batch_id)
 
     def _on_worker(self, fn, *args):
+        return self._queue(lambda: fn(*args)).result()
+
+    def _queue(self, work) -> Future:
+        """Hand ``work`` to the edit worker, counted in ``edit_queue`` until it has run."""
         with self._queued_lock:
             self._queued += 1
         try:
-            return self._worker.submit(fn, *args).result()
-        finally:
+            future = self._worker.submit(work)
+        except BaseException:
             with self._queued_lock:
                 self._queued -= 1
+            raise
+        future.add_done_callback(lambda _: self._done())
+        return future
+
+    def _done(self) -> None:
+        with self._queued_lock:
+            self._queued -= 1
 
     # -- the edit worker -------------------------------------------------------------------------------------
     def _add(self, items: list[NewItem], job_id: str | None = None) -> dict:
@@ -485,17 +452,6 @@ def _rounded(timings: dict) -> dict:
 def _report(report) -> dict:
     return {"layers": report.layers, "n_requests": report.n_requests, "converged": report.converged,
             "efficacy": report.efficacy, "edit_timings_s": _rounded(report.timings_s), "c0_cached": report.c0_cached}
-
-
-def _key_reused(key: str, job: JobRecord) -> IdempotencyKeyReusedError:
-    return IdempotencyKeyReusedError(f"Idempotency-Key {key!r} already names job {job.job_id} for other items; "
-                                     "send a new key for a new request")
-
-
-def _request_digest(items: list[NewItem]) -> str:
-    """sha256 of the items as sent (order kept): what tells a retry from another request under the same key."""
-    body = json.dumps([[it.item_id, it.text] for it in items], ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(body.encode()).hexdigest()
 
 
 def _caches_in_run_dir(run: LoadedRun) -> LoadedRun:
