@@ -35,7 +35,7 @@ from genrecedit.edit.keys import teacher_force
 from genrecedit.edit.memory import optimise_deltas
 from genrecedit.model.beam import beam_search
 from genrecedit.model.tokens import length_order
-from genrecedit.runs.edit import build_requests
+from genrecedit.runs.edit import build_requests, make_editor
 
 NAME = "profile"
 
@@ -125,7 +125,7 @@ def main() -> None:
     targets = torch.from_numpy(codes[requests.items])
     hist = test_sample(run, cfg["beam_requests"], seed=2).histories
     beam, k = run.config.decode.beam, 10
-    chunk = run.config.edit.chunk_size
+    chunk = make_editor(run).chunk_size
     variants = {"after": (dec, beam_search, True)}
     if args.before_ref:
         old_decoder, old_search = modules_at(args.before_ref)

@@ -29,6 +29,17 @@ class DeltaConfig:
     # leaves a margin that survives the closed-form compromise between many requests and the λ C0 preservation.
     stop_prob: float = 0.0
     compact_below: float = 0.75  # re-gather the active rows when fewer than this share of them is left
+    # steps between the host's looks at how many requests are still going (the loop's only device → host sync).
+    # The stop rule is applied on the device at every step, so this sets only when the loop may end and re-gather
+    # its rows, never a result. None: every step on the CPU, where a look costs nothing and most requests stop
+    # within a few steps; every 10 on an accelerator, where each look stalls the queue of kernels
+    check_every: int | None = None
+
+    def checks(self, device: torch.device) -> int:
+        """``check_every`` resolved for ``device``."""
+        if self.check_every is not None:
+            return self.check_every
+        return 1 if device.type == "cpu" else 10
 
 
 @dataclass
@@ -51,47 +62,55 @@ def adam_early_stop(z: torch.Tensor, cfg: DeltaConfig, score: Score, stop_prob: 
 
     ``score(rows, delta[rows])`` -> (ce [r], hit [r] bool): the rows' CE and whether every target is the argmax. A
     row stops once it hits with probability exp(−ce) ≥ ``stop_prob`` (when > 0) and keeps that δ; one that never
-    gets there keeps its lowest-CE δ. The rows scored are re-gathered to the unfinished ones when fewer than
-    ``compact_below`` of them are left (1.0: every step); ``compact(keep)`` is then told which of the previous
-    rows (positions into them) are kept, so a caller can gather its own per-row state.
+    gets there keeps its lowest-CE δ. Every row's optimisation is independent of the others' (Adam is element-wise),
+    so the batch only sets how much work a step does.
+
+    The step loop stays on the device: a stopped row is frozen by masks (no gradient, and nothing it scores changes
+    its result), and the host reads the number of rows still going only every ``cfg.check_every`` steps, to end the
+    loop when none is left and to re-gather the rows scored when fewer than ``compact_below`` of them are (1.0: at
+    every look); ``compact(keep)`` is then told which of the previous rows (positions into them) are kept, so a
+    caller can gather its own per-row state.
     """
-    device = z.device
     m = z.shape[0]
-    z_norm = z.norm(dim=1).clamp_min(1e-6)
     delta = torch.zeros_like(z, requires_grad=True)
     optim = torch.optim.Adam([delta], lr=cfg.lr)
     final = torch.zeros_like(z)
-    best_ce = torch.full((m,), float("inf"), device=device)
-    done = torch.zeros(m, dtype=torch.bool, device=device)
-    rows = torch.arange(m, device=device)
+    # per row scored (``rows``, re-gathered at a look): still going, lowest CE so far, ‖z‖
+    rows = torch.arange(m, device=z.device)
+    live = torch.ones(m, dtype=torch.bool, device=z.device)
+    best_ce = torch.full((m,), float("inf"), dtype=z.dtype, device=z.device)
+    z_norm = z.norm(dim=1).clamp_min(1e-6)
+    check_every = cfg.checks(z.device)
     for step in range(cfg.steps + 1):
-        active = rows[~done[rows]]
-        if len(active) == 0:
-            break
-        if len(active) < compact_below * len(rows):
-            if compact is not None:
-                compact((~done[rows]).nonzero().squeeze(1))
-            rows = active
-        ce, hit = score(rows, delta[rows])
+        if step % check_every == 0:
+            n_live = int(live.sum())  # the only host sync: once every check_every steps
+            if n_live == 0:
+                break
+            if n_live < compact_below * len(rows):
+                keep = live.nonzero().squeeze(1)
+                if compact is not None:
+                    compact(keep)
+                rows, live, best_ce, z_norm = rows[keep], live[keep], best_ce[keep], z_norm[keep]
+        d = delta[rows]
+        ce, hit = score(rows, d)
         with torch.no_grad():
             if stop_prob > 0:
                 hit &= torch.exp(-ce) >= stop_prob
-            better = (ce < best_ce[rows]) | hit
-            upd = rows[better]
-            final[upd] = delta[upd].detach()
-            best_ce[rows] = torch.minimum(best_ce[rows], ce.detach())
-            done[rows[hit]] = True
+            hit &= live
+            better = ((ce < best_ce) & live) | hit
+            final[rows] = torch.where(better[:, None], d, final[rows])
+            best_ce = torch.where(live, torch.minimum(best_ce, ce), best_ce)
+            live = live & ~hit
         if step == cfg.steps:
             break  # the last pass only scores the final δ
-        penalty = cfg.norm_penalty * delta[rows].norm(dim=1) / z_norm[rows]
-        loss = ((ce + penalty) * (~hit)).sum()
+        loss = ((ce + cfg.norm_penalty * d.norm(dim=1) / z_norm) * live).sum()
         for group in optim.param_groups:
             group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
         optim.zero_grad(set_to_none=True)
         loss.backward()
-        optim.step()
-        with torch.no_grad():  # Adam's momentum must not move requests that already stopped
-            delta[done] = final[done]
+        optim.step()  # Adam's momentum still moves stopped rows' δ: the masks above keep it out of every result
+    done = torch.ones(m, dtype=torch.bool, device=z.device)  # a row leaves ``rows`` only once it stopped
+    done[rows] = ~live
     return Deltas(final, done)
 
 
