@@ -196,14 +196,16 @@ def train_tiger(train: CaseSet, valid: CaseSet, codes: np.ndarray, layout: Token
             break
         net.train()
         sampler.set_epoch(epoch)
+        epoch_start = time.perf_counter()
         mean_loss = train_epoch(net, optim, sched, layout, train, codes, cfg.batch_size, cfg.seed + epoch,
                                 pos_mask, f"epoch {epoch + 1}/{cfg.epochs}", ctx, sampler)
+        train_seconds = all_reduce_max(ctx, time.perf_counter() - epoch_start)  # the epoch without validation
         net.eval()
         ndcg = validation_ndcg(recommender, eval_cases, cfg, ctx)
         # the slowest process's clock, so that every process stops after the same epoch
         elapsed = all_reduce_max(ctx, time.perf_counter() - started)
         state["history"].append({"epoch": epoch + 1, "train_loss": mean_loss, "valid_ndcg@10": ndcg,
-                                 "seconds": elapsed})
+                                 "seconds": elapsed, "train_seconds": train_seconds})
         if ctx.is_main:
             tqdm.write(f"epoch {epoch + 1}: loss {mean_loss:.4f}  valid NDCG@10 {ndcg:.4f}  "
                        f"({elapsed:.0f}s)")
