@@ -286,6 +286,9 @@ def serve(model: Annotated[Path, typer.Option("--model", "-m", help="trained run
           insecure_no_auth: Annotated[bool, typer.Option(
               "--insecure-no-auth", help="with no API key, leave the mutating endpoints open (local development "
                                          "only)")] = False,
+          registry_url: Annotated[Optional[str], typer.Option(
+              envvar="GENRECEDIT_REGISTRY_URL", show_default=False,
+              help="PostgreSQL registry (postgresql://user@host/db); default: SQLite in the state dir")] = None,
           overrides: Overrides = None, device: Device = None) -> None:
     """Serve recommendations over HTTP; new items (POST /items) are learnt with GenRecEdit while serving. Adding and
     rolling back need an API key: GENRECEDIT_API_KEY=<secret> genrecedit serve --model runs/demo."""
@@ -294,7 +297,8 @@ def serve(model: Annotated[Path, typer.Option("--model", "-m", help="trained run
     try:
         run_server(model, host, port, state_dir.resolve() if state_dir else None,
                    list(overrides or []) + ([f"device={device}"] if device else []),
-                   api_key_file=api_key_file.resolve() if api_key_file else None, insecure_no_auth=insecure_no_auth)
+                   api_key_file=api_key_file.resolve() if api_key_file else None, insecure_no_auth=insecure_no_auth,
+                   registry_url=registry_url)
     except GenRecEditError as err:
         _fail(err)
 

@@ -27,7 +27,6 @@ from the single edit worker; reads and job records may come from any thread (one
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from genrecedit.errors import ArtifactMismatchError
+from genrecedit.serving.registry_db import Cursor, PostgresDatabase, SQLiteDatabase
 
 REGISTRY_FILE = "registry.sqlite"
 STATUSES = ("pending", "active", "rolled_back", "failed")
@@ -155,31 +155,28 @@ class IdempotencyConflictError(Exception):
 
 
 class Registry:
-    """SQLite-backed record of item batches; every method that writes is one transaction."""
+    """The record of item batches and jobs, in SQLite (``<state dir>/registry.sqlite``) or, given ``url``, in a
+    PostgreSQL database (``registry_db``); every method that writes is one transaction. ``path``: where it is, for
+    messages (a PostgreSQL URL without its password)."""
 
-    def __init__(self, state_dir: Path) -> None:
-        self.path = Path(state_dir) / REGISTRY_FILE
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, state_dir: Path, url: str | None = None) -> None:
+        self._db = PostgresDatabase(url, SCHEMA) if url else SQLiteDatabase(Path(state_dir) / REGISTRY_FILE, SCHEMA)
+        self.path = self._db.location
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.execute("PRAGMA foreign_keys=ON")
-        self._conn.executescript(SCHEMA)
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            self._db.close()
 
     # -- transactions ----------------------------------------------------------------------------------------
     class _Tx:
         def __init__(self, registry: "Registry") -> None:
             self.registry = registry
 
-        def __enter__(self) -> sqlite3.Cursor:
+        def __enter__(self) -> Cursor:
             self.registry._lock.acquire()
-            self.cur = self.registry._conn.cursor()
-            self.cur.execute("BEGIN IMMEDIATE")
+            self.cur = self.registry._db.cursor()
+            self.cur.execute(self.registry._db.begin)
             return self.cur
 
         def __exit__(self, exc_type, exc, tb) -> None:
@@ -193,7 +190,7 @@ class Registry:
 
     def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
         with self._lock:
-            return self._conn.execute(sql, args).fetchall()
+            return self._db.cursor().execute(sql, args).fetchall()
 
     # -- meta ------------------------------------------------------------------------------------------------
     def bind_base(self, base_hash: str) -> None:
@@ -278,16 +275,14 @@ class Registry:
         """A queued job under ``key``, or the job the key already names (``(job, False)``) when the request is the
         same; ``IdempotencyConflictError`` when it names one for another request."""
         with self._transaction() as cur:
-            row = cur.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE idempotency_key = ?", (key,)).fetchone()
-            if row is not None:
-                job = _job(row)
-                if job.request_sha256 != request_sha256:
-                    raise IdempotencyConflictError(job)
-                return job, False
+            # ON CONFLICT: another process may hold the same key (its insert waits on ours, or ours on its)
             cur.execute("INSERT INTO jobs (job_id, idempotency_key, request_sha256, state, created_at, item_ids) "
-                        "VALUES (?, ?, ?, 'queued', ?, ?)", (job_id, key, request_sha256, time.time(),
-                                                             json.dumps(item_ids)))
-            return _job(cur.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()), True
+                        "VALUES (?, ?, ?, 'queued', ?, ?) ON CONFLICT (idempotency_key) DO NOTHING",
+                        (job_id, key, request_sha256, time.time(), json.dumps(item_ids)))
+            job = _job(cur.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE idempotency_key = ?", (key,)).fetchone())
+        if job.request_sha256 != request_sha256:
+            raise IdempotencyConflictError(job)
+        return job, job.job_id == job_id
 
     def start_job(self, job_id: str) -> None:
         with self._transaction() as cur:
@@ -355,11 +350,11 @@ class Registry:
         return out
 
 
-def _set_meta(cur: sqlite3.Cursor, key: str, value: str) -> None:
+def _set_meta(cur: Cursor, key: str, value: str) -> None:
     cur.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
 
 
-def _raise_version(cur: sqlite3.Cursor, version: int) -> None:
+def _raise_version(cur: Cursor, version: int) -> None:
     """Record the serving model's version; refuses to go back (two writers, or a stale snapshot)."""
     row = cur.execute("SELECT value FROM meta WHERE key = 'model_version'").fetchone()
     if row is not None and int(row[0]) >= version:

@@ -82,6 +82,7 @@ class ServiceConfig:
     api_key_file: Path | None = field(default=None, repr=False)  # None: $GENRECEDIT_API_KEY (serving.access)
     insecure_no_auth: bool = False  # no key configured: mutating endpoints open (local development only)
     max_body_bytes: int = 8 * 1024 * 1024  # per HTTP request, chunked bodies included
+    registry_url: str | None = field(default=None, repr=False)  # PostgreSQL registry; None: SQLite in state_dir
 
     def resolved(self, run_dir: Path) -> "ServiceConfig":
         """Relative paths (``state_dir``, ``api_key_file``) taken against the run directory, not the CWD."""
@@ -119,7 +120,7 @@ class LiveService:
         self.base_catalog = Catalog.base(run.prepared)
         self.metadata = ItemMetadata(run.prepared.dataset)
         self.metrics = Metrics()
-        self.registry = Registry(self.state_dir)
+        self.registry = Registry(self.state_dir, self.cfg.registry_url)
         self.registry.bind_base(run.base_hash)
         self.interrupted = self.registry.fail_interrupted()
         self.interrupted_jobs = self.registry.fail_interrupted_jobs()
