@@ -1,5 +1,6 @@
 """The edit registry: every item batch the service was given, its items (text, embedding, SID), its status and
-timings, and which saved edit artifact holds the active stack — in one SQLite file, ``<state dir>/registry.sqlite``.
+timings, and which saved edit artifact holds the active stack — in one SQLite file, ``<state dir>/registry.sqlite``,
+or in a PostgreSQL database (``registry_db``).
 
 Schema (``SCHEMA``):
 
