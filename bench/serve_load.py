@@ -134,7 +134,8 @@ def run(args: argparse.Namespace) -> dict:
                 if time.monotonic() > deadline:
                     break
                 t0 = time.perf_counter()
-                r = server.client.post("/items?wait=true", json={"items": batch}, timeout=max(1.0, deadline - time.monotonic()))
+                r = server.client.post("/items?wait=true", json={"items": batch},
+                                       timeout=max(1.0, deadline - time.monotonic()))
                 body = r.json()
                 edits.append({"status": r.status_code, "batch_id": body.get("batch_id"), "n_items": len(batch),
                               "wall_s": round(time.perf_counter() - t0, 3), "timings_s": body.get("timings_s"),

@@ -48,7 +48,8 @@ def test_bad_item_batches_write_nothing(client, open_service):
     for body, status, message in cases:
         r = client.post("/items?wait=true", json=body)
         assert r.status_code == status and message in r.json()["detail"], (body, r.text)
-    r = client.post("/items?wait=true", content=b'{"items": [{"item_id": "x", ', headers={"content-type": "application/json"})
+    r = client.post("/items?wait=true", content=b'{"items": [{"item_id": "x", ',
+                    headers={"content-type": "application/json"})
     assert r.status_code == 400
     assert registry_state(client) == before
     assert client.delete("/edits/b999999").status_code == 404

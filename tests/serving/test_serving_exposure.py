@@ -104,7 +104,8 @@ def test_the_estimate_decodes_validation_histories_never_test(serving_run, tmp_p
     run = load_run(serving_run, SERVICE_OVERRIDES)
     split = dataclasses.replace(run.prepared.split, test=_NoTest())
     run = dataclasses.replace(run, prepared=dataclasses.replace(run.prepared, split=split))
-    service = LiveService(run, ServiceConfig(state_dir=tmp_path / "state", exposure_cases=12, api_key_file=key_file(tmp_path)))
+    service = LiveService(run, ServiceConfig(state_dir=tmp_path / "state", exposure_cases=12,
+                                             api_key_file=key_file(tmp_path)))
     decoded: list[np.ndarray] = []
     real = service._ranked
 
