@@ -171,15 +171,17 @@ def cases_with_items(run: LoadedRun, n: int | None, items: np.ndarray, extra: in
     return cases.subset(np.sort(np.concatenate([base, pool, more_warm]).astype(np.int64)))
 
 
-def bench_setup(name: str, doc: str | None) -> tuple[argparse.Namespace, dict, Path, LoadedRun]:
+def bench_setup(name: str, doc: str | None,
+                argv: list[str] | None = None) -> tuple[argparse.Namespace, dict, Path, LoadedRun]:
     """The shared command line of a benchmark script (``--size``, ``--out``, ``-o``) -> (args, its config section,
-    output folder, its base run, trained here on first use)."""
+    output folder, its base run, trained here on first use). ``argv``: the arguments (default: ``sys.argv``), so a
+    test can run a benchmark inside the test's process."""
     ap = argparse.ArgumentParser(description=(doc or name).split("\n")[0])
     ap.add_argument("--size", default="smoke", help="bench/configs/<size>.yaml")
     ap.add_argument("--out", type=Path, default=None, help="default runs/bench/<size>")
     ap.add_argument("-o", "--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a run-config override applied after the size's load_overrides (e.g. eval.trigger=preserve)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     cfg = bench_config(args.size)[name]
     spec = base_spec(cfg["base"])
     spec.load_overrides += args.set
