@@ -1,0 +1,355 @@
+"""Launch calendar: continuous editing at retail pace on a time split (issue 21, item 1).
+
+The cold items that first occur in the test period arrive in daily batches, in the order of their first interaction
+(the earliest timestamp among the split's validation and test cases that target them). Day 1 starts at UTC midnight
+of the first such arrival; when the test period from there is shorter than ``days`` calendar days, the time from the
+first arrival to the last test case is cut into ``days`` equal-time slices instead (the JSON's ``calendar.mode``
+says which).
+
+Each day d, in this order:
+1. *Morning*: day d's test cases (target time on day d) are scored with the model as it stood that morning, i.e. with
+   the edits of days < d, and with the unedited model: warm N@10 of both with a paired bootstrap interval of the
+   drop, cold R@10 of today's items (not yet edited) and of earlier days' items, the share of top-10 slots that hold
+   cold items.
+2. *Edit*: day d's items are edited on top of all earlier batches (``ColdItemEditor.edit(previous=...)``) from the
+   run's text-only knowledge source (``pseudo`` or ``successor``: training samples and item text, nothing observed
+   after training). Requests are built once for all calendar items in arrival order; the hand-out of a neighbour's
+   training samples goes item by item in that order, so day d's requests depend on earlier days' items only.
+3. *After the edit*: the artifact is saved into a temp folder and its bytes counted; fixed panels are re-scored with
+   the edited model (the next morning's model): a sample of warm test cases (warm drop with interval) and, per
+   arrival day, test cases that target that day's items (whether day-1 items are still recommended at the end).
+
+Not done: an item is never re-edited from its interactions. ``EditArtifact`` can only remove its newest batch
+exactly (``remove_newest``); replacing an older batch's edit of one item is not supported, so feedback observed on
+days < d is not used (issue 21, item 3). Cold items first seen in the validation period are not edited either.
+
+    PYTHONPATH=bench python bench/launch_calendar.py --size full --out runs/bench/full
+"""
+from __future__ import annotations
+
+import io
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from common import bench_setup, evaluate_detailed, hardware, md_table, write_result
+from genrecedit.atomic import write_bytes
+from genrecedit.baselines.update import measure
+from genrecedit.errors import ConfigError
+from genrecedit.evaluation.bootstrap import paired_bootstrap_diff
+from genrecedit.runs.edit import build_requests, make_editor
+
+NAME = "launch_calendar"
+TEXT_ONLY = ("pseudo", "successor")  # knowledge sources that read no interaction after training
+DAY_SECONDS = 86400.0
+
+
+def first_seen(split) -> np.ndarray:
+    """[n_items] the earliest target time of each item among the validation and test cases (inf: never a target)."""
+    first = np.full(split.n_items, np.inf)
+    for cases in (split.valid, split.test):
+        np.minimum.at(first, cases.targets, cases.timestamps)
+    return first
+
+
+def make_calendar(split, days: int, day_seconds: float = DAY_SECONDS) -> dict:
+    """The days of the launch calendar: ``edges`` [days + 1] times (day d is [edges[d], edges[d + 1])), ``mode``,
+    ``item_day`` [n_items] (the day of each cold item that first occurs in the test period, -1 for every other
+    item) and the backlog (cold items first seen before the test period)."""
+    if len(split.test) == 0:
+        raise ConfigError("the split has no test cases: no launch calendar")
+    first, cold = first_seen(split), ~split.warm
+    test_start, end = float(split.test.timestamps.min()), float(split.test.timestamps.max())
+    arriving = cold & (first >= test_start) & np.isfinite(first)
+    if not arriving.any():
+        raise ConfigError("no cold item first occurs in the test period: no launch calendar")
+    start = float(np.floor(first[arriving].min() / day_seconds) * day_seconds)
+    if end - start < days * day_seconds:  # a short cold period: equal-time slices from the first arrival
+        mode = "equal-time slices"
+        start = float(first[arriving].min())
+        edges = np.linspace(start, end, days + 1)
+        edges[-1] = np.nextafter(end, np.inf)  # the last slice holds the last timestamp
+    else:
+        mode = "calendar days"
+        edges = start + day_seconds * np.arange(days + 1, dtype=np.float64)
+    item_day = np.full(split.n_items, -1, np.int64)
+    day = np.searchsorted(edges, first, side="right") - 1
+    inside = arriving & (day >= 0) & (day < days)
+    item_day[inside] = day[inside]
+    return {"edges": edges, "mode": mode, "item_day": item_day, "start": start, "end": end,
+            "backlog": np.flatnonzero(cold & np.isfinite(first) & (first < test_start)),
+            "after_calendar": np.flatnonzero(arriving & ~inside)}
+
+
+def day_of(edges: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """[n] the calendar day of each time (-1 outside the calendar)."""
+    day = np.searchsorted(edges, times, side="right") - 1
+    return np.where((day >= 0) & (day < len(edges) - 1), day, -1)
+
+
+def sample(index: np.ndarray, n: int | None, rng: np.random.Generator) -> np.ndarray:
+    """A sorted seeded sample of at most ``n`` of ``index`` (all when ``n`` is None)."""
+    return np.sort(index if n is None or len(index) <= n else rng.choice(index, n, replace=False))
+
+
+def iso(t: float) -> str:
+    return datetime.fromtimestamp(t, tz=timezone.utc).strftime("%Y-%m-%d %H:%M")
+
+
+def artifact_bytes(artifact) -> tuple[int, float]:
+    """Bytes on disk of ``artifact`` saved by its own ``save`` into a temp folder (then deleted), and the seconds the
+    save took."""
+    with tempfile.TemporaryDirectory(prefix="launch-calendar-") as tmp:
+        t0 = time.perf_counter()
+        artifact.save(Path(tmp) / "edits")
+        seconds = time.perf_counter() - t0
+        return sum(f.stat().st_size for f in (Path(tmp) / "edits").rglob("*") if f.is_file()), seconds
+
+
+def drop_with_ci(edited: np.ndarray, base: np.ndarray) -> dict:
+    """Relative warm N@10 drop of per-case ``edited`` against ``base`` on the same cases, with a paired bootstrap
+    95 % interval (0.05 = 5 % below the unedited model)."""
+    if len(base) == 0 or not base.mean():
+        return {"drop": None, "ci95": [None, None], "n_cases": int(len(base))}
+    diff, lo, hi = paired_bootstrap_diff(edited, base)
+    scale = -1.0 / base.mean()  # a drop is a negative difference
+    return {"drop": diff * scale + 0.0, "ci95": [hi * scale + 0.0, lo * scale + 0.0], "n_cases": int(len(base)),
+            "base_ndcg10": float(base.mean()), "edited_ndcg10": float(edited.mean())}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args, cfg, out_dir, run = bench_setup(NAME, __doc__, argv)
+    hw = hardware()
+    if run.config.knowledge.source not in TEXT_ONLY:
+        raise ConfigError(f"the launch calendar edits an item on its first day from text only: knowledge.source must "
+                          f"be one of {TEXT_ONLY}, got {run.config.knowledge.source!r}")
+    split, codes, device = run.prepared.split, run.prepared.codes, run.recommender.device
+    trigger = run.config.eval.trigger
+    n_days = int(cfg["days"])
+    cal = make_calendar(split, n_days, float(cfg.get("day_seconds", DAY_SECONDS)))
+    edges, item_day = cal["edges"], cal["item_day"]
+    first = first_seen(split)
+    # the day's items in arrival order (ties by index), at most max_items_per_day of them
+    cap = cfg.get("max_items_per_day")
+    arrivals = [np.flatnonzero(item_day == d)[np.lexsort((np.flatnonzero(item_day == d),
+                                                          first[item_day == d]))] for d in range(n_days)]
+    day_items = [a if cap is None else a[: int(cap)] for a in arrivals]
+    capped_out = np.concatenate([a[len(k):] for a, k in zip(arrivals, day_items)]).astype(np.int64)
+    order = np.concatenate(day_items).astype(np.int64)
+    t0 = time.perf_counter()
+    requests = build_requests(run, order)  # arrival order: the hand-out never looks ahead
+    knowledge_seconds = time.perf_counter() - t0
+    editable = [np.intersect1d(items, requests.items) for items in day_items]
+
+    rng = np.random.default_rng(int(cfg.get("seed", 0)))
+    test = split.test
+    case_day = day_of(edges, test.timestamps)
+    day_case_idx = [sample(np.flatnonzero(case_day == d), cfg.get("cases_per_day"), rng) for d in range(n_days)]
+    calendar_cases = test.subset(np.concatenate(day_case_idx).astype(np.int64))
+    calendar_case_day = np.concatenate([np.full(len(i), d) for d, i in enumerate(day_case_idx)]).astype(np.int64)
+    warm_panel = test.subset(sample(np.flatnonzero(split.warm[test.targets]), cfg.get("warm_panel"), rng))
+    target_day = np.full(split.n_items, -1, np.int64)
+    for d, items in enumerate(editable):
+        target_day[items] = d
+    panel_idx = [sample(np.flatnonzero(target_day[test.targets] == d), cfg.get("panel_cases_per_day"), rng)
+                 for d in range(n_days)]
+    item_panel = test.subset(np.concatenate(panel_idx).astype(np.int64))
+    panel_groups = {f"day {d + 1}": items for d, items in enumerate(editable)}
+    everything = np.concatenate(editable).astype(np.int64)
+    print(f"[{NAME}] {cal['mode']} from {iso(cal['start'])}: {n_days} days, {len(order):,} items "
+          f"({len(everything):,} with requests, {len(requests):,} requests, {len(capped_out):,} over the per-day cap), "
+          f"{len(calendar_cases):,} day cases, warm panel {len(warm_panel):,}, item panel {len(item_panel):,}",
+          flush=True)
+
+    # the unedited model, once: day cases, warm panel, item panel
+    base_days, _, base_days_res = evaluate_detailed(run, calendar_cases)
+    base_warm_panel, _, base_warm_panel_res = evaluate_detailed(run, warm_panel)
+    base_items, _, _ = evaluate_detailed(run, item_panel, groups={**panel_groups, "all calendar items": everything})
+    base_warm_by_case = base_days_res.per_case("ndcg@10", "overall")
+    base_slots = base_days_res.per_case("iid_ratio@10", "overall")  # share of top-10 slots holding cold items
+    warm_cases = ~split.is_cold(calendar_cases)
+    base_panel_warm = base_warm_panel_res.per_case("ndcg@10", "warm")
+
+    editor = make_editor(run)
+    artifact, rounds, rows = None, [], []
+    morning_warm = []  # (edited, base) per-case warm N@10 of every scored day case, for the pooled drop
+    for d in range(n_days):
+        # 1. morning: day d's cases with the edits of days < d
+        n_batches = len(artifact.batches) if artifact else 0
+        schedule = artifact.schedule(trigger, device) if artifact else None
+        sel = calendar_case_day == d
+        morning = None
+        if sel.any():
+            earlier = np.concatenate(editable[:d]).astype(np.int64) if d else np.zeros(0, np.int64)
+            cases = calendar_cases.subset(sel)
+            metrics, eval_s, res = evaluate_detailed(run, cases, schedule,
+                                                     groups={"today's items": day_items[d],
+                                                             "earlier days' items": earlier})
+            edited_ndcg = res.per_case("ndcg@10", "overall")
+            warm = warm_cases[sel]
+            morning_warm.append((edited_ndcg[warm], base_warm_by_case[sel][warm]))
+            morning = {"metrics": metrics, "eval_seconds": eval_s,
+                       "warm_drop": drop_with_ci(edited_ndcg[warm], base_warm_by_case[sel][warm]),
+                       "base_ndcg10_all": float(base_warm_by_case[sel].mean()),
+                       "edited_ndcg10_all": float(edited_ndcg.mean()),
+                       "cold_slot_share": float(res.per_case("iid_ratio@10", "overall").mean()),
+                       "base_cold_slot_share": float(base_slots[sel].mean())}
+        # 2. edit day d's items on top of every earlier batch
+        items = editable[d]
+        edit = None
+        if len(items):
+            with measure() as m:
+                artifact, report = editor.edit(requests.subset(np.flatnonzero(np.isin(requests.items, items))),
+                                               codes, split.item_ids, previous=artifact)
+            size, save_s = artifact_bytes(artifact)
+            edit = {"n_items": report.n_items, "n_requests": report.n_requests,
+                    "update_seconds": report.timings_s["update_total"], "timings_s": report.timings_s,
+                    "edit_call_seconds": m.wall_seconds, "edit_cpu_seconds": m.cpu_seconds,
+                    "peak_rss_mb": m.peak_rss_mb, "efficacy": report.efficacy, "layers": report.layers,
+                    "artifact_bytes": size, "save_seconds": save_s}
+        elif rounds:
+            size = rounds[-1]["artifact_bytes"]
+        else:
+            size = 0
+        # 3. after the edit (the next morning's model): the panels
+        schedule = artifact.schedule(trigger, device) if artifact else None
+        panel, _, panel_res = evaluate_detailed(run, warm_panel, schedule)
+        items_after, _, _ = evaluate_detailed(run, item_panel, schedule,
+                                              groups={**panel_groups, "all calendar items": everything})
+        rounds.append({"day": d + 1, "start": iso(edges[d]), "end": iso(edges[d + 1]),
+                       "arrived_items": int(len(arrivals[d])), "edited_items": int(len(items)),
+                       "items": [split.item_ids[i] for i in items],
+                       "batches_in_morning_model": n_batches,
+                       "batches_after_edit": len(artifact.batches) if artifact else 0,
+                       "day_cases": int(sel.sum()), "morning": morning, "edit": edit, "artifact_bytes": size,
+                       "after_edit": {"warm_panel": panel["warm"],
+                                      "warm_panel_drop": drop_with_ci(panel_res.per_case("ndcg@10", "warm"),
+                                                                      base_panel_warm),
+                                      "items_recall10_by_arrival_day": {
+                                          k: items_after[k]["recall@10"] for k in panel_groups},
+                                      "items": items_after}})
+        r = rounds[-1]
+        wd = morning["warm_drop"] if morning else {"drop": None, "ci95": [None, None]}
+        after = r["after_edit"]
+        rows.append([d + 1, r["start"][:10] if cal["mode"] == "calendar days" else r["start"], len(arrivals[d]),
+                     len(items), r["day_cases"],
+                     None if not morning else morning["metrics"]["warm"]["ndcg@10"],
+                     wd["drop"], None if wd["drop"] is None else f"[{wd['ci95'][0]:.3f}, {wd['ci95'][1]:.3f}]",
+                     None if not morning else morning["metrics"]["today's items"]["recall@10"],
+                     None if not morning else morning["metrics"]["earlier days' items"]["recall@10"],
+                     None if not morning else morning["cold_slot_share"],
+                     None if not edit else edit["update_seconds"], size / 1e6,
+                     after["items"][f"day {d + 1}"]["recall@10"], after["items"]["day 1"]["recall@10"],
+                     after["warm_panel_drop"]["drop"]])
+        print(f"[{NAME}] day {d + 1}: {len(items)} items edited"
+              + (f" in {edit['update_seconds']:.1f} s" if edit else "")
+              + f", artifact {size / 1e6:.1f} MB, morning warm drop {wd['drop']}, warm panel drop "
+              f"{after['warm_panel_drop']['drop']}, day-1 items R@10 {after['items']['day 1']['recall@10']}",
+              flush=True)
+
+    pooled = drop_with_ci(np.concatenate([e for e, _ in morning_warm]), np.concatenate([b for _, b in morning_warm])) \
+        if morning_warm else None
+    final = rounds[-1]["after_edit"]
+    summary = {"pooled_morning_warm_drop": pooled, "final_warm_panel_drop": final["warm_panel_drop"],
+               "day1_items_recall10_after_day1": rounds[0]["after_edit"]["items"]["day 1"]["recall@10"],
+               "day1_items_recall10_at_end": final["items"]["day 1"]["recall@10"],
+               "day1_items_recall10_unedited": base_items["day 1"]["recall@10"],
+               "all_items_recall10_at_end": final["items"]["all calendar items"]["recall@10"],
+               "all_items_recall10_unedited": base_items["all calendar items"]["recall@10"],
+               "update_seconds": [r["edit"]["update_seconds"] if r["edit"] else None for r in rounds],
+               "artifact_bytes": [r["artifact_bytes"] for r in rounds]}
+    rows.insert(0, [0, "unedited", None, None, len(calendar_cases), base_days["warm"]["ndcg@10"], None, None, None,
+                    None, float(base_slots.mean()), None, 0.0, None, base_items["day 1"]["recall@10"], None])
+    table = md_table(["day", "from", "arrived", "edited", "day cases", "warm N@10 (morning)", "warm drop",
+                      "drop 95 % CI", "today's items R@10", "earlier items R@10", "cold top-10 share", "edit s",
+                      "artifact MB", "today's items R@10 after edit", "day-1 items R@10 after edit",
+                      "warm panel drop after edit"], rows)
+    fp = final["warm_panel_drop"]
+    cap_note = "no cap a day" if cap is None else f"{len(capped_out):,} over the cap of {cap} a day"
+    table += (
+        f"\nBase {cfg['base']['run_dir']} ({split.protocol} split), knowledge {run.config.knowledge.source} "
+        f"(n {run.config.knowledge.histories_per_item}), λ {run.config.edit.lam}, λ scale "
+        f"{run.config.edit.lam_scale}, positions {run.config.edit.positions}, trigger {trigger}. Calendar: "
+        f"{cal['mode']} from {iso(cal['start'])}, {n_days} days; {sum(len(a) for a in arrivals):,} items arrived, "
+        f"{len(everything):,} edited ({cap_note}, {len(order) - len(everything):,} without requests); "
+        f"{len(cal['backlog']):,} cold items first seen before the test period and "
+        f"{len(cal['after_calendar']):,} arriving after the calendar are never edited. Morning columns: day d's test "
+        f"cases ({cfg.get('cases_per_day') or 'all'} a day) scored with the edits of days < d; drop and its CI "
+        "against the unedited model on the same warm cases (paired bootstrap); today's items are not edited yet. "
+        f"After-edit columns: fixed panels scored with the edits of days ≤ d: {len(item_panel):,} test cases of the "
+        f"edited items (≤ {cfg.get('panel_cases_per_day')} per arrival day, from the whole test period) and "
+        f"{len(warm_panel):,} warm test cases. Edit s: update time (method.md §5.9; day 1 includes the layer probe when edit.layer_policy runs one). "
+        f"Artifact MB: `EditArtifact.save` of all batches so far. Row 0: the unedited model (day cases pooled).\n"
+        f"\nPooled over all days' warm cases (each day's model): warm drop "
+        + (f"{pooled['drop']:.4f} [{pooled['ci95'][0]:.4f}, {pooled['ci95'][1]:.4f}]" if pooled and pooled["drop"]
+           is not None else "–")
+        + "; after the last day, warm panel: "
+        + (f"{fp['drop']:.4f} [{fp['ci95'][0]:.4f}, {fp['ci95'][1]:.4f}]" if fp["drop"] is not None else "–")
+        + ". Feedback is never used: an item is edited once, from text, on its first day (re-edit: issue 21 item 3; "
+          "the artifact cannot replace an older batch's edit).\n")
+    data = {"size": args.size, "config": cfg, "hardware": hw, "trigger": trigger,
+            "knowledge": run.config.knowledge.source, "knowledge_seconds": knowledge_seconds,
+            "calendar": {"mode": cal["mode"], "start": iso(cal["start"]), "end": iso(cal["end"]),
+                         "edges": cal["edges"].tolist(), "days": n_days,
+                         "arrived_items": int(sum(len(a) for a in arrivals)), "edited_items": int(len(everything)),
+                         "capped_out_items": int(len(capped_out)), "backlog_items": int(len(cal["backlog"])),
+                         "after_calendar_items": int(len(cal["after_calendar"])), "n_requests": len(requests)},
+            "base": {"day_cases": base_days, "warm_panel": base_warm_panel, "items": base_items,
+                     "cold_slot_share": float(base_slots.mean())},
+            "panels": {"warm_panel_cases": len(warm_panel), "item_panel_cases": len(item_panel)},
+            "summary": summary, "rounds": rounds}
+    write_result(out_dir, NAME, data, table, f"Launch calendar ({args.size})")
+    write_bytes(Path(out_dir) / f"{NAME}.png", plot_png(rounds, n_days))
+    print(table)
+    return data
+
+
+def plot_png(rounds: list[dict], n_days: int) -> bytes:
+    """Four panels against the day: warm drop (morning day cases and warm panel, with intervals), cold R@10 of
+    arrival-day groups after each edit, edit seconds, artifact MB."""
+    figure = Figure(figsize=(13.0, 8.0), dpi=100)
+    FigureCanvasAgg(figure)
+    (a, b), (c, e) = figure.subplots(2, 2)
+    days = np.array([r["day"] for r in rounds])
+
+    def band(ax, getter, label):
+        vals = [getter(r) for r in rounds]
+        keep = [i for i, v in enumerate(vals) if v is not None and v["drop"] is not None]
+        if keep:
+            y = np.array([vals[i]["drop"] for i in keep]) * 100
+            lo = np.array([vals[i]["ci95"][0] for i in keep]) * 100
+            hi = np.array([vals[i]["ci95"][1] for i in keep]) * 100
+            ax.errorbar(days[keep], y, yerr=[y - lo, hi - y], marker="o", capsize=2, label=label)
+
+    band(a, lambda r: r["morning"]["warm_drop"] if r["morning"] else None, "day d's cases, morning model")
+    band(a, lambda r: r["after_edit"]["warm_panel_drop"], "warm panel, after day d's edit")
+    a.axhline(0, color="grey", lw=0.5)
+    a.set(title="warm N@10 drop (%), 95 % CI", xlabel="day")
+    a.legend(fontsize="small")
+    groups = [f"day {k}" for k in sorted({1, max(1, n_days // 2), n_days})]
+    for g in groups:
+        start = int(g.split()[1])
+        y = [r["after_edit"]["items"][g]["recall@10"] for r in rounds if r["day"] >= start]
+        if any(v is not None for v in y):
+            b.plot(days[days >= start], [np.nan if v is None else v for v in y], marker=".", label=f"{g} items")
+    b.plot(days, [r["after_edit"]["items"]["all calendar items"]["recall@10"] or np.nan for r in rounds],
+           marker=".", label="all calendar items")
+    b.set(title="cold R@10 after day d's edit (item panel)", xlabel="day")
+    b.legend(fontsize="small")
+    c.bar(days, [r["edit"]["update_seconds"] if r["edit"] else 0.0 for r in rounds])
+    c.set(title="edit update seconds", xlabel="day")
+    e.plot(days, [r["artifact_bytes"] / 1e6 for r in rounds], marker=".")
+    e.set(title="artifact on disk (MB)", xlabel="day")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+if __name__ == "__main__":
+    main()
