@@ -1,0 +1,144 @@
+"""bench/launch_calendar.py end to end on a tiny run: the smoke sizing of bench/configs/smoke.yaml, on synthetic data
+where six new games are released one after another during the test period (the smoke's own base is an ML-100k run
+that takes minutes to train)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+GENRES = ["action", "comedy", "drama", "horror", "sport", "puzzle"]
+N_WARM, DAYS = 60, 4
+
+
+def write_releases(folder: Path, n_users: int = 120, per_user: int = 15, seed: int = 0) -> dict[str, float]:
+    """Users drift through genres over times 0..10,000 and keep buying known games until 12,000; new game k (one per
+    genre) is released at 10,000 + 300 k and bought by some users within 250 s of its release. Returns each new
+    game's first interaction time."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    lines, first = ["user_id:token\titem_id:token\ttimestamp:float"], {}
+    for u in range(n_users):
+        g0 = int(rng.integers(0, len(GENRES)))
+        times = np.sort(np.concatenate([rng.integers(0, 10_000, per_user), rng.integers(10_000, 12_000, 2)]))
+        for j, t in enumerate(times):
+            g = (g0 + j // 5) % len(GENRES)
+            lines.append(f"u{u}\ti{g * (N_WARM // len(GENRES)) + int(rng.integers(0, N_WARM // len(GENRES)))}\t{t}")
+        k = int(rng.integers(0, len(GENRES)))
+        t = 10_000 + 300 * k + int(rng.integers(0, 250))
+        first[f"i{N_WARM + k}"] = min(first.get(f"i{N_WARM + k}", np.inf), float(t))
+        lines.append(f"u{u}\ti{N_WARM + k}\t{t}")
+    (folder / "releases.inter").write_text("\n".join(lines) + "\n")
+    items = ["item_id:token\ttitle:token_seq"]
+    for i in range(N_WARM + len(GENRES)):
+        g = GENRES[i // (N_WARM // len(GENRES))] if i < N_WARM else GENRES[i - N_WARM]
+        items.append(f"i{i}\t{g} game number {i % 7} {g} edition")
+    (folder / "releases.item").write_text("\n".join(items) + "\n")
+    return first
+
+
+@pytest.fixture(scope="module")
+def release_run(tmp_path_factory, tiny_overrides):
+    from genrecedit.config import load_config
+    from genrecedit.runs.backbone import train_backbone
+
+    root = tmp_path_factory.mktemp("launch")
+    first = write_releases(root / "releases")
+    cfg = load_config(None, [f"dataset={root / 'releases'}", f"cache_dir={root / 'cache'}", *tiny_overrides,
+                             "knowledge.source=pseudo", "edit.positions=[1, 2, 3]", "eval.trigger=prefix",
+                             # 17 % of the interactions come after the first release: the test period starts before it
+                             "split.valid_quantile=0.7", "split.test_quantile=0.8"])
+    train_backbone(cfg, root / "run")
+    return root / "run", first
+
+
+def test_launch_calendar_scores_each_day_before_its_edit(release_run, tmp_path, monkeypatch):
+    run_dir, first = release_run
+    monkeypatch.syspath_prepend(str(BENCH))
+    import launch_calendar as lc
+
+    # the smoke sizing, on the tiny run, with fewer days (six items)
+    cfg = yaml.safe_load((BENCH / "configs" / "smoke.yaml").read_text())["launch_calendar"]
+    cfg["base"] = {"run_dir": str(run_dir), "config": "demo", "load_overrides": ["threads=1"]}
+    cfg["days"] = DAYS
+    (tmp_path / "size.yaml").write_text(yaml.safe_dump({"launch_calendar": cfg}))
+
+    # spies: every edit (which items, on how many batches) and every evaluation (which cases, with how many batches)
+    events = []
+    make_editor = lc.make_editor
+
+    def spying_editor(run):
+        editor = make_editor(run)
+        edit = editor.edit
+
+        def spy(requests, codes, item_ids, previous=None):
+            events.append(("edit", sorted({item_ids[i] for i in requests.items}),
+                           len(previous.batches) if previous else 0))
+            return edit(requests, codes, item_ids, previous)
+
+        editor.edit = spy
+        return editor
+
+    evaluate = lc.evaluate_detailed
+
+    def spying_evaluate(run, cases, edits=None, groups=None):
+        events.append(("eval", cases.timestamps.copy(), edits, sorted(groups or {})))
+        return evaluate(run, cases, edits, groups)
+
+    monkeypatch.setattr(lc, "make_editor", spying_editor)
+    monkeypatch.setattr(lc, "evaluate_detailed", spying_evaluate)
+    out = tmp_path / "out"
+    data = lc.main(["--size", str(tmp_path / "size.yaml"), "--out", str(out)])
+
+    rounds, edges = data["rounds"], np.asarray(data["calendar"]["edges"])
+    assert data["calendar"]["mode"] == "equal-time slices"  # 2,000 s of test period: shorter than 4 days
+    assert [r["day"] for r in rounds] == list(range(1, DAYS + 1)) and np.all(np.diff(edges) > 0)
+    assert edges[0] == min(first.values())  # the calendar starts with the first release
+    # every new game is edited once, on the day of its first interaction, days in order
+    edited = {item: r["day"] for r in rounds for item in r["items"]}
+    assert sorted(edited) == sorted(first)
+    for item, day in edited.items():
+        assert edges[day - 1] <= first[item] < edges[day]
+    edit_days = [r["day"] for r in rounds if r["edit"]]
+    assert len(edit_days) >= 3  # the releases spread over the calendar
+    edits = [e for e in events if e[0] == "edit"]
+    assert [e[1] for e in edits] == [sorted(rounds[d - 1]["items"]) for d in edit_days]
+    assert [e[2] for e in edits] == list(range(len(edits)))  # each batch on top of all earlier ones
+
+    # each day's cases are scored with the edits of earlier days only: the morning model
+    for r in rounds:
+        assert r["batches_in_morning_model"] == sum(d < r["day"] for d in edit_days)
+        assert r["batches_after_edit"] == sum(d <= r["day"] for d in edit_days)
+    mornings = [i for i, e in enumerate(events) if e[0] == "eval" and "today's items" in e[3]]
+    for i in mornings:  # each one day's cases
+        assert len(np.unique(lc.day_of(edges, events[i][1]))) == 1 and lc.day_of(edges, events[i][1][:1])[0] >= 0
+    scored_days = [int(lc.day_of(edges, events[i][1][:1])[0]) + 1 for i in mornings]
+    assert scored_days == [r["day"] for r in rounds if r["day_cases"]] and len(scored_days) >= 2
+    for i, day in zip(mornings, scored_days):
+        before = sum(1 for x in events[:i] if x[0] == "edit")
+        assert before == sum(d < day for d in edit_days)  # the day's own batch is edited after its cases are scored
+        assert (events[i][2] is None) == (before == 0)
+    day1 = rounds[0]["morning"]
+    assert day1["edited_ndcg10_all"] == day1["base_ndcg10_all"]  # nothing edited on the first morning
+    assert day1["warm_drop"]["drop"] in (0.0, None)
+
+    # the artifact on disk grows with every batch and never shrinks
+    sizes = [r["artifact_bytes"] for r in rounds]
+    assert all(b >= a for a, b in zip(sizes, sizes[1:])) and sizes[-1] > 0
+    for prev, r in zip([0] + sizes, rounds):
+        assert (r["artifact_bytes"] > prev) == bool(r["edit"])
+    # day-1 items are tracked to the last day
+    assert all("day 1" in r["after_edit"]["items_recall10_by_arrival_day"] for r in rounds)
+    assert rounds[-1]["after_edit"]["items"]["day 1"]["n_cases"] > 0
+    assert data["summary"]["day1_items_recall10_at_end"] is not None
+
+    # the result files
+    assert json.loads((out / "launch_calendar.json").read_text())["calendar"]["days"] == DAYS
+    assert "| day |" in (out / "launch_calendar.md").read_text()
+    assert (out / "launch_calendar.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    sys.modules.pop("launch_calendar", None)
