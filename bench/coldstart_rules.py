@@ -9,8 +9,9 @@ Rules, all from the same grid pass (``genrecedit.runs.coldstart``): ``stratified
 each within the bounds on its own cases), ``one setting, planned mix`` (the latest 20 % of the early window's mix)
 and one setting held at a planned share of histories ending with a new item: the early window's own, its latest
 20 %'s, its straight-line trend at the middle of a next period as long (``WarmPlan.of(..., trend=True)``), or the
-worst case (both strata within the bound); the bound at the upper end of the drop's 95 % interval or at the
-estimate. Per rule on the later window: warm NDCG@10 drop, cold
+worst case (both strata within the bound); ``allocated`` (a setting per kind of history, the bound held for both
+together at the latest 20 %'s or the trend's mix, ``allocate_strata``); the bound at the upper end of the drop's
+95 % interval or at the estimate. Per rule on the later window: warm NDCG@10 drop, cold
 recall@10, overall NDCG@10, exposure, and the share of histories ending with a new item in both windows. Writes
 ``<out>/coldstart_rules.json`` and ``.md``.
 """
@@ -27,8 +28,8 @@ from common import hardware, md_table, write_result
 from genrecedit.coldstart.exposure import exposure
 from genrecedit.coldstart.prior import PriorConfig
 from genrecedit.runs.backbone import load_run
-from genrecedit.runs.coldstart import (CUT, ColdstartSpec, WarmPlan, _admissible, _best, choose_strata, decode,
-                                       make_prior, new_items, select_coldstart, selection_cases, strata_masks)
+from genrecedit.runs.coldstart import (CUT, ColdstartSpec, WarmPlan, _admissible, _best, allocate_strata,
+                                       choose_strata, decode, make_prior, new_items, select_coldstart, selection_cases, strata_masks)
 from genrecedit.runs.evaluate import score_topk
 
 NAME = "coldstart_rules"
@@ -54,9 +55,11 @@ def main() -> None:
     ap.add_argument("--early", type=float, default=0.5, help="share of the validation period (by time) to select on")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
+    ap.add_argument("--allocated-bounds", default="0.025,0.02,0.015",
+                    help="also the allocated rule (trend, upper end) planned within these tighter warm bounds")
     args = ap.parse_args()
     run = load_run(args.run, [f"threads={args.threads}"])
-    spec = ColdstartSpec()
+    spec = ColdstartSpec(bounds=dataclasses.replace(ColdstartSpec().bounds, allocate=True))
     cases = selection_cases(run, None, whole=True)
     cut = np.quantile(cases.timestamps, args.early)
     early, later = cases.subset(cases.timestamps < cut), cases.subset(cases.timestamps >= cut)
@@ -94,6 +97,13 @@ def main() -> None:
     rules = {"stratified, upper end": choose_strata(cells, spec.bounds),
              "stratified, estimate": choose_strata(cells, point),
              "one setting, latest 20 %, upper end": one_setting(lambda c: _admissible(c["metrics"], spec.bounds))}
+    for plan in ("latest 20 %", "trend"):
+        q = plans[plan]
+        rules[f"allocated, {plan} ({100 * q:.1f} %), upper end"] = allocate_strata(cells, spec.bounds, q)
+        rules[f"allocated, {plan} ({100 * q:.1f} %), estimate"] = allocate_strata(cells, point, q)
+    for tighter in (float(b) for b in args.allocated_bounds.split(",") if b.strip()):
+        rules[f"allocated, trend, upper end, planned ≤ {100 * tighter:.1f} %"] = allocate_strata(
+            cells, dataclasses.replace(spec.bounds, max_warm_drop=tighter), plans["trend"])
     for plan, q in plans.items():
         rules[f"one setting, {plan} ({100 * q:.1f} %), estimate"] = one_setting(
             lambda c, q=q: drop_at(c, q) <= bound)

@@ -111,8 +111,12 @@ def coldstart(run_dir: RunDir, overrides: Overrides = None,
                   "--stratified/--one-setting", help="one setting per kind of history (its last item new or not), "
                                                      "each within the bounds on its own cases (default), or one "
                                                      "setting for all held at --plan-window's mix")] = True,
+              allocate: Annotated[bool, typer.Option(
+                  "--allocate/--per-stratum", help="--stratified: hold the warm-drop bound for both kinds of "
+                                                   "history together at --plan-window's mix, each weighed by its "
+                                                   "share of the warm NDCG, or within each")] = False,
               plan_window: Annotated[float, typer.Option(
-                  help="--one-setting: hold the warm-drop bound at the request mix (share of histories ending with "
+                  help="--one-setting, --allocate: hold the warm-drop bound at the request mix (share of histories ending with "
                        "a new item) of this latest share of the validation period; 1: the whole period's mix")] = 0.2,
               plan_trend: Annotated[bool, typer.Option(
                   help="--one-setting: plan at the share's straight-line trend read at the middle of a next "
@@ -131,7 +135,7 @@ def coldstart(run_dir: RunDir, overrides: Overrides = None,
         artifact = EditArtifact.load(edits, run.base_hash) if edits else None
         spec = ColdstartSpec(bounds=Bounds(max_warm_drop=max_warm_drop, max_item_share=max_item_share, upper=upper,
                                            plan_window=plan_window, stratified=stratified,
-                                           plan_trend=plan_trend),
+                                           plan_trend=plan_trend, allocate=allocate),
                              valid_max_cases=valid_max_cases)
         report = run_coldstart(run, out or run_dir, spec, artifact, name, echo=typer.echo)
         if adopt and report["chosen_prior"] is not None:

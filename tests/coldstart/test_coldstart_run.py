@@ -86,6 +86,42 @@ def test_each_stratum_takes_its_best_cell_within_its_own_bounds():
     assert choose_strata([cell(0.1, (0.09, 0.0, 0.01), (0.09, 0.0, 0.01))], Bounds()) is None
 
 
+def test_allocation_spends_the_warm_bound_where_the_backbone_ranks_warm_items_poorly():
+    from genrecedit.runs.coldstart import allocate_strata
+
+    def row(ndcg, drop, n, base_warm, base=0.10):
+        return {"ndcg": ndcg, "base_ndcg": base, "warm_drop": drop, "warm_drop_upper": drop + 0.01,
+                "max_item_share": 0.01, "n_cases": n, "base_warm_ndcg": base_warm}
+
+    def cell(budget, rest, novel):
+        return {"prior": {"budget": budget, "head": 0},
+                "strata": {"rest": row(*rest, n=900, base_warm=0.02), "novel": row(*novel, n=100, base_warm=0.002)}}
+
+    cells = [cell(0.1, (0.105, 0.005), (0.101, 0.00)),
+             cell(0.2, (0.11, 0.02), (0.20, 0.20)),    # novel: a 21 % upper end, but its warm NDCG weighs little
+             cell(0.3, (0.12, 0.05), (0.102, 0.00))]   # rest: past the bound on its own
+    # share 0.1 of warm cases end with a new item: the novel stratum holds 0.1·0.002 / (0.9·0.02 + 0.1·0.002) ≈ 1.1 %
+    # of the warm NDCG, so (rest 0.1, novel 0.2) plans 0.989·0.015 + 0.011·0.21 ≈ 1.7 % and is the best pair
+    chosen = allocate_strata(cells, Bounds(), share=0.1)
+    assert chosen["budget"] == 0.1 and chosen["novel"]["budget"] == 0.2
+    # per-stratum bounds refuse the same novel cell
+    assert choose_strata_budget(cells) == (0.2, 0.3)
+    # a larger planned share makes the novel stratum's drop count more: at 0.9 it weighs ≈ 50 %, 0.5·0.21 > 3 %
+    chosen = allocate_strata(cells, Bounds(), share=0.9)
+    assert chosen["novel"]["budget"] != 0.2
+    # the estimate instead of the upper end lets the rest stratum spend more
+    chosen = allocate_strata([cell(0.4, (0.13, 0.025), (0.09, 0.0))], Bounds(upper=False), share=0.1)
+    assert chosen["budget"] == 0.4 and chosen["novel"]["enabled"] is False
+    assert allocate_strata([cell(0.4, (0.13, 0.025), (0.09, 0.0))], Bounds(), share=0.1) is None
+
+
+def choose_strata_budget(cells):
+    from genrecedit.runs.coldstart import choose_strata
+
+    chosen = choose_strata(cells, Bounds())
+    return chosen["budget"], chosen["novel"]["budget"]
+
+
 def test_strata_rows_measure_each_kind_of_history_on_its_own_cases():
     from genrecedit.evaluation.report import evaluate_topk
     from genrecedit.runs.coldstart import strata_masks, strata_rows

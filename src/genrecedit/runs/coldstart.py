@@ -80,6 +80,9 @@ class Bounds:
     # at any mix of the two (False: one setting for every history, held at the planned mix)
     stratified: bool = True
     plan_trend: bool = False  # plan at the share's trend extrapolated to the middle of the next period (WarmPlan.of)
+    # stratified: hold the bound for the two strata together at the planned mix instead of within each stratum, so
+    # the stratum that carries little of the warm NDCG (histories ending with a new item) may spend more of it
+    allocate: bool = False
 
 
 @dataclass
@@ -218,9 +221,10 @@ def strata_masks(histories: np.ndarray, new: np.ndarray) -> dict[str, np.ndarray
 
 
 def strata_rows(result: EvalResult, base: EvalResult, topk: np.ndarray, new: np.ndarray,
-                masks: dict[str, np.ndarray], below: float = float("inf")) -> dict:
+                masks: dict[str, np.ndarray], below: float | dict[str, float] = float("inf")) -> dict:
     """Per stratum: cases, overall NDCG@10 of ``result`` and of ``base``, cold recall@10, the warm NDCG@10 drop
-    with the upper end of its interval (when the estimate is at most ``below``) and exposure on its lists."""
+    with the upper end of its interval (when the estimate is at most ``below``, one value or one per stratum) and
+    exposure on its lists."""
     a, b = result.per_case(f"ndcg@{CUT}", "overall"), base.per_case(f"ndcg@{CUT}", "overall")
     recall = result.per_case(f"recall@{CUT}", "overall")
     warm = ~result.cold_mask
@@ -229,7 +233,8 @@ def strata_rows(result: EvalResult, base: EvalResult, topk: np.ndarray, new: np.
         if not mask.any():
             continue
         w, c = mask & warm, mask & ~warm
-        drop, upper = mixed_drop([(a[w], b[w], 1.0)] if w.any() else [], below)
+        limit = below.get(name, float("inf")) if isinstance(below, dict) else below
+        drop, upper = mixed_drop([(a[w], b[w], 1.0)] if w.any() else [], limit)
         e = exposure(topk[mask], new, CUT)
         out[name] = {"n_cases": int(mask.sum()), "n_warm": int(w.sum()), "ndcg": float(a[mask].mean()),
                      "warm_ndcg": float(a[w].mean()) if w.any() else None,
@@ -248,11 +253,54 @@ def choose_strata(cells: list[dict], bounds: Bounds) -> dict | None:
     for name in STRATA:
         ok = [c for c in cells if name in c["strata"] and _admissible_stratum(c["strata"][name], bounds)]
         best[name] = _best(ok, key=lambda c: c["strata"][name]["ndcg"])
-    if best["rest"] is None and best["novel"] is None:
+    return _stratified(best["rest"], best["novel"])
+
+
+def _stratified(rest: dict | None, novel: dict | None) -> dict | None:
+    """One prior from a cell per stratum (None: that stratum keeps the beam's lists); None when both are None."""
+    if rest is None and novel is None:
         return None
-    novel = dict(best["novel"]["prior"]) if best["novel"] is not None else {**asdict(PriorConfig()), "enabled": False}
-    top = dict(best["rest"]["prior"]) if best["rest"] is not None else dict(novel)
-    return {**top, "enabled": True, "novel": novel, "novel_only": best["rest"] is None}
+    second = dict(novel["prior"]) if novel is not None else {**asdict(PriorConfig()), "enabled": False}
+    top = dict(rest["prior"]) if rest is not None else dict(second)
+    return {**top, "enabled": True, "novel": second, "novel_only": rest is None}
+
+
+def allocate_strata(cells: list[dict], bounds: Bounds, share: float) -> dict | None:
+    """The stratified setting with one bound for both strata: the pair of cells (rest, novel; either may be "keep
+    the beam's lists") with the best validation NDCG@10 over both strata's cases whose warm NDCG@10 drop, mixed at
+    the planned share ``share`` of warm cases whose history ends with a new item, is within ``bounds`` — per
+    stratum the upper end of its interval (``bounds.upper``) or the estimate, so the mix of upper ends bounds the
+    mix from above. Each stratum is weighed by its share of the base's warm NDCG: where the backbone ranks warm
+    items poorly (after a new item), a relative drop costs little. Exposure and "beats the beams" hold per stratum.
+    None when no pair beats the beams."""
+    key = "warm_drop_upper" if bounds.upper else "warm_drop"
+    options: dict[str, list[tuple[dict | None, float, float]]] = {}
+    totals = {}
+    for name in STRATA:
+        rows = [(c, c["strata"][name]) for c in cells if name in c.get("strata", {})]
+        if not rows:
+            options[name], totals[name] = [(None, 0.0, 0.0)], (0, 0.0, 0.0)
+            continue
+        row0 = rows[0][1]
+        base_warm = row0["base_warm_ndcg"] or 0.0
+        totals[name] = (row0["n_cases"], row0["base_ndcg"], base_warm)
+        options[name] = [(None, 0.0, row0["base_ndcg"])] + [
+            (c, r[key], r["ndcg"]) for c, r in rows
+            if r[key] is not None and r["max_item_share"] <= bounds.max_item_share and r["ndcg"] > r["base_ndcg"]]
+    (n_r, _, bw_r), (n_n, _, bw_n) = totals["rest"], totals["novel"]
+    den = (1 - share) * bw_r + share * bw_n
+    m_n = share * bw_n / den if den > 0 else 0.0
+    d_r = np.array([o[1] for o in options["rest"]])
+    d_n = np.array([o[1] for o in options["novel"]])
+    v_r = np.array([o[2] for o in options["rest"]]) * n_r
+    v_n = np.array([o[2] for o in options["novel"]]) * n_n
+    planned = (1 - m_n) * d_r[:, None] + m_n * d_n[None, :]
+    value = np.where(planned <= bounds.max_warm_drop, v_r[:, None] + v_n[None, :], -np.inf)
+    value[0, 0] = -np.inf  # both strata on the beam's lists: no prior
+    i, j = np.unravel_index(int(np.argmax(value)), value.shape)
+    if not np.isfinite(value[i, j]):
+        return None
+    return _stratified(options["rest"][i][0], options["novel"][j][0])
 
 
 def _admissible_stratum(row: dict, bounds: Bounds) -> bool:
@@ -306,13 +354,16 @@ def select_coldstart(run: LoadedRun, spec: ColdstartSpec, artifact: EditArtifact
                 row["warm_drop_planned"] = plan.drop(result, base, below=spec.bounds.max_warm_drop)
                 cell = {"prior": asdict(replace(cfg, head=head)), "metrics": row}
                 if spec.bounds.stratified:
-                    cell["strata"] = strata_rows(result, base, topk, new, masks, below=spec.bounds.max_warm_drop)
+                    below = spec.bounds.max_warm_drop  # an interval only where it could meet the bound
+                    cell["strata"] = strata_rows(result, base, topk, new, masks, below={
+                        "rest": below, "novel": float("inf") if spec.bounds.allocate else below})
                 cells.append(cell)
                 bar.update()
         del prepared
     bar.close()
     if spec.bounds.stratified:
-        prior = choose_strata(cells, spec.bounds)
+        prior = allocate_strata(cells, spec.bounds, plan.share) if spec.bounds.allocate else \
+            choose_strata(cells, spec.bounds)
         chosen = None
         if prior is not None:  # the two strata's settings together, on the same validation cases
             topk = make_prior(run, PriorConfig.of(prior)).apply(cases.histories, beams).items.numpy()
