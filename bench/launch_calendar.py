@@ -337,8 +337,8 @@ def plot_png(rounds: list[dict], n_days: int) -> bytes:
         y = [r["after_edit"]["items"][g]["recall@10"] for r in rounds if r["day"] >= start]
         if any(v is not None for v in y):
             b.plot(days[days >= start], [np.nan if v is None else v for v in y], marker=".", label=f"{g} items")
-    b.plot(days, [r["after_edit"]["items"]["all calendar items"]["recall@10"] or np.nan for r in rounds],
-           marker=".", label="all calendar items")
+    y = [r["after_edit"]["items"]["all calendar items"]["recall@10"] for r in rounds]
+    b.plot(days, [np.nan if v is None else v for v in y], marker=".", label="all calendar items")
     b.set(title="cold R@10 after day d's edit (item panel)", xlabel="day")
     b.legend(fontsize="small")
     c.bar(days, [r["edit"]["update_seconds"] if r["edit"] else 0.0 for r in rounds])
