@@ -29,7 +29,8 @@ from genrecedit.coldstart.exposure import exposure
 from genrecedit.coldstart.prior import PriorConfig
 from genrecedit.runs.backbone import load_run
 from genrecedit.runs.coldstart import (CUT, ColdstartSpec, WarmPlan, _admissible, _best, allocate_strata,
-                                       choose_strata, decode, make_prior, new_items, select_coldstart, selection_cases, strata_masks)
+                                       choose_strata, decode, make_prior, new_items, select_coldstart,
+                                       selection_cases, strata_masks)
 from genrecedit.runs.evaluate import score_topk
 
 NAME = "coldstart_rules"

@@ -19,6 +19,7 @@ from genrecedit.atomic import write_bytes, write_json
 from genrecedit.config import load_config
 from genrecedit.data.dataset import CaseSet
 from genrecedit.errors import ConfigError
+from genrecedit.evaluation.bootstrap import paired_bootstrap_diff
 from genrecedit.evaluation.report import EvalResult
 from genrecedit.model.beam import EditSchedule
 from genrecedit.runs.backbone import LoadedRun, load_run, train_backbone
@@ -124,6 +125,17 @@ def warm_drop(base: dict, edited: dict) -> float | None:
     """Relative warm NDCG@10 drop (0.05 = 5 % lower than the base model)."""
     b, e = base["warm"]["ndcg@10"], edited["warm"]["ndcg@10"]
     return None if not b else (b - e) / b
+
+
+def drop_with_ci(edited: np.ndarray, base: np.ndarray) -> dict:
+    """Relative warm N@10 drop of per-case ``edited`` against ``base`` on the same cases, with a paired bootstrap
+    95 % interval (0.05 = 5 % below the unedited model)."""
+    if len(base) == 0 or not base.mean():
+        return {"drop": None, "ci95": [None, None], "n_cases": int(len(base))}
+    diff, lo, hi = paired_bootstrap_diff(edited, base)
+    scale = -1.0 / base.mean()  # a drop is a negative difference
+    return {"drop": diff * scale + 0.0, "ci95": [hi * scale + 0.0, lo * scale + 0.0], "n_cases": int(len(base)),
+            "base_ndcg10": float(base.mean()), "edited_ndcg10": float(edited.mean())}
 
 
 def md_table(headers: list[str], rows: list[list]) -> str:

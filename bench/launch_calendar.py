@@ -37,11 +37,10 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from common import bench_setup, evaluate_detailed, hardware, md_table, write_result
+from common import bench_setup, drop_with_ci, evaluate_detailed, hardware, md_table, write_result
 from genrecedit.atomic import write_bytes
 from genrecedit.baselines.update import measure
 from genrecedit.errors import ConfigError
-from genrecedit.evaluation.bootstrap import paired_bootstrap_diff
 from genrecedit.runs.edit import build_requests, make_editor
 
 NAME = "launch_calendar"
@@ -78,8 +77,8 @@ def make_calendar(split, days: int, day_seconds: float = DAY_SECONDS) -> dict:
         mode = "calendar days"
         edges = start + day_seconds * np.arange(days + 1, dtype=np.float64)
     item_day = np.full(split.n_items, -1, np.int64)
-    day = np.searchsorted(edges, first, side="right") - 1
-    inside = arriving & (day >= 0) & (day < days)
+    day = day_of(edges, first)
+    inside = arriving & (day >= 0)
     item_day[inside] = day[inside]
     return {"edges": edges, "mode": mode, "item_day": item_day, "start": start, "end": end,
             "backlog": np.flatnonzero(cold & np.isfinite(first) & (first < test_start)),
@@ -109,17 +108,6 @@ def artifact_bytes(artifact) -> tuple[int, float]:
         artifact.save(Path(tmp) / "edits")
         seconds = time.perf_counter() - t0
         return sum(f.stat().st_size for f in (Path(tmp) / "edits").rglob("*") if f.is_file()), seconds
-
-
-def drop_with_ci(edited: np.ndarray, base: np.ndarray) -> dict:
-    """Relative warm N@10 drop of per-case ``edited`` against ``base`` on the same cases, with a paired bootstrap
-    95 % interval (0.05 = 5 % below the unedited model)."""
-    if len(base) == 0 or not base.mean():
-        return {"drop": None, "ci95": [None, None], "n_cases": int(len(base))}
-    diff, lo, hi = paired_bootstrap_diff(edited, base)
-    scale = -1.0 / base.mean()  # a drop is a negative difference
-    return {"drop": diff * scale + 0.0, "ci95": [hi * scale + 0.0, lo * scale + 0.0], "n_cases": int(len(base)),
-            "base_ndcg10": float(base.mean()), "edited_ndcg10": float(edited.mean())}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -283,7 +271,8 @@ def main(argv: list[str] | None = None) -> dict:
         "against the unedited model on the same warm cases (paired bootstrap); today's items are not edited yet. "
         f"After-edit columns: fixed panels scored with the edits of days ≤ d: {len(item_panel):,} test cases of the "
         f"edited items (≤ {cfg.get('panel_cases_per_day')} per arrival day, from the whole test period) and "
-        f"{len(warm_panel):,} warm test cases. Edit s: update time (method.md §5.9; day 1 includes the layer probe when edit.layer_policy runs one). "
+        f"{len(warm_panel):,} warm test cases. Edit s: update time (method.md §5.9; day 1 includes the layer probe "
+        "when edit.layer_policy runs one). "
         f"Artifact MB: `EditArtifact.save` of all batches so far. Row 0: the unedited model (day cases pooled).\n"
         f"\nPooled over all days' warm cases (each day's model): warm drop "
         + (f"{pooled['drop']:.4f} [{pooled['ci95'][0]:.4f}, {pooled['ci95'][1]:.4f}]" if pooled and pooled["drop"]

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from common import (bench_setup, cases_with_items, evaluate_detailed, hardware, md_table,
+from common import (bench_setup, cases_with_items, drop_with_ci, evaluate_detailed, hardware, md_table,
                     warm_drop, write_result)
 from genrecedit.baselines.update import measure
-from genrecedit.evaluation.bootstrap import paired_bootstrap_diff
 from genrecedit.runs.edit import build_requests, make_editor
 
 NAME = "sequential"
@@ -36,7 +35,6 @@ def main() -> None:
     base, _, base_res = evaluate_detailed(run, cases, groups={"round 1": rounds[0],
                                                               "all rounds": np.concatenate(rounds)})
     base_warm = base_res.per_case("ndcg@10", "warm")
-    scale = -1.0 / base_warm.mean() if base_warm.mean() else float("nan")  # a drop is a negative difference
     editor = make_editor(run)
 
     def edit_and_score(items: np.ndarray, previous, groups: dict[str, np.ndarray]) -> tuple[object, dict]:
@@ -46,11 +44,11 @@ def main() -> None:
                                            split.item_ids, previous=previous)
         metrics, eval_s, result = evaluate_detailed(
             run, cases, artifact.schedule(run.config.eval.trigger, run.recommender.device), groups)
-        _, lo, hi = paired_bootstrap_diff(result.per_case("ndcg@10", "warm"), base_warm)
         return artifact, {"n_items": report.n_items, "n_requests": report.n_requests,
                           "update_seconds": report.timings_s["update_total"], "peak_rss_mb": m.peak_rss_mb,
                           "efficacy": report.efficacy, "metrics": metrics, "warm_ndcg10_drop": warm_drop(base, metrics),
-                          "warm_ndcg10_drop_ci95": [hi * scale, lo * scale], "eval_seconds": eval_s}
+                          "warm_ndcg10_drop_ci95": drop_with_ci(result.per_case("ndcg@10", "warm"), base_warm)["ci95"],
+                          "eval_seconds": eval_s}
 
     def row(label, n_items: int, res: dict, this_round: float | None) -> list:
         metrics, (lo, hi) = res["metrics"], res["warm_ndcg10_drop_ci95"]

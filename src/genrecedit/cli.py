@@ -116,8 +116,9 @@ def coldstart(run_dir: RunDir, overrides: Overrides = None,
                                                    "history together at --plan-window's mix, each weighed by its "
                                                    "share of the warm NDCG, or within each")] = False,
               plan_window: Annotated[float, typer.Option(
-                  help="--one-setting, --allocate: hold the warm-drop bound at the request mix (share of histories ending with "
-                       "a new item) of this latest share of the validation period; 1: the whole period's mix")] = 0.2,
+                  help="--one-setting, --allocate: hold the warm-drop bound at the request mix (share of histories "
+                       "ending with a new item) of this latest share of the validation period; 1: the whole "
+                       "period's mix")] = 0.2,
               plan_trend: Annotated[bool, typer.Option(
                   help="--one-setting: plan at the share's straight-line trend read at the middle of a next "
                        "period as long as validation's (never below --plan-window's)")] = False,

@@ -100,8 +100,9 @@ def test_allocation_spends_the_warm_bound_where_the_backbone_ranks_warm_items_po
     cells = [cell(0.1, (0.105, 0.005), (0.101, 0.00)),
              cell(0.2, (0.11, 0.02), (0.20, 0.20)),    # novel: a 21 % upper end, but its warm NDCG weighs little
              cell(0.3, (0.12, 0.05), (0.102, 0.00))]   # rest: past the bound on its own
-    # share 0.1 of warm cases end with a new item: the novel stratum holds 0.1·0.002 / (0.9·0.02 + 0.1·0.002) ≈ 1.1 %
-    # of the warm NDCG, so (rest 0.1, novel 0.2) plans 0.989·0.015 + 0.011·0.21 ≈ 1.7 % and is the best pair
+    # share 0.1 of warm cases end with a new item: the novel stratum holds
+    # 0.1·0.002 / (0.9·0.02 + 0.1·0.002) ≈ 1.1 % of the warm NDCG, so (rest 0.1, novel 0.2) plans
+    # 0.989·0.015 + 0.011·0.21 ≈ 1.7 % and is the best pair
     chosen = allocate_strata(cells, Bounds(), share=0.1)
     assert chosen["budget"] == 0.1 and chosen["novel"]["budget"] == 0.2
     # per-stratum bounds refuse the same novel cell

@@ -275,19 +275,18 @@ def allocate_strata(cells: list[dict], bounds: Bounds, share: float) -> dict | N
     None when no pair beats the beams."""
     key = "warm_drop_upper" if bounds.upper else "warm_drop"
     options: dict[str, list[tuple[dict | None, float, float]]] = {}
-    totals = {}
+    totals = {}  # per stratum: validation cases, the base's mean warm NDCG@10
     for name in STRATA:
         rows = [(c, c["strata"][name]) for c in cells if name in c.get("strata", {})]
         if not rows:
-            options[name], totals[name] = [(None, 0.0, 0.0)], (0, 0.0, 0.0)
+            options[name], totals[name] = [(None, 0.0, 0.0)], (0, 0.0)
             continue
         row0 = rows[0][1]
-        base_warm = row0["base_warm_ndcg"] or 0.0
-        totals[name] = (row0["n_cases"], row0["base_ndcg"], base_warm)
+        totals[name] = (row0["n_cases"], row0["base_warm_ndcg"] or 0.0)
         options[name] = [(None, 0.0, row0["base_ndcg"])] + [
             (c, r[key], r["ndcg"]) for c, r in rows
             if r[key] is not None and r["max_item_share"] <= bounds.max_item_share and r["ndcg"] > r["base_ndcg"]]
-    (n_r, _, bw_r), (n_n, _, bw_n) = totals["rest"], totals["novel"]
+    (n_r, bw_r), (n_n, bw_n) = totals["rest"], totals["novel"]
     den = (1 - share) * bw_r + share * bw_n
     m_n = share * bw_n / den if den > 0 else 0.0
     d_r = np.array([o[1] for o in options["rest"]])
