@@ -1,9 +1,18 @@
-"""Edit artifacts: ΔW per position and batch, the layer map and metadata; apply (as a decoding schedule),
-save/load (safetensors + JSON, atomic), remove the newest batch exactly, refuse a mismatched base model."""
+"""Edit artifacts: ΔW per position and batch, the layer map, one accumulated key statistic per edit site and
+metadata; apply (as a decoding schedule), save/load (safetensors + JSON, atomic), remove the newest batch exactly,
+compact the oldest batches into one, refuse a mismatched base model.
+
+On disk (``FORMAT`` 2): ``edits.json`` (manifest), ``key_stats.safetensors`` (Σ K Kᵀ per position over every batch,
+float64 [d_ff, d_ff], once for the whole stack) and one ``batch-NNNN.safetensors`` per batch holding only what
+decoding, rollback and a re-edit need: ΔW per position in the dtype it was made in (float32 for the editor's batches),
+the items' SIDs, the probe gates and the batch's requests (histories, items, sources; int32), from which the editor
+replays the batch's keys. Artifacts of format 1 (a float64 ``key_cov.p`` in every batch file) still load: their
+covariances are summed into the accumulated statistic.
+"""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -13,18 +22,26 @@ from safetensors.torch import load_file, save_file
 
 from genrecedit.atomic import atomic_directory
 from genrecedit.edit.gate import KeyGate
+from genrecedit.edit.knowledge import EditRequests
 from genrecedit.errors import ArtifactMismatchError
 from genrecedit.model.beam import EditSchedule, PreservingSchedule
 from genrecedit.model.decoder import FFNEdit, StepEdits, prefix_keys
 
 TriggerMode = Literal["one_one", "prefix", "preserve", "all"]
 MANIFEST = "edits.json"
+KEY_STATS = "key_stats.safetensors"
+FORMAT = 2
+COMPACTED = "compacted_from"  # meta key of a compacted batch: the ids of the batches folded into it
+SUMMED_MODES = ("one_one", "all")  # trigger modes that fire the sum of all batches' ΔW_p (no per-batch gate)
 
 
 @dataclass
 class EditBatch:
-    """One batch of injected items. delta_w[p]: [d_model, d_ff] float64; key_cov[p]: K1 K1ᵀ [d_ff, d_ff] float64
-    of this batch (what later batches add to their solve)."""
+    """One batch of injected items. delta_w[p]: [d_model, d_ff] (float32 from the editor; float64 in older
+    artifacts and compacted batches); key_cov[p]: this batch's K1 K1ᵀ [d_ff, d_ff] float64, only while the batch is
+    on its way into an artifact (``EditArtifact.append`` folds it into the accumulated statistic and keeps a copy of
+    the batch without it) or in a batch loaded from a format-1 artifact; requests: the knowledge it was solved from
+    (item indices into the catalog codes it was edited with), None where unknown (format-1 artifacts)."""
 
     batch_id: str
     item_ids: list[str]
@@ -33,6 +50,11 @@ class EditBatch:
     key_cov: dict[int, torch.Tensor]
     meta: dict = field(default_factory=dict)
     gates: dict[int, KeyGate] = field(default_factory=dict)  # optional probe gate per position (gate.py)
+    requests: EditRequests | None = None
+
+    @property
+    def compacted(self) -> bool:
+        return COMPACTED in self.meta
 
 
 @dataclass
@@ -41,12 +63,30 @@ class EditArtifact:
 
     scheme ``position_wise`` (GenRecEdit) keeps one ΔW per position; ``object_wise`` (the "w/o position-wise"
     ablation) keeps a single ΔW under position 0 that acts like a weight edit: it fires at every index and step.
+
+    key_stats[p]: Σ over every batch of K1 K1ᵀ at position p's edit site (float64 [d_ff, d_ff]), what the next batch
+    solves against (``previous_cov``); None while unknown (a batch was removed without its covariance): the editor
+    rebuilds it from the batches' requests (``ColdItemEditor.rebuild_key_stats``). Add batches with ``append`` and
+    remove them with ``remove_newest``: the statistic follows. Built from a list of batches that all carry their
+    ``key_cov`` (or from none), the statistic is their sum; otherwise it is unknown.
     """
 
     base_hash: str
     layers: list[int]
     batches: list[EditBatch] = field(default_factory=list)
     scheme: str = "position_wise"
+    key_stats: dict[int, torch.Tensor] | None = None
+    # the batch ids the statistic sums over: previous_cov refuses a statistic that does not match the batches
+    stats_of: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.key_stats is None and all(set(b.delta_w) <= set(b.key_cov) for b in self.batches):
+            stats: dict[int, torch.Tensor] = {}
+            for b in self.batches:
+                _fold(stats, b.key_cov, +1)
+            self.key_stats = stats
+        if self.key_stats is not None and self.stats_of is None:
+            self.stats_of = self.batch_ids()
 
     def check_base(self, base_hash: str) -> None:
         if base_hash != self.base_hash:
@@ -55,20 +95,56 @@ class EditArtifact:
                 "recompute the edit for this model"
             )
 
+    def batch_ids(self) -> tuple[str, ...]:
+        return tuple(b.batch_id for b in self.batches)
+
+    def copy(self) -> "EditArtifact":
+        """A new artifact over the same (never mutated) batches and statistic tensors: appending to or removing
+        from the copy leaves this one as it is."""
+        return replace(self, layers=list(self.layers), batches=list(self.batches),
+                       key_stats=None if self.key_stats is None else dict(self.key_stats))
+
     def total_delta(self, p: int) -> torch.Tensor | None:
         """Σ over batches of ΔW_p, summed in float64 in batch order (so removing the newest batch restores the
         previous sum bit for bit) and returned as float32 [d_model, d_ff]; None if no batch edits position p."""
-        parts = [b.delta_w[p] for b in self.batches if p in b.delta_w]
+        total = self._sum_delta(p, self.batches)
+        return None if total is None else total.to(torch.float32)
+
+    @staticmethod
+    def _sum_delta(p: int, batches: list[EditBatch]) -> torch.Tensor | None:
+        parts = [b.delta_w[p] for b in batches if p in b.delta_w]
         if not parts:
             return None
         total = parts[0].to(torch.float64).clone()
         for part in parts[1:]:
             total += part.to(torch.float64)
-        return total.to(torch.float32)
+        return total
+
+    @property
+    def stats_known(self) -> bool:
+        return self.key_stats is not None and self.stats_of == self.batch_ids()
 
     def previous_cov(self, p: int) -> torch.Tensor | None:
-        parts = [b.key_cov[p] for b in self.batches if p in b.key_cov]
-        return torch.stack(parts).sum(0) if parts else None
+        """Σ K Kᵀ of every batch at position p's site (None: no batch edits p), what a batch stacked on this
+        artifact adds to its solve. Raises when the statistic is unknown or does not match the batches."""
+        if not self.stats_known:
+            raise ArtifactMismatchError(
+                "the accumulated key statistic of this edit artifact is unknown or does not cover its batches "
+                f"(batches {len(self.batches)}, statistic of {len(self.stats_of or ())}): add batches with "
+                "EditArtifact.append, or rebuild it with ColdItemEditor.rebuild_key_stats")
+        return self.key_stats.get(p)
+
+    def append(self, batch: EditBatch) -> None:
+        """Stack ``batch`` on top: its ``key_cov`` is added to the accumulated statistic, and the artifact keeps a
+        copy of the batch without it. A batch without the covariance of a position it edits leaves the statistic
+        unknown."""
+        if self.stats_known and set(batch.delta_w) <= set(batch.key_cov):
+            self.key_stats = dict(self.key_stats)
+            _fold(self.key_stats, {p: batch.key_cov[p] for p in batch.delta_w}, +1)
+            self.stats_of = self.batch_ids() + (batch.batch_id,)
+        else:
+            self.key_stats, self.stats_of = None, None
+        self.batches.append(replace(batch, key_cov={}))
 
     def schedule(self, mode: TriggerMode = "one_one", device: torch.device | str = "cpu") -> EditSchedule | None:
         """The decoding schedule: ``one_one`` fires ΔW_t at step t only (the paper); ``prefix`` is one-one
@@ -78,12 +154,17 @@ class EditArtifact:
         item that no batch edits with the unedited model (its score does not move; only the edited items enter the
         ranking, with their edited scores); ``all`` fires every ΔW at every step and caches the edited stream (the
         paper's w/o one-one triggering ablation). An object-wise edit has no positions to trigger by, so it is
-        always ``all``."""
+        always ``all``. A compacted batch holds the sum of its batches' ΔW, so it decodes only under ``one_one`` and
+        ``all`` (``compacted``)."""
         if mode not in get_args(TriggerMode):
             raise ValueError(f"unknown trigger mode {mode!r}: one of {', '.join(get_args(TriggerMode))}")
         if mode == "preserve" and self.scheme != "position_wise":
             raise ValueError("trigger 'preserve' needs a position-wise edit (an object-wise edit fires everywhere)")
         per_batch = mode in ("prefix", "preserve") and self.scheme == "position_wise"
+        if per_batch and any(b.compacted for b in self.batches):
+            raise ArtifactMismatchError(f"trigger {mode!r} fires each batch's ΔW behind its own SID prefixes, and this "
+                                        f"artifact holds a compacted batch (the sum of several): decode it with "
+                                        f"{' or '.join(SUMMED_MODES)}")
         edits: dict[int, list[FFNEdit]] = {}
         for p in range(len(self.layers)):
             gated = per_batch and p > 0
@@ -103,50 +184,154 @@ class EditArtifact:
             return PreservingSchedule(per_step.get, np.concatenate([b.sids for b in self.batches]))
         return lambda t: per_step.get(t)
 
-    def remove_newest(self) -> EditBatch:
-        """Exact rollback of the newest batch. Removing an older one would change what later batches solved
-        against: that means recomputing them (the service does it), not subtracting."""
+    def remove_newest(self, key_cov: dict[int, torch.Tensor] | None = None) -> EditBatch:
+        """Exact rollback of the newest batch: ``total_delta`` is recomputed in order from the remaining batches,
+        so decoding outputs are bit-identical to those before it was added. The statistic loses the batch's
+        covariance (``key_cov``, else the batch's own, else it becomes unknown: ``ColdItemEditor.remove_newest``
+        replays the keys), exact up to float64 rounding. Removing an older batch would change what later batches
+        solved against: that means recomputing them (the service and ``ColdItemEditor.replace_items`` do it)."""
         if not self.batches:
             raise ArtifactMismatchError("no edit batch to remove")
-        return self.batches.pop()
+        batch = self.batches[-1]
+        cov = key_cov if key_cov is not None else batch.key_cov
+        known = self.stats_known and set(batch.delta_w) <= set(cov)
+        self.batches.pop()
+        if not self.batches:
+            self.key_stats, self.stats_of = {}, ()
+        elif known:
+            self.key_stats = dict(self.key_stats)
+            _fold(self.key_stats, {p: cov[p] for p in batch.delta_w}, -1)
+            self.stats_of = self.batch_ids()
+        else:
+            self.key_stats, self.stats_of = None, None
+        return batch
+
+    def with_newest_id(self, batch_id: str) -> "EditArtifact":
+        """A copy whose newest batch is named ``batch_id`` (the statistic follows)."""
+        out = self.copy()
+        out.batches[-1] = replace(out.batches[-1], batch_id=batch_id)
+        if self.stats_known:
+            out.stats_of = out.batch_ids()
+        return out
+
+    def compacted(self, mode: TriggerMode, keep_newest: int = 0, batch_id: str | None = None) -> "EditArtifact":
+        """All batches but the newest ``keep_newest`` folded into one consolidated batch at the bottom of the stack:
+        its ΔW_p is their float64 sum in batch order (stored in float64), so ``total_delta`` is bit-identical and
+        decoding under ``mode`` gives identical outputs. Its items, SIDs and requests are theirs, concatenated; its
+        meta lists their ids (``compacted_from``) and meta. The accumulated statistic is unchanged.
+
+        Exact for ``one_one`` and ``all`` (and every object-wise artifact), which fire the sum of the batches' ΔW.
+        ``prefix`` and ``preserve`` fire each batch's ΔW behind that batch's own SID prefixes, and a gated batch
+        behind its own gate: no single ΔW gives those outputs, so compaction refuses them (``ValueError``) and
+        writes nothing."""
+        if mode not in get_args(TriggerMode):
+            raise ValueError(f"unknown trigger mode {mode!r}: one of {', '.join(get_args(TriggerMode))}")
+        if self.scheme == "position_wise" and mode not in SUMMED_MODES:
+            raise ValueError(f"cannot compact for trigger {mode!r}: it fires each batch's ΔW behind that batch's SID "
+                             f"prefixes, which one consolidated ΔW cannot reproduce; compaction is exact for "
+                             f"{' and '.join(SUMMED_MODES)}")
+        n = len(self.batches) - keep_newest
+        if keep_newest < 0 or n < 2:
+            raise ValueError(f"nothing to compact: {len(self.batches)} batches, keeping the newest {keep_newest} "
+                             "(at least two must be folded)")
+        folded = self.batches[:n]
+        gated = [b.batch_id for b in folded if b.gates]
+        if gated:
+            raise ValueError(f"cannot compact gated batches ({', '.join(gated[:3])}): each fires behind its own gate")
+        positions = sorted({p for b in folded for p in b.delta_w})
+        merged = EditBatch(batch_id or f"compacted-{folded[0].batch_id}-{folded[-1].batch_id}",
+                           [i for b in folded for i in b.item_ids], np.concatenate([b.sids for b in folded]),
+                           {p: self._sum_delta(p, folded) for p in positions}, {},
+                           {COMPACTED: [i for b in folded for i in b.meta.get(COMPACTED, [b.batch_id])],
+                            "members": [{"batch_id": b.batch_id, "n_items": len(b.item_ids), "meta": b.meta}
+                                        for b in folded]},
+                           {}, _concat_requests([b.requests for b in folded]))
+        out = self.copy()
+        out.batches = [merged] + self.batches[n:]
+        if self.stats_known:
+            out.stats_of = out.batch_ids()
+        return out
 
     def item_ids(self) -> list[str]:
         return [i for b in self.batches for i in b.item_ids]
 
     def save(self, out_dir: Path) -> None:
-        """Write the manifest and one safetensors file per batch into a temp dir, then swap it in."""
+        """Write the manifest, the accumulated statistic (when known) and one safetensors file per batch into a
+        temp dir, then swap it in."""
         with atomic_directory(out_dir) as tmp:
-            manifest = {"base_hash": self.base_hash, "layers": self.layers, "scheme": self.scheme, "batches": []}
+            manifest = {"format": FORMAT, "base_hash": self.base_hash, "layers": self.layers, "scheme": self.scheme,
+                        "key_stats": self.stats_known, "batches": []}
+            if self.stats_known:
+                save_file({f"key_stats.{p}": c.contiguous() for p, c in self.key_stats.items()} or
+                          {"empty": torch.zeros(0)}, str(tmp / KEY_STATS))
             for i, b in enumerate(self.batches):
-                tensors = {f"delta_w.{p}": d.contiguous() for p, d in b.delta_w.items()}
-                tensors.update({f"key_cov.{p}": c.contiguous() for p, c in b.key_cov.items()})
-                for p, g in b.gates.items():
-                    tensors[f"gate_w.{p}"], tensors[f"gate_b.{p}"] = g.weight.contiguous(), g.bias.reshape(1)
-                tensors["sids"] = torch.from_numpy(np.ascontiguousarray(b.sids))
-                save_file(tensors, str(tmp / f"batch-{i:04d}.safetensors"))
+                save_file(_batch_tensors(b), str(tmp / f"batch-{i:04d}.safetensors"))
                 manifest["batches"].append({"batch_id": b.batch_id, "item_ids": b.item_ids, "meta": b.meta})
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
 
     @staticmethod
     def load(path: Path, base_hash: str | None = None) -> "EditArtifact":
+        """Read an artifact of format 2 or 1 (whose per-batch covariances are summed into the statistic and kept
+        on their batches, so that removing one needs no replay)."""
         path = Path(path)
         if not (path / MANIFEST).exists():
             raise ArtifactMismatchError(f"{path} is not an edit artifact (no {MANIFEST})")
         manifest = json.loads((path / MANIFEST).read_text())
-        batches = []
-        for i, b in enumerate(manifest["batches"]):
-            tensors = load_file(str(path / f"batch-{i:04d}.safetensors"))
-            delta = {int(k.split(".")[1]): v for k, v in tensors.items() if k.startswith("delta_w.")}
-            cov = {int(k.split(".")[1]): v for k, v in tensors.items() if k.startswith("key_cov.")}
-            gates = {int(k.split(".")[1]): KeyGate(v, tensors[f"gate_b.{k.split('.')[1]}"][0])
-                     for k, v in tensors.items() if k.startswith("gate_w.")}
-            batches.append(EditBatch(b["batch_id"], b["item_ids"], tensors["sids"].numpy(), delta, cov, b["meta"],
-                                     gates))
-        artifact = EditArtifact(manifest["base_hash"], manifest["layers"], batches,
-                                manifest.get("scheme", "position_wise"))
-        if base_hash is not None:
-            artifact.check_base(base_hash)
-        return artifact
+        if base_hash is not None and manifest["base_hash"] != base_hash:
+            EditArtifact(manifest["base_hash"], manifest["layers"]).check_base(base_hash)
+        batches = [_batch_from(b, load_file(str(path / f"batch-{i:04d}.safetensors")))
+                   for i, b in enumerate(manifest["batches"])]
+        stats = None
+        if manifest.get("key_stats") and (path / KEY_STATS).exists():
+            stats = {int(k.split(".")[1]): v for k, v in load_file(str(path / KEY_STATS)).items()
+                     if k.startswith("key_stats.")}
+        return EditArtifact(manifest["base_hash"], manifest["layers"], batches, manifest.get("scheme", "position_wise"),
+                            stats)
+
+
+def _fold(stats: dict[int, torch.Tensor], covs: dict[int, torch.Tensor], sign: int) -> None:
+    """stats[p] ± covs[p] in float64, as new tensors (the old ones may be shared with another artifact)."""
+    for p, c in covs.items():
+        c = c.to(torch.float64)
+        if p in stats:
+            stats[p] = stats[p] + c if sign > 0 else stats[p] - c
+        elif sign > 0:
+            stats[p] = c.clone()
+        else:
+            raise ArtifactMismatchError(f"cannot remove a key covariance at position {p}: the statistic has none")
+
+
+def _concat_requests(parts: list[EditRequests | None]) -> EditRequests | None:
+    if any(p is None for p in parts) or not parts:
+        return None
+    return EditRequests.concat(parts)
+
+
+def _batch_tensors(b: EditBatch) -> dict[str, torch.Tensor]:
+    tensors = {f"delta_w.{p}": d.contiguous() for p, d in b.delta_w.items()}
+    for p, g in b.gates.items():
+        tensors[f"gate_w.{p}"], tensors[f"gate_b.{p}"] = g.weight.contiguous(), g.bias.reshape(1)
+    tensors["sids"] = torch.from_numpy(np.ascontiguousarray(b.sids))
+    if b.requests is not None:
+        for name in ("histories", "items", "sources"):
+            values = np.asarray(getattr(b.requests, name))
+            if values.size and (values.max() >= 2**31 or values.min() < -2**31):
+                raise ValueError(f"request {name} do not fit int32")
+            tensors[f"requests.{name}"] = torch.from_numpy(np.ascontiguousarray(values, np.int32))
+    return tensors
+
+
+def _batch_from(entry: dict, tensors: dict[str, torch.Tensor]) -> EditBatch:
+    def by_position(prefix: str) -> dict[int, torch.Tensor]:
+        return {int(k.split(".")[1]): v for k, v in tensors.items() if k.startswith(prefix)}
+
+    gates = {p: KeyGate(w, tensors[f"gate_b.{p}"][0]) for p, w in by_position("gate_w.").items()}
+    requests = None
+    if "requests.items" in tensors:
+        requests = EditRequests(*(tensors[f"requests.{n}"].numpy().astype(np.int64)
+                                  for n in ("histories", "items", "sources")))
+    return EditBatch(entry["batch_id"], entry["item_ids"], tensors["sids"].numpy(), by_position("delta_w."),
+                     by_position("key_cov."), entry["meta"], gates, requests)
 
 
 def _prefix_set(sids: np.ndarray, p: int, device: torch.device | str) -> torch.Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -167,6 +167,8 @@ class ColdItemEditor:
                  previous: EditArtifact | None = None) -> EditMemory:
         """Layer location, C0, keys and δ of one batch: everything of ``edit`` that does not depend on λ."""
         positions = self._check_batch(requests, previous)
+        if previous is not None and not previous.stats_known:
+            previous = self.rebuild_key_stats(previous, codes)
         timings: dict[str, float] = {}
         start = time.perf_counter()
         layers, probe_table = self._locate(requests, codes, previous)
@@ -280,9 +282,10 @@ class ColdItemEditor:
             k1 = torch.cat(memory.keys[p])
             prev_cov = previous.previous_cov(p) if previous else None
             batch_cov[p] = k1.to(torch.float64).T @ k1.to(torch.float64)
-            # R = Z' − W_cur K1 = δ, because z above already is the current (possibly edited) value
+            # R = Z' − W_cur K1 = δ, because z above already is the current (possibly edited) value. Kept in float32,
+            # the precision the decoder applies it in (the artifact sums batches in float64)
             batch_dw[p] = closed_form_update(k1, torch.cat(memory.deltas[p]), memory.c0[(layers[p], p)],
-                                             self.lam(p, lam), prev_cov, batch_cov[p])
+                                             self.lam(p, lam), prev_cov, batch_cov[p]).to(torch.float32)
         timings["solve"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         gates = self._fit_gates(memory.keys, sites, requests, codes) if self.cfg.gate_fpr is not None else {}
@@ -296,10 +299,9 @@ class ColdItemEditor:
                           batch_dw, batch_cov,
                           {"lam": lam, "lam_scale": self.cfg.lam_scale, "n_requests": len(requests),
                            "timings_s": dict(timings),
-                           "gate_fpr": self.cfg.gate_fpr}, gates)
-        artifact = EditArtifact(self.base_hash, layers, list(previous.batches) if previous else [],
-                                self.cfg.scheme)
-        artifact.batches.append(batch)
+                           "gate_fpr": self.cfg.gate_fpr}, gates, requests)
+        artifact = previous.copy() if previous else EditArtifact(self.base_hash, layers, [], self.cfg.scheme)
+        artifact.append(batch)
         efficacy = self.efficacy(requests, codes, artifact, previous, memory.efficacy_before)
         memory.efficacy_before = efficacy["before"]  # λ-independent: later solves of this memory skip that pass
         probe = memory.probe.to_dict(fixed_layers(self.n_pos, self.n_layers), self.cfg.probe_alpha) \
@@ -307,6 +309,109 @@ class ColdItemEditor:
         report = EditReport(layers, probe, len(requests), len(edited_items), list(memory.converged), efficacy,
                             timings, memory.c0_cached)
         return artifact, report
+
+    # -- the stack: key statistic, rollback, re-edit --------------------------------------------------------
+    @torch.no_grad()
+    def key_covariance(self, batch: EditBatch, layers: list[int], codes: np.ndarray) -> dict[int, torch.Tensor]:
+        """K1 K1ᵀ of ``batch`` at each position it edits (float64 [d_ff, d_ff]), replayed: its stored requests
+        teacher-forced through the unedited model at (layers[p], p), in the editor's chunks, as ``solve`` made it.
+        ``codes``: the catalog codes the batch's requests index."""
+        if not batch.delta_w:
+            return {}
+        if batch.key_cov and set(batch.delta_w) <= set(batch.key_cov):
+            return {p: batch.key_cov[p] for p in batch.delta_w}
+        if batch.requests is None:
+            raise ArtifactMismatchError(f"batch {batch.batch_id} holds neither its requests nor its key covariance "
+                                        "(a format-1 artifact re-saved): its keys cannot be replayed")
+        requests, positions = batch.requests, sorted(batch.delta_w)
+        keys: dict[int, list[torch.Tensor]] = {p: [] for p in positions}
+        for rows in length_batches(requests.histories, self.chunk_size):
+            tf = teacher_force(self.decoder, self.layout, requests.histories[rows], codes[requests.items[rows]],
+                               codes)
+            for p in positions:
+                keys[p].append(tf.keys[p][layers[p]].cpu())
+        return {p: (k := torch.cat(keys[p]).to(torch.float64)).T @ k for p in positions}
+
+    def rebuild_key_stats(self, artifact: EditArtifact, codes: np.ndarray) -> EditArtifact:
+        """A copy of ``artifact`` whose accumulated statistic is summed afresh from every batch's replayed keys."""
+        out = EditArtifact(artifact.base_hash, list(artifact.layers), [], artifact.scheme)
+        for b in artifact.batches:
+            out.append(replace(b, key_cov=self.key_covariance(b, artifact.layers, codes)))
+        return out
+
+    def remove_newest(self, artifact: EditArtifact, codes: np.ndarray) -> tuple[EditArtifact, EditBatch]:
+        """A copy of ``artifact`` without its newest batch (``EditArtifact.remove_newest``: outputs bit-identical
+        to before the batch was added), the batch's keys replayed so that the statistic stays known (exact up to
+        float64 rounding); and the removed batch."""
+        out = artifact.copy()
+        newest = artifact.batches[-1] if artifact.batches else None
+        cov = self.key_covariance(newest, artifact.layers, codes) if newest and artifact.stats_known else None
+        return out, out.remove_newest(cov)
+
+    def truncated(self, artifact: EditArtifact, n: int, codes: np.ndarray) -> EditArtifact:
+        """A copy of ``artifact`` with its first ``n`` batches only (ΔW bit-identical; the statistic minus the
+        removed batches' replayed covariances, or summed afresh when that replays fewer batches)."""
+        if not 0 <= n <= len(artifact.batches):
+            raise ValueError(f"cannot keep {n} of {len(artifact.batches)} batches")
+        if n < len(artifact.batches) - n or not artifact.stats_known:
+            kept = artifact.copy()
+            kept.batches, kept.key_stats, kept.stats_of = kept.batches[:n], None, None
+            return self.rebuild_key_stats(kept, codes)
+        out = artifact
+        while len(out.batches) > n:
+            out, _ = self.remove_newest(out, codes)
+        return out.copy()
+
+    def replace_items(self, artifact: EditArtifact, items: np.ndarray, feedback: EditRequests, codes: np.ndarray,
+                      item_ids: list[str]) -> tuple[EditArtifact, list[EditReport]]:
+        """Re-edit on feedback: drop the earlier edits of ``items`` (catalog indices into ``codes``) and edit them
+        from ``feedback`` (e.g. their observed interactions), with exact replacement semantics:
+
+        Let the artifact hold batches B_1..B_n (each with its stored requests) and let B_i be the first whose
+        requests teach one of ``items``. The result is, within float tolerance (bit-identical for B_1..B_{i-1}),
+        the artifact that editing from scratch would give for the sequence B_1, .., B_{i-1}, B'_i, .., B'_n, F:
+        B'_j is B_j's requests without the rows that teach ``items``, solved again with B_j's λ on the stack below
+        it (a batch left without requests stays in place as an empty batch: no ΔW, no items); F is ``feedback``,
+        solved with the config's λ. Batch ids are kept (F gets a new one); the layer map never changes.
+
+        Costs as much as editing B_i..B_n again. Returns the artifact and the reports of B'_i..B'_n and F."""
+        items = np.unique(np.asarray(items, np.int64))
+        self._check_replacement(artifact, items, feedback)
+        first = next(j for j, b in enumerate(artifact.batches) if np.isin(b.requests.items, items).any())
+        compacted = [b.batch_id for b in artifact.batches[first:] if b.compacted]
+        if compacted:
+            raise ArtifactMismatchError(f"batch {compacted[0]} is compacted: the batches folded into it cannot be "
+                                        "edited again one by one (re-edit before compacting them)")
+        out = self.truncated(artifact, first, codes)
+        reports = []
+        for old in artifact.batches[first:]:
+            keep = np.flatnonzero(~np.isin(old.requests.items, items))
+            if len(keep) == 0:
+                out.append(_emptied(old, codes.shape[1]))
+                continue
+            memory = self.memorize(old.requests.subset(keep), codes, out)
+            out, report = self.solve(memory, codes, item_ids, old.meta.get("lam"))
+            out = out.with_newest_id(old.batch_id)
+            reports.append(report)
+        out, report = self.edit(feedback, codes, item_ids, out)
+        return out, reports + [report]
+
+    @staticmethod
+    def _check_replacement(artifact: EditArtifact, items: np.ndarray, feedback: EditRequests) -> None:
+        """Refuse a re-edit that cannot be exact, before anything is computed."""
+        if len(items) == 0 or len(feedback) == 0:
+            raise EmptyInputError("a re-edit needs the items to replace and feedback requests that teach them")
+        stray = np.setdiff1d(feedback.items, items)
+        if len(stray):
+            raise ConfigError(f"feedback requests teach items not being replaced (catalog indices {stray[:5].tolist()})")
+        missing = [b.batch_id for b in artifact.batches if b.requests is None]
+        if missing:
+            raise ArtifactMismatchError(f"batches {', '.join(missing[:3])} hold no requests (a format-1 or compacted "
+                                        "artifact of them): they cannot be edited again")
+        taught = np.concatenate([b.requests.items for b in artifact.batches]) if artifact.batches else np.zeros(0)
+        unknown = np.setdiff1d(items, taught)
+        if len(unknown):
+            raise ConfigError(f"items {unknown[:5].tolist()} (catalog indices) are not edited by this artifact")
 
     def _fit_gates(self, keys: dict[int, list[torch.Tensor]], sites: list[tuple[int, int]],
                    requests: EditRequests, codes: np.ndarray) -> dict[int, KeyGate]:
@@ -354,3 +459,10 @@ class ColdItemEditor:
         n = max(len(sample), 1)
         return {"before": (hits["before"] / n).round(4).tolist() if before is None else list(before),
                 "after": (hits["after"] / n).round(4).tolist(), "n_sampled": len(sample)}
+
+
+def _emptied(batch: EditBatch, n_pos: int) -> EditBatch:
+    """``batch`` with every request and edit taken out (its place and id in the stack kept)."""
+    none = batch.requests.subset(np.zeros(0, np.int64))
+    return EditBatch(batch.batch_id, [], np.zeros((0, n_pos), np.int64), {}, {},
+                     {**batch.meta, "emptied": True}, {}, none)

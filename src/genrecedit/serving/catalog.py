@@ -168,9 +168,7 @@ def knowledge_for(train: CaseSet, catalog: Catalog, items: np.ndarray, kcfg: Kno
 
 def with_batch_id(artifact: EditArtifact, batch_id: str) -> EditArtifact:
     """The artifact with its newest batch renamed to the registry's id (the editor draws a random one)."""
-    newest = artifact.batches[-1]
-    renamed = EditBatch(batch_id, newest.item_ids, newest.sids, newest.delta_w, newest.key_cov, newest.meta)
-    return EditArtifact(artifact.base_hash, list(artifact.layers), artifact.batches[:-1] + [renamed], artifact.scheme)
+    return artifact.with_newest_id(batch_id)
 
 
 def delta_fingerprint(batch: EditBatch) -> str:

@@ -365,10 +365,10 @@ class LiveService:
             raise BatchNotActiveError(f"batch {batch_id} is {records[0].status}, not active; nothing to roll back")
         i = active.index(batch_id)
         catalog = snap.catalog.truncated(self.base_catalog, i)
-        artifact = EditArtifact(snap.artifact.base_hash, list(snap.artifact.layers), list(snap.artifact.batches[:i]),
-                                snap.artifact.scheme)
         recomputed, version_dir = {}, None
         try:
+            # ΔW of the batches below i bit-identical; the key statistic minus the removed batches' replayed keys
+            artifact = self.editor.truncated(snap.artifact, i, snap.catalog.codes)
             for later in snap.catalog.batches[i + 1:]:  # an older batch: solve the later ones again, in order
                 catalog = catalog.extended(later.batch_id, later.item_ids, later.texts, later.embeddings)
                 requests = knowledge_for(self.run.prepared.split.train, catalog,
@@ -442,8 +442,23 @@ class LiveService:
                 raise ArtifactMismatchError(f"batch {batch.batch_id}: the artifact's ΔW or SIDs differ from the "
                                             "registry's record")
         self._remove_stale_artifacts(rel)
+        if artifact is not None:
+            artifact = self._with_requests(artifact, catalog)
         return build_snapshot(self.registry.model_version(), catalog, self.run.recommender, artifact,
                               self.trigger, self.run.config.prior)
+
+    def _with_requests(self, artifact: EditArtifact, catalog: Catalog) -> EditArtifact:
+        """Batches of a format-1 artifact hold no requests: they get the knowledge the service edited them from
+        (text-only knowledge is a pure function of the catalog), so that their keys can be replayed."""
+        if all(b.requests is not None for b in artifact.batches):
+            return artifact
+        out = artifact.copy()
+        out.batches = [b if b.requests is not None else
+                       replace(b, requests=knowledge_for(self.run.prepared.split.train, catalog,
+                                                         catalog.batch_indices(b.batch_id),
+                                                         self.run.config.knowledge))
+                       for b in artifact.batches]
+        return out
 
 
 def _rounded(timings: dict) -> dict:
