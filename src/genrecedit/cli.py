@@ -97,6 +97,33 @@ def edit(run_dir: RunDir, overrides: Overrides = None,
 
 
 @app.command()
+def compact(artifact_dir: Annotated[Path, typer.Argument(help="an edit artifact directory (holds edits.json)")],
+            trigger: Annotated[str, typer.Option(help="the trigger mode it is decoded with: one_one or all (prefix "
+                                                      "and preserve cannot be compacted exactly)")] = "one_one",
+            keep_newest: Annotated[int, typer.Option(help="batches left as they are on top (rollback stays exact "
+                                                          "for them)")] = 0,
+            out: Annotated[Optional[Path], typer.Option(help="where to write it (default: in place, atomically)")]
+            = None) -> None:
+    """Fold an edit artifact's batches (all but the newest --keep-newest) into one consolidated batch: identical
+    outputs under one_one / all triggering, one file instead of thousands. Not for a service's state dir (its
+    registry records every batch)."""
+    from genrecedit.edit.artifact import EditArtifact
+    from genrecedit.serving.registry import REGISTRY_FILE
+
+    if (Path(artifact_dir).resolve().parent.parent / REGISTRY_FILE).exists():
+        _fail(ValueError(f"{artifact_dir} belongs to a service's state dir, whose registry records every batch: "
+                         "compacting it there would break its restore"))
+    try:
+        artifact = EditArtifact.load(artifact_dir)
+        small = artifact.compacted(trigger, keep_newest)  # type: ignore[arg-type]
+    except (GenRecEditError, ValueError) as err:
+        _fail(err)
+    small.save(out or artifact_dir)
+    typer.echo(f"compacted {len(artifact.batches) - keep_newest} batches into one; {len(small.batches)} batches in "
+               f"{out or artifact_dir}")
+
+
+@app.command()
 def coldstart(run_dir: RunDir, overrides: Overrides = None,
               edits: Annotated[Optional[Path], typer.Option(help="edit artifact to mix the prior into")] = None,
               out: Annotated[Optional[Path], typer.Option(help="output directory (default: the run)")] = None,

@@ -177,3 +177,21 @@ def test_compaction_refuses_what_it_cannot_reproduce(tiny_model, tiny_codes):
     with pytest.raises(ArtifactMismatchError, match="compacted"):
         small.schedule("prefix")
     assert small.schedule("one_one") is not None
+
+
+def test_cli_compacts_an_artifact_dir_and_refuses_prefix(tiny_model, tiny_codes, tmp_path):
+    from typer.testing import CliRunner
+
+    from genrecedit.cli import app
+
+    art = _stack(tiny_model, tiny_codes, 4)
+    art.save(tmp_path / "edits")
+    refused = CliRunner().invoke(app, ["compact", str(tmp_path / "edits"), "--trigger", "prefix"])
+    assert refused.exit_code == 2 and "prefix" in refused.output
+    assert len(EditArtifact.load(tmp_path / "edits").batches) == 4  # nothing written
+    ok = CliRunner().invoke(app, ["compact", str(tmp_path / "edits"), "--keep-newest", "1"])
+    assert ok.exit_code == 0, ok.output
+    small = EditArtifact.load(tmp_path / "edits")
+    assert len(small.batches) == 2 and small.batches[0].compacted
+    for p in range(4):
+        assert torch.equal(small.total_delta(p), art.total_delta(p))
