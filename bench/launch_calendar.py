@@ -19,9 +19,10 @@ Each day d, in this order:
    the edited model (the next morning's model): a sample of warm test cases (warm drop with interval) and, per
    arrival day, test cases that target that day's items (whether day-1 items are still recommended at the end).
 
-Not done: an item is never re-edited from its interactions. ``EditArtifact`` can only remove its newest batch
-exactly (``remove_newest``); replacing an older batch's edit of one item is not supported, so feedback observed on
-days < d is not used (issue 21, item 3). Cold items first seen in the validation period are not edited either.
+Not done here: an item is never re-edited from its interactions (``ColdItemEditor.replace_items`` can replace an
+item's text-only edit by one from feedback; this bench does not use it), so feedback observed on days < d is not
+used. Cold items first seen in the validation period are not edited either. Artifact bytes are those of the format
+``EditArtifact.save`` writes: one accumulated key statistic per edit site plus one small file per batch.
 
     PYTHONPATH=bench python bench/launch_calendar.py --size full --out runs/bench/full
 """
@@ -273,14 +274,15 @@ def main(argv: list[str] | None = None) -> dict:
         f"edited items (≤ {cfg.get('panel_cases_per_day')} per arrival day, from the whole test period) and "
         f"{len(warm_panel):,} warm test cases. Edit s: update time (method.md §5.9; day 1 includes the layer probe "
         "when edit.layer_policy runs one). "
-        f"Artifact MB: `EditArtifact.save` of all batches so far. Row 0: the unedited model (day cases pooled).\n"
+        "Artifact MB: `EditArtifact.save` of all batches so far (the key statistic once, a file per batch). "
+        "Row 0: the unedited model (day cases pooled).\n"
         f"\nPooled over all days' warm cases (each day's model): warm drop "
         + (f"{pooled['drop']:.4f} [{pooled['ci95'][0]:.4f}, {pooled['ci95'][1]:.4f}]" if pooled and pooled["drop"]
            is not None else "–")
         + "; after the last day, warm panel: "
         + (f"{fp['drop']:.4f} [{fp['ci95'][0]:.4f}, {fp['ci95'][1]:.4f}]" if fp["drop"] is not None else "–")
-        + ". Feedback is never used: an item is edited once, from text, on its first day (re-edit: issue 21 item 3; "
-          "the artifact cannot replace an older batch's edit).\n")
+        + ". Feedback is never used: an item is edited once, from text, on its first day (this bench does not "
+          "call ColdItemEditor.replace_items).\n")
     data = {"size": args.size, "config": cfg, "hardware": hw, "trigger": trigger,
             "knowledge": run.config.knowledge.source, "knowledge_seconds": knowledge_seconds,
             "calendar": {"mode": cal["mode"], "start": iso(cal["start"]), "end": iso(cal["end"]),

@@ -18,7 +18,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from genrecedit.atomic import write_json

@@ -403,7 +403,8 @@ class ColdItemEditor:
             raise EmptyInputError("a re-edit needs the items to replace and feedback requests that teach them")
         stray = np.setdiff1d(feedback.items, items)
         if len(stray):
-            raise ConfigError(f"feedback requests teach items not being replaced (catalog indices {stray[:5].tolist()})")
+            raise ConfigError(f"feedback requests teach items not being replaced (catalog indices "
+                              f"{stray[:5].tolist()})")
         missing = [b.batch_id for b in artifact.batches if b.requests is None]
         if missing:
             raise ArtifactMismatchError(f"batches {', '.join(missing[:3])} hold no requests (a format-1 or compacted "
