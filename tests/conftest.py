@@ -21,8 +21,11 @@ TINY_OVERRIDES = [
 
 
 def write_synthetic_atomic(folder: Path, name: str = "synth", n_users: int = 120, n_items: int = 60,
-                           per_user: int = 15, seed: int = 0) -> Path:
-    """Users who drift through item "genres" over time, so history predicts the next item a little."""
+                           per_user: int = 15, seed: int = 0, sequels: bool = False) -> Path:
+    """Users who drift through item "genres" over time, so history predicts the next item a little. The new items
+    (absent from training) are one release per genre played at the end of the time line, or with ``sequels`` one
+    sequel per (genre, number) whose text is its originals' plus "sequel", played right after each of its
+    originals in the time line's last 15 % (so the sequels' cases fall in validation and test alike)."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     genres = ["action", "comedy", "drama", "horror", "sport", "puzzle"]
@@ -30,18 +33,31 @@ def write_synthetic_atomic(folder: Path, name: str = "synth", n_users: int = 120
     for u in range(n_users):
         start = rng.integers(0, len(genres))
         times = np.sort(rng.integers(0, 10_000, per_user))
+        played = []
         for j, t in enumerate(times):
             g = (start + j // 5) % len(genres)
             item = g * (n_items // len(genres)) + int(rng.integers(0, n_items // len(genres)))
             lines.append(f"u{u}\ti{item}\t{t}")
-        # new releases, one per genre, interacted with only at the end of the time line: cold items
-        late = int(rng.integers(0, len(genres)))
-        lines.append(f"u{u}\ti{n_items + late}\t{10_000 + int(rng.integers(0, 500))}")
+            played.append((g, item, t))
+        if sequels:  # right after each of the user's items of the time line's last 15 %
+            for g, item, t in played:
+                if t >= 8_500:
+                    lines.append(f"u{u}\ti{n_items + 7 * g + item % 7}\t{t + 1}")
+        else:  # new releases, one per genre, interacted with only at the end of the time line: cold items
+            late = int(rng.integers(0, len(genres)))
+            lines.append(f"u{u}\ti{n_items + late}\t{10_000 + int(rng.integers(0, 500))}")
     (folder / f"{name}.inter").write_text("\n".join(lines) + "\n")
     items = ["item_id:token\ttitle:token_seq"]
-    for i in range(n_items + len(genres)):
-        g = genres[i // (n_items // len(genres))] if i < n_items else genres[i - n_items]
-        items.append(f"i{i}\t{g} game number {i % 7} {g} edition")
+    for i in range(n_items + len(genres) * (7 if sequels else 1)):
+        if i < n_items:
+            g = genres[i // (n_items // len(genres))]
+            items.append(f"i{i}\t{g} game number {i % 7} {g} edition")
+        elif sequels:
+            g = genres[(i - n_items) // 7]
+            items.append(f"i{i}\t{g} game number {(i - n_items) % 7} {g} edition sequel")
+        else:
+            g = genres[i - n_items]
+            items.append(f"i{i}\t{g} game number {i % 7} {g} edition")
     (folder / f"{name}.item").write_text("\n".join(items) + "\n")
     return folder
 
@@ -49,6 +65,12 @@ def write_synthetic_atomic(folder: Path, name: str = "synth", n_users: int = 120
 @pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory) -> Path:
     return write_synthetic_atomic(tmp_path_factory.mktemp("data") / "synth")
+
+
+@pytest.fixture(scope="session")
+def sequel_dir(tmp_path_factory) -> Path:
+    """The synthetic data with sequels as its new items (``write_synthetic_atomic(sequels=True)``)."""
+    return write_synthetic_atomic(tmp_path_factory.mktemp("data") / "sequels", sequels=True)
 
 
 @pytest.fixture(scope="session")

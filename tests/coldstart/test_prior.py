@@ -96,6 +96,8 @@ def test_an_empty_history_moves_nothing_and_bad_settings_are_refused():
     cfg = PriorConfig(enabled=True, budget=0.5, temperature=0.1, threshold=0.5, scope=1)
     out = ContentPrior(cfg, EMB, CODES, NEW, trie).apply(np.array([[-1, -1]]), _beams(trie), k=3)
     assert out.items[0].tolist() == [0, 1, 2]
+    nothing_new = ContentPrior(cfg, EMB, CODES, np.array([], np.int64), trie).apply(HIST[:1], _beams(trie), k=3)
+    assert nothing_new.items[0].tolist() == [0, 1, 2]  # a catalog without new items keeps the beam's lists
     for bad in ({"budget": 0}, {"budget": 1}, {"temperature": 0}, {"threshold": 2}, {"scope": -1}, {"recent": 0}):
         with pytest.raises(ConfigError):
             PriorConfig(**bad)

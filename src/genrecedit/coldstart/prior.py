@@ -160,6 +160,8 @@ class ContentPrior:
         setting mixes histories whose last item is new with ``cfg.novel`` and the others with this setting (or not
         at all, ``novel_only``)."""
         k = beams.items.shape[1] if k is None else k
+        if len(self.new_items) == 0:  # a catalog without new items: nothing to mix in
+            return Beams(beams.items[:, :k], beams.scores[:, :k], beams.sids[:, :k])
         if not self.cfg.stratified:
             return self.mix(self.prepare(histories, beams), k)
         novel = torch.as_tensor(self.ends_new(histories))

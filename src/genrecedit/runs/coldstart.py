@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from genrecedit.atomic import write_json
 from genrecedit.coldstart.baselines import dense_rerank, reserved_slots, retrieve
 from genrecedit.coldstart.exposure import exposure
+from genrecedit.coldstart.insertion import CalibratedInsertion, InsertionConfig, cross_fitted, propose
 from genrecedit.coldstart.prior import ContentPrior, PriorConfig
 from genrecedit.data.dataset import PAD_ITEM, CaseSet
 from genrecedit.edit.artifact import EditArtifact
@@ -86,8 +87,18 @@ class Bounds:
 
 
 @dataclass
+class InsertionGrid:
+    """Calibrated insertion's settings tried on validation: the history's content and the margin."""
+
+    recent: tuple[int, ...] = (1, 3)
+    bias: tuple[float, ...] = tuple(0.25 * i for i in range(25))  # 0 … 6 log-odds
+    candidates: int = 10
+
+
+@dataclass
 class ColdstartSpec:
     grid: PriorGrid = field(default_factory=PriorGrid)
+    insertion: InsertionGrid | None = field(default_factory=InsertionGrid)  # None: calibrated insertion not tried
     bounds: Bounds = field(default_factory=Bounds)
     valid_max_cases: int | None = None  # a seeded sample of validation cases for selection (None: all of them)
     slots: tuple[int, ...] = tuple(range(1, CUT))  # reserved-slot hybrid: s tried on validation
@@ -376,6 +387,9 @@ def select_coldstart(run: LoadedRun, spec: ColdstartSpec, artifact: EditArtifact
               and c["metrics"]["overall"][f"ndcg@{CUT}"] > base_row["overall"][f"ndcg@{CUT}"]]
         chosen = _best(ok)
     width = items.shape[1]
+    insertion = None if spec.insertion is None else select_insertion(
+        run, cases, beams, base, WarmPlan.of(cases, new, base.cold_mask, spec.bounds.plan_window, trend=True),
+        spec.bounds, spec.insertion, progress)
     retrieved = {r: retrieve(run.prepared.embeddings, cases.histories, new, width, r) for r in spec.recent}
     baselines = {
         "retriever": [scored(retrieved[r], recent=r) for r in spec.recent],
@@ -391,8 +405,45 @@ def select_coldstart(run: LoadedRun, spec: ColdstartSpec, artifact: EditArtifact
             "chosen": None if chosen is None else chosen["prior"],
             "chosen_metrics": None if chosen is None else chosen["metrics"],
             "chosen_strata": None if chosen is None else chosen.get("strata"),
+            "insertion": insertion,
             "baselines": {name: {"cells": c, "chosen": {k: v for k, v in _best(c).items() if k != "metrics"}}
                           for name, c in baselines.items()}}
+
+
+def select_insertion(run: LoadedRun, cases: CaseSet, beams: Beams, base: EvalResult, plan: WarmPlan,
+                     bounds: Bounds, grid: InsertionGrid, progress: bool = True) -> dict:
+    """Calibrated insertion on validation: per (recent, margin) the cross-fitted lists (``cross_fitted``) scored,
+    the best overall NDCG@10 among those within ``bounds`` that beat the beams chosen — the warm drop held at the
+    upper end (``bounds.upper``) at the share of histories ending with a new item where its trend is heading (the
+    insertion spends its warm drop there) — and the models refitted on every validation case. ``chosen``: the
+    fitted ``CalibratedInsertion.to_dict()`` (None: no cell within the bounds)."""
+    if run.config.decode.k < CUT:
+        raise ConfigError(f"calibrated insertion ranks {CUT} items: decode.k must be ≥ {CUT}")
+    new, width = new_items(run), beams.items.shape[1]
+    base_ndcg = base.summary()["overall"][f"ndcg@{CUT}"]
+    cells, proposals = [], {}
+    for recent in tqdm(grid.recent, desc="coldstart: calibrated insertion", disable=not progress):
+        cfg = InsertionConfig(recent=recent, candidates=grid.candidates)
+        proposals[recent] = propose(run.prepared.embeddings, run.prepared.codes, new, cases.histories, beams,
+                                    recent, grid.candidates)
+        try:
+            lists = cross_fitted(proposals[recent], cases.targets, cases.timestamps, cfg, grid.bias, width)
+        except ConfigError as err:  # e.g. no validation case's next item among one half's proposals
+            return {"plan_share": plan.share, "cells": cells, "chosen": None, "chosen_metrics": None,
+                    "unavailable": str(err)}
+        for bias, topk in lists.items():
+            result = score_topk(run, topk, cases)
+            row = _row(result, topk, new, base)
+            row["warm_drop_planned"] = plan.drop(result, base, below=bounds.max_warm_drop)
+            cells.append({"insertion": asdict(replace(cfg, bias=float(bias))), "metrics": row})
+    ok = [c for c in cells if _admissible(c["metrics"], bounds) and c["metrics"]["overall"][f"ndcg@{CUT}"] > base_ndcg]
+    best = _best(ok)
+    chosen = None
+    if best is not None:
+        cfg = InsertionConfig(**best["insertion"])
+        chosen = CalibratedInsertion.fit(proposals[cfg.recent], cases.targets, cfg).to_dict()
+    return {"plan_share": plan.share, "cells": cells, "chosen": chosen,
+            "chosen_metrics": None if best is None else best["metrics"]}
 
 
 def coldstart(run: LoadedRun, out_dir: Path, spec: ColdstartSpec | None = None,
@@ -420,6 +471,11 @@ def coldstart(run: LoadedRun, out_dir: Path, spec: ColdstartSpec | None = None,
     if selection["chosen"] is not None:
         prior_cfg = PriorConfig.of(selection["chosen"])
         lists["content prior (chosen)"] = make_prior(run, prior_cfg).apply(cases.histories, beams).items.numpy()
+    insertion = (selection.get("insertion") or {}).get("chosen")
+    if insertion is not None:
+        write_json(out_dir / f"{name}_insertion.json", insertion)
+        lists["calibrated insertion (chosen)"] = CalibratedInsertion.of(insertion).apply(
+            run.prepared.embeddings, run.prepared.codes, new, cases.histories, beams).items.numpy()
     picks = selection["baselines"]
     for r in spec.recent:
         lists[f"retriever (recent {r})"] = retrieve(run.prepared.embeddings, cases.histories, new, width, r)
@@ -439,14 +495,20 @@ def coldstart(run: LoadedRun, out_dir: Path, spec: ColdstartSpec | None = None,
         row["vs_base"] = _paired(res, base)
         row["strata"] = strata_rows(res, base, lists[sys_name], new, masks)
         rows[sys_name] = row
-    best_baseline = max((n for n in rows if n != base_name and "prior" not in n),
+    best_baseline = max((n for n in rows if n != base_name and "(chosen)" not in n),
                         key=lambda n: rows[n]["overall"][f"ndcg@{CUT}"])
     report = {"dataset": run.config.dataset, "n_cases": len(cases), "n_new_items": int(len(new)),
               "novel_share": float(masks["novel"].mean()),
-              "chosen_prior": selection["chosen"], "bounds": asdict(spec.bounds), "systems": rows,
+              "chosen_prior": selection["chosen"], "chosen_insertion": None if insertion is None else
+              insertion["config"], "bounds": asdict(spec.bounds), "systems": rows,
               "best_baseline": best_baseline}
     if "content prior (chosen)" in results:
         report["prior_vs_best_baseline"] = _paired(results["content prior (chosen)"], results[best_baseline])
+    if "calibrated insertion (chosen)" in results:
+        ins = results["calibrated insertion (chosen)"]
+        report["insertion_vs_best_baseline"] = _paired(ins, results[best_baseline])
+        if "content prior (chosen)" in results:
+            report["insertion_vs_prior"] = _paired(ins, results["content prior (chosen)"])
     write_json(out_dir / f"{name}.json", report)
     write_metrics(out_dir, f"{name}_metrics", {n: r.summary() for n, r in results.items()})
     echo(format_table({n: r.summary() for n, r in results.items()}))
@@ -483,4 +545,6 @@ def format_coldstart(report: dict) -> str:
                      f"{(r['cold'][f'recall@{CUT}'] or 0):>9.4f} {100 * e['new_item_slot_share']:>8.1f}% "
                      f"{100 * e['max_item_share']:>7.1f}% {e['unreached_items']:>9}")
     lines.append(f"chosen prior (validation): {report['chosen_prior']}; best baseline: {report['best_baseline']}")
+    if report.get("chosen_insertion") is not None:
+        lines.append(f"chosen calibrated insertion (validation): {report['chosen_insertion']}")
     return "\n".join(lines)

@@ -1,0 +1,245 @@
+"""Calibrated insertion: a new item enters the beam's list where the odds that it is the user's next item beat those
+of the warm item it would displace.
+
+For a history h a text retriever proposes the ``candidates`` new items closest to h's content (the mean embedding
+of its last ``recent`` items, cosine); an item already in h is never proposed. Two logistic models, fitted on
+validation cases, turn what the backbone and the text say into log-odds that an item is the next one:
+
+- a proposed new item c (``NEW_FEATURES``): its similarity s(h, c), its gap to the best proposal's, its rank among
+  the proposals, whether h ends with a new item (alone and times s), the beam's probability mass in c's SID subtree
+  at depth 1 and 2 (relative to the beam's whole mass: does the backbone expect this kind of item?), the beam's top
+  score and whole mass, and the best proposal's similarity;
+- the beam's r-th item (``WARM_FEATURES``): its log-probability (alone and relative to the beam's mass), its rank,
+  whether h ends with a new item (alone and times the log-probability), the best proposal's similarity and the
+  beam's top score.
+
+The beam's items keep their order (their log-odds are made non-increasing down the list). A proposal is placed
+above the first beam item whose log-odds is below its own minus a margin (``bias``): the larger the margin, the
+surer the text must be before a warm item gives up its place. The margin is chosen on validation within the warm
+bound (``genrecedit coldstart``). The features name no item, so nothing is learnt about any particular new item;
+the new items' own interactions are never read.
+
+Where it helps most: a history that ends with a new item. The backbone never learnt that item, so its beam is
+unsure there, and such users move on to another new item often (a sequel, an edition, a variant of the last one).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from genrecedit.data.dataset import PAD_ITEM
+from genrecedit.errors import ConfigError
+from genrecedit.model.beam import Beams
+
+NEW_FEATURES = ("sim", "sim_gap", "log_rank", "first", "novel_last", "novel_last_sim", "subtree_mass_1",
+                "subtree_mass_2", "beam_top", "beam_mass", "best_sim")
+WARM_FEATURES = ("score", "score_rel", "log_rank", "first", "novel_last", "novel_last_score", "best_sim", "beam_top")
+CHUNK_ROWS = 1024  # histories whose similarities to every new item are computed at once
+FLOOR = -50.0  # the log-probability feature of an empty beam slot (which is never ranked)
+
+
+@dataclass
+class InsertionConfig:
+    """What calibrated insertion reads and how sure the text must be (chosen on validation)."""
+
+    recent: int = 1  # the history's content: the mean embedding of its last `recent` items
+    candidates: int = 10  # new items proposed per history
+    bias: float = 2.5  # the margin (in log-odds) a proposal must clear above the beam item it displaces
+    c: float = 1.0  # inverse L2 strength of the logistic fits
+
+    def __post_init__(self) -> None:
+        if self.recent < 1:
+            raise ConfigError(f"insertion.recent must be ≥ 1, got {self.recent}")
+        if self.candidates < 1:
+            raise ConfigError(f"insertion.candidates must be ≥ 1, got {self.candidates}")
+        if not self.c > 0:
+            raise ConfigError(f"insertion.c must be > 0, got {self.c}")
+
+
+@dataclass
+class LogOdds:
+    """A fitted logistic model over standardised features: [..., f] -> [...] log-odds."""
+
+    mean: list[float]
+    scale: list[float]
+    coef: list[float]
+    intercept: float
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return ((x - np.asarray(self.mean)) / np.asarray(self.scale)) @ np.asarray(self.coef) + self.intercept
+
+    @staticmethod
+    def fit(x: np.ndarray, y: np.ndarray, c: float) -> "LogOdds":
+        """x [n, f], y [n] in {0, 1} (both classes present)."""
+        from sklearn.linear_model import LogisticRegression
+
+        if y.min() == y.max():
+            raise ConfigError("calibrated insertion needs validation cases whose next item is among the proposals "
+                              "and cases where it is not; there are none of one kind")
+        mean, scale = x.mean(0), x.std(0) + 1e-9
+        model = LogisticRegression(C=c, max_iter=2000).fit((x - mean) / scale, y)
+        return LogOdds(mean.tolist(), scale.tolist(), model.coef_[0].tolist(), float(model.intercept_[0]))
+
+
+@dataclass
+class Proposals:
+    """Per history: the proposed new items [n, J] (-1: none), their features [n, J, len(NEW_FEATURES)], the beam's
+    items [n, K] (-1: empty slot) and their features [n, K, len(WARM_FEATURES)]."""
+
+    items: np.ndarray
+    features: np.ndarray
+    beam_items: np.ndarray
+    beam_features: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def rows(self, mask: np.ndarray) -> "Proposals":
+        return Proposals(self.items[mask], self.features[mask], self.beam_items[mask], self.beam_features[mask])
+
+    def labels(self, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """[n, J], [n, K] bool: which proposal / beam item is the case's next item."""
+        return self.items == targets[:, None], self.beam_items == targets[:, None]
+
+
+def propose(embeddings: np.ndarray, codes: np.ndarray, new_items: np.ndarray, histories: np.ndarray, beams: Beams,
+            recent: int, candidates: int) -> Proposals:
+    """The proposals and both feature sets for [n, L] left-padded ``histories`` and their unedited ``beams``."""
+    new_items = np.unique(np.asarray(new_items, np.int64))
+    if len(new_items) == 0:
+        raise ConfigError("calibrated insertion needs at least one new item")
+    unit = torch.nn.functional.normalize(torch.as_tensor(np.asarray(embeddings, np.float32)), dim=1)
+    parts = [_propose_rows(unit, np.asarray(codes), new_items, np.asarray(histories)[s:s + CHUNK_ROWS],
+                           beams.items[s:s + CHUNK_ROWS].numpy(), beams.scores[s:s + CHUNK_ROWS].double().numpy(),
+                           recent, min(candidates, len(new_items)))
+             for s in range(0, len(histories), CHUNK_ROWS)]
+    return Proposals(*(np.concatenate([p[i] for p in parts]) for i in range(4)))
+
+
+def _propose_rows(unit: torch.Tensor, codes: np.ndarray, new_items: np.ndarray, histories: np.ndarray,
+                  items: np.ndarray, scores: np.ndarray, recent: int, j: int) -> tuple:
+    last = torch.as_tensor(histories[:, -recent:], dtype=torch.long)
+    content = torch.nn.functional.normalize((unit[last.clamp(min=0)] * (last != PAD_ITEM)[:, :, None]).sum(1), dim=1)
+    sims = (content @ unit[new_items].T).numpy()  # [n, m]
+    col = np.searchsorted(new_items, np.clip(histories, 0, None))
+    seen = (histories != PAD_ITEM) & (new_items[np.clip(col, 0, len(new_items) - 1)] == histories)
+    rows = np.broadcast_to(np.arange(len(histories))[:, None], histories.shape)
+    sims[rows[seen], col[seen]] = -np.inf  # a history's own items are not proposed again
+    top = np.argpartition(-sims, j - 1, axis=1)[:, :j]
+    sim = np.take_along_axis(sims, top, 1)
+    order = np.argsort(-sim, axis=1, kind="stable")
+    sim, cand = np.take_along_axis(sim, order, 1), new_items[np.take_along_axis(top, order, 1)]
+    cand = np.where(np.isfinite(sim), cand, -1)
+    sim = np.where(np.isfinite(sim), sim, -1.0)
+
+    present = items >= 0
+    score = np.where(present & np.isfinite(scores), scores, FLOOR)
+    mass = np.logaddexp.reduce(np.where(present, score, -np.inf), axis=1)
+    mass = np.where(np.isfinite(mass), mass, FLOOR)
+    top1 = score[:, 0]
+    novel_last = (np.isin(histories[:, -1], new_items) & (histories[:, -1] != PAD_ITEM)).astype(np.float64)
+    best = sim[:, :1]
+    rank = np.arange(j, dtype=np.float64)[None].repeat(len(cand), 0)
+    new_f = np.stack([sim, sim - best, np.log1p(rank), rank == 0, np.broadcast_to(novel_last[:, None], sim.shape),
+                      novel_last[:, None] * sim,
+                      _subtree_mass(codes, items, score, cand, 1) - mass[:, None],
+                      _subtree_mass(codes, items, score, cand, 2) - mass[:, None],
+                      np.broadcast_to(top1[:, None], sim.shape), np.broadcast_to(mass[:, None], sim.shape),
+                      np.broadcast_to(best, sim.shape)], -1).astype(np.float64)
+    k = items.shape[1]
+    beam_rank = np.arange(k, dtype=np.float64)[None].repeat(len(items), 0)
+    warm_f = np.stack([score, score - mass[:, None], np.log1p(beam_rank), beam_rank == 0,
+                       np.broadcast_to(novel_last[:, None], score.shape), novel_last[:, None] * score,
+                       np.broadcast_to(best, score.shape), np.broadcast_to(top1[:, None], score.shape)],
+                      -1).astype(np.float64)
+    return cand, new_f, items, warm_f
+
+
+def _subtree_mass(codes: np.ndarray, items: np.ndarray, score: np.ndarray, cand: np.ndarray, depth: int) -> np.ndarray:
+    """[n, J] log of the beam's probability mass under each proposal's first ``depth`` SID codes (FLOOR: none)."""
+    depth = min(depth, codes.shape[1])
+    beam_codes = np.where((items >= 0)[:, :, None], codes[np.clip(items, 0, None)][:, :, :depth], -1)
+    cand_codes = codes[np.clip(cand, 0, None)][:, :, :depth]
+    same = (beam_codes[:, None, :, :] == cand_codes[:, :, None, :]).all(-1)  # [n, J, K]
+    out = np.logaddexp.reduce(np.where(same, score[:, None, :], -np.inf), axis=2)
+    return np.where(np.isfinite(out), out, FLOOR)
+
+
+@dataclass
+class CalibratedInsertion:
+    """Fitted calibrated insertion: its settings and the two log-odds models."""
+
+    cfg: InsertionConfig
+    new_odds: LogOdds
+    warm_odds: LogOdds
+
+    @staticmethod
+    def fit(proposals: Proposals, targets: np.ndarray, cfg: InsertionConfig) -> "CalibratedInsertion":
+        """Fit both models on validation ``proposals`` and their cases' next items ``targets`` [n]."""
+        is_new, is_warm = proposals.labels(np.asarray(targets))
+        have = proposals.items >= 0
+        present = proposals.beam_items >= 0
+        return CalibratedInsertion(
+            cfg, LogOdds.fit(proposals.features[have], is_new[have].astype(int), cfg.c),
+            LogOdds.fit(proposals.beam_features[present], is_warm[present].astype(int), cfg.c))
+
+    def rank(self, proposals: Proposals, k: int, bias: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The merged top ``k``: items [n, k] (-1: empty) and their ranking keys [n, k] (log-odds; a proposal's
+        less the margin), best first; ``bias`` overrides the configured margin."""
+        bias = self.cfg.bias if bias is None else bias
+        warm = np.where(proposals.beam_items >= 0, self.warm_odds(proposals.beam_features), -np.inf)
+        warm = np.minimum.accumulate(warm, axis=1)  # the beam's order is kept
+        warm = warm - 1e-9 * np.arange(warm.shape[1])[None]  # ties keep it too
+        new = self.new_odds(proposals.features) - bias
+        in_beam = (proposals.items[:, :, None] == proposals.beam_items[:, None, :]).any(2)
+        new = np.where((proposals.items >= 0) & ~in_beam, new, -np.inf)
+        keys = np.concatenate([warm, new], 1)
+        items = np.concatenate([proposals.beam_items, proposals.items], 1)
+        pick = np.argsort(-keys, axis=1, kind="stable")[:, :k]
+        best = np.take_along_axis(keys, pick, 1)
+        return np.where(np.isfinite(best), np.take_along_axis(items, pick, 1), -1), best
+
+    def apply(self, embeddings: np.ndarray, codes: np.ndarray, new_items: np.ndarray, histories: np.ndarray,
+              beams: Beams, k: int | None = None) -> Beams:
+        """The merged lists as ``Beams`` (scores: the calibrated log-probability of each entry's ranking key)."""
+        k = beams.items.shape[1] if k is None else k
+        if len(histories) == 0 or len(new_items) == 0:
+            return Beams(beams.items[:, :k], beams.scores[:, :k], beams.sids[:, :k])
+        items, keys = self.rank(propose(embeddings, codes, new_items, histories, beams, self.cfg.recent,
+                                        self.cfg.candidates), k)
+        scores = np.where(items >= 0, -np.logaddexp(0.0, -keys), -np.inf)  # log σ(key)
+        sids = torch.as_tensor(np.asarray(codes, np.int64))[torch.as_tensor(np.clip(items, 0, None))]
+        sids = torch.where(torch.as_tensor(items)[:, :, None] >= 0, sids, -1)
+        return Beams(torch.as_tensor(items), torch.as_tensor(scores, dtype=torch.float32), sids)
+
+    def to_dict(self) -> dict:
+        return {"config": asdict(self.cfg), "new_odds": asdict(self.new_odds), "warm_odds": asdict(self.warm_odds),
+                "new_features": list(NEW_FEATURES), "warm_features": list(WARM_FEATURES)}
+
+    @staticmethod
+    def of(data: dict) -> "CalibratedInsertion":
+        if data.get("new_features", list(NEW_FEATURES)) != list(NEW_FEATURES) or \
+                data.get("warm_features", list(WARM_FEATURES)) != list(WARM_FEATURES):
+            raise ConfigError("this calibrated insertion was fitted on other features; run `genrecedit coldstart` "
+                              "again")
+        return CalibratedInsertion(InsertionConfig(**data["config"]), LogOdds(**data["new_odds"]),
+                                   LogOdds(**data["warm_odds"]))
+
+
+def cross_fitted(proposals: Proposals, targets: np.ndarray, times: np.ndarray, cfg: InsertionConfig,
+                 biases: tuple[float, ...], k: int) -> dict[float, np.ndarray]:
+    """Validation lists [n, k] for each margin in ``biases``, every case ranked by models fitted on the other half
+    of the period (cases split at the median time): the margin is then chosen on lists no model was fitted on."""
+    later = np.zeros(len(times), bool)
+    later[np.argsort(times, kind="stable")[len(times) // 2:]] = True
+    lists = {b: np.full((len(times), k), -1, dtype=np.int64) for b in biases}
+    for held in (later, ~later):
+        if not held.any():
+            continue
+        model = CalibratedInsertion.fit(proposals.rows(~held), targets[~held], cfg)
+        part = proposals.rows(held)
+        for b in biases:
+            lists[b][held] = model.rank(part, k, b)[0]
+    return lists

@@ -1,0 +1,157 @@
+"""Calibrated insertion: proposals, features, the merged ranking, the cross-fit that chooses the margin on lists no
+model was fitted on, and its place in `genrecedit coldstart`."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from genrecedit.coldstart import insertion as ins
+from genrecedit.coldstart.insertion import (CalibratedInsertion, InsertionConfig, LogOdds, NEW_FEATURES, Proposals,
+                                            WARM_FEATURES, cross_fitted, propose)
+from genrecedit.errors import ConfigError
+from genrecedit.model.beam import Beams
+from genrecedit.runs.backbone import load_run
+from genrecedit.runs.coldstart import Bounds, ColdstartSpec, InsertionGrid, PriorGrid, coldstart
+
+# 6 items, 2 SID codes each; items 4 and 5 are new. Item 4's text is item 0's, item 5's is item 1's.
+EMB = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1], [1, 0.05, 0], [0.05, 1, 0]], np.float32)
+CODES = np.array([[0, 0], [0, 1], [1, 0], [1, 1], [0, 2], [2, 0]])
+NEW = np.array([4, 5])
+
+
+def _beams(items, scores) -> Beams:
+    items = torch.tensor(items)
+    return Beams(items, torch.tensor(scores, dtype=torch.float32), torch.as_tensor(CODES)[items.clamp(min=0)])
+
+
+def test_proposals_follow_the_text_and_never_repeat_the_history():
+    histories = np.array([[-1, 0], [-1, 1], [0, 4]])  # the last ends with new item 4: 4 is not proposed again
+    beams = _beams([[0, 1, 2], [1, 2, 3], [0, 1, -1]], [[-1, -2, -3], [-1, -2, -3], [-1, -2, -np.inf]])
+    p = propose(EMB, CODES, NEW, histories, beams, recent=1, candidates=2)
+    assert p.items.tolist() == [[4, 5], [5, 4], [5, -1]]
+    assert p.features.shape == (3, 2, len(NEW_FEATURES)) and p.beam_features.shape == (3, 3, len(WARM_FEATURES))
+    f = dict(zip(NEW_FEATURES, np.moveaxis(p.features, -1, 0)))
+    assert f["sim"][0, 0] == pytest.approx(1 / np.sqrt(1 + 0.05 ** 2), abs=1e-5)
+    assert f["first"][:, 0].tolist() == [1, 1, 1] and f["novel_last"][:, 0].tolist() == [0, 0, 1]
+    # item 4 (codes 0, 2) shares its first code with beam items 0 and 1 of row 0: their mass, relative to the beam's
+    mass = np.logaddexp.reduce([-1.0, -2.0, -3.0])
+    assert f["subtree_mass_1"][0, 0] == pytest.approx(np.logaddexp(-1.0, -2.0) - mass)
+    assert f["subtree_mass_2"][0, 0] == pytest.approx(ins.FLOOR - mass)  # no beam item under (0, 2)
+    w = dict(zip(WARM_FEATURES, np.moveaxis(p.beam_features, -1, 0)))
+    assert w["score"][2, 2] == ins.FLOOR and w["log_rank"][0].tolist() == pytest.approx(np.log1p([0, 1, 2]))
+
+
+def _model(new_coef: float, bias: float = 0.0) -> CalibratedInsertion:
+    """Log-odds: a proposal's = new_coef · similarity; a beam item's = its log-probability."""
+    n_new, n_warm = len(NEW_FEATURES), len(WARM_FEATURES)
+    new = LogOdds([0.0] * n_new, [1.0] * n_new, [new_coef] + [0.0] * (n_new - 1), 0.0)
+    warm = LogOdds([0.0] * n_warm, [1.0] * n_warm, [1.0] + [0.0] * (n_warm - 1), 0.0)
+    return CalibratedInsertion(InsertionConfig(bias=bias), new, warm)
+
+
+def _proposals(items, sims, beam_items, beam_scores) -> Proposals:
+    f = np.zeros(np.shape(items) + (len(NEW_FEATURES),))
+    f[..., 0] = sims
+    w = np.zeros(np.shape(beam_items) + (len(WARM_FEATURES),))
+    w[..., 0] = beam_scores
+    return Proposals(np.array(items), f, np.array(beam_items), w)
+
+
+def test_a_proposal_goes_above_the_first_beam_item_it_beats_by_the_margin_and_the_beam_keeps_its_order():
+    # the beam's log-odds are not sorted (-1, -3, -2): made non-increasing, the beam's order stays
+    p = _proposals([[7, 8]], [[-1.5, -9.0]], [[1, 2, 3]], [[-1.0, -3.0, -2.0]])
+    items, keys = _model(1.0).rank(p, 4)
+    assert items.tolist() == [[1, 7, 2, 3]] and np.all(np.diff(keys) <= 0)
+    assert _model(1.0).rank(p, 4, bias=2.0)[0].tolist() == [[1, 2, 3, 7]]  # -3.5 beats no beam item (-1, -3, -3)
+    assert _model(1.0).rank(p, 3, bias=10.0)[0].tolist() == [[1, 2, 3]]  # a wide margin: the beam's list
+    assert _model(1.0).rank(p, 5, bias=-20.0)[0].tolist() == [[7, 8, 1, 2, 3]]
+
+
+def test_a_proposal_already_in_the_beam_is_counted_once_and_empty_slots_stay_empty():
+    p = _proposals([[2, -1]], [[5.0, 0.0]], [[1, 2, -1]], [[-1.0, -3.0, -50.0]])
+    items, keys = _model(1.0).rank(p, 4)
+    assert items.tolist() == [[1, 2, -1, -1]] and np.isneginf(keys[0, 2:]).all()
+
+
+def test_fit_learns_which_proposals_come_next_and_round_trips():
+    rng = np.random.default_rng(0)
+    n = 400
+    sims = rng.uniform(size=(n, 3))
+    items = np.tile([10, 11, 12], (n, 1))
+    beam_scores = np.sort(rng.normal(-3, 1, size=(n, 4)), 1)[:, ::-1]
+    beam_items = np.tile([0, 1, 2, 3], (n, 1))
+    targets = np.where(sims[:, 0] > 0.8, 10, np.where(rng.uniform(size=n) < 0.3, 0, 3))
+    p = _proposals(items, sims, beam_items, beam_scores)
+    model = CalibratedInsertion.fit(p, targets, InsertionConfig(bias=0.0))
+    logits = model.new_odds(p.features)
+    assert logits[sims[:, 0] > 0.8, 0].mean() > logits[sims[:, 0] < 0.5, 0].mean() + 1
+    again = CalibratedInsertion.of(json.loads(json.dumps(model.to_dict())))
+    np.testing.assert_array_equal(again.rank(p, 5)[0], model.rank(p, 5)[0])
+    with pytest.raises(ConfigError, match="other features"):
+        CalibratedInsertion.of({**model.to_dict(), "new_features": ["sim"]})
+    with pytest.raises(ConfigError, match="none of one kind"):
+        CalibratedInsertion.fit(p, np.full(n, 99), InsertionConfig())
+    with pytest.raises(ConfigError):
+        InsertionConfig(candidates=0)
+
+
+def test_the_margin_is_chosen_on_lists_each_ranked_by_a_model_fitted_on_the_other_half(monkeypatch):
+    n = 10
+    times = np.array([5, 1, 9, 3, 7, 2, 8, 4, 6, 0], float)
+    p = _proposals(np.tile([10], (n, 1)), np.arange(n)[:, None] / n, np.tile([0], (n, 1)), np.zeros((n, 1)))
+    fitted_on = []
+
+    def fake_fit(proposals, targets, cfg):
+        fitted_on.append(set(proposals.features[:, 0, 0].round(3)))
+        return _model(1.0)
+
+    monkeypatch.setattr(CalibratedInsertion, "fit", staticmethod(fake_fit))
+    lists = cross_fitted(p, np.zeros(n, int), times, InsertionConfig(), (0.0, 1.0), 2)
+    early = set((np.arange(n)[times < 5] / n).round(3))
+    later = set((np.arange(n)[times >= 5] / n).round(3))
+    assert fitted_on == [early, later]  # the later half ranked by the early half's model, then the reverse
+    assert set(lists) == {0.0, 1.0} and all(v.shape == (n, 2) and (v >= 0).all() for v in lists.values())
+
+
+@pytest.fixture(scope="module")
+def sequel_run(tmp_path_factory, sequel_dir, tiny_overrides):
+    """A tiny run whose new items are sequels played right after their originals, in validation and test alike."""
+    from genrecedit.config import load_config
+    from genrecedit.runs.backbone import train_backbone
+
+    root = tmp_path_factory.mktemp("sequels")
+    cfg = load_config(None, [f"dataset={sequel_dir}", f"cache_dir={root / 'cache'}", *tiny_overrides])
+    train_backbone(cfg, root / "run")
+    return root / "run"
+
+
+def test_coldstart_chooses_a_margin_on_validation_and_scores_it_on_test(sequel_run, tmp_path):
+    run = load_run(sequel_run)
+    spec = ColdstartSpec(grid=PriorGrid(scope=(0,), recent=(1,), threshold=(0.5,), temperature=(0.1,), budget=(0.1,),
+                                        novel_budget=(None,), head=(0,)),
+                         bounds=Bounds(max_warm_drop=1.0, max_item_share=1.0), slots=(1,), recent=(1,),
+                         insertion=InsertionGrid(recent=(1,), bias=(0.0, 0.5, 1.0, 1.5, 50.0), candidates=3))
+    report = coldstart(run, tmp_path, spec, echo=lambda *_: None)
+    selection = json.loads((tmp_path / "coldstart_selection.json").read_text())["insertion"]
+    assert selection["chosen"] is not None, selection.get("unavailable")
+    assert [c["insertion"]["bias"] for c in selection["cells"]] == [0.0, 0.5, 1.0, 1.5, 50.0]
+    wide = selection["cells"][-1]["metrics"]
+    assert wide["exposure"]["new_item_slot_share"] == 0.0 and wide["warm_drop"] == pytest.approx(0.0)
+    assert report["chosen_insertion"] == selection["chosen"]["config"]
+    row = report["systems"]["calibrated insertion (chosen)"]
+    assert row["overall"]["n_cases"] == len(run.prepared.split.test) and "cold_recall@10" in row["vs_base"]
+    assert (tmp_path / "coldstart_insertion.json").exists()
+    assert report["best_baseline"] != "calibrated insertion (chosen)"
+
+
+def test_no_insertion_grid_means_no_insertion(tiny_run, tmp_path):
+    run = load_run(tiny_run)
+    spec = dataclasses.replace(ColdstartSpec(grid=PriorGrid(scope=(0,), recent=(1,), threshold=(0.5,),
+                                                            temperature=(0.1,), budget=(0.1,), novel_budget=(None,),
+                                                            head=(0,)), slots=(1,), recent=(1,)), insertion=None)
+    report = coldstart(run, tmp_path, spec, echo=lambda *_: None)
+    assert "calibrated insertion (chosen)" not in report["systems"] and report["chosen_insertion"] is None
