@@ -149,11 +149,12 @@ def coldstart(run_dir: RunDir, overrides: Overrides = None,
               plan_trend: Annotated[bool, typer.Option(
                   help="--one-setting: plan at the share's straight-line trend read at the middle of a next "
                        "period as long as validation's (never below --plan-window's)")] = False,
-              adopt: Annotated[bool, typer.Option(help="write the chosen prior into the run's config.yaml (the "
-                                                       "service then serves it)")] = False,
+              adopt: Annotated[bool, typer.Option(help="write the recipe (the prior or the calibrated insertion, "
+                                                       "the better on validation) into the run (the service then "
+                                                       "serves it)")] = False,
               device: Device = None) -> None:
-    """Text-only cold start: choose the content prior and the baselines' settings on validation, then score them
-    side by side on test (paired intervals, exposure)."""
+    """Text-only cold start: choose the content prior, the calibrated insertion and the baselines' settings on
+    validation, then score them side by side on test (paired intervals, exposure)."""
     from genrecedit.edit.artifact import EditArtifact
     from genrecedit.runs.backbone import load_run
     from genrecedit.runs.coldstart import Bounds, ColdstartSpec, coldstart as run_coldstart
@@ -166,11 +167,11 @@ def coldstart(run_dir: RunDir, overrides: Overrides = None,
                                            plan_trend=plan_trend, allocate=allocate),
                              valid_max_cases=valid_max_cases)
         report = run_coldstart(run, out or run_dir, spec, artifact, name, echo=typer.echo)
-        if adopt and report["chosen_prior"] is not None:
-            from genrecedit.runs.coldstart import adopt_prior
+        if adopt and report["recipe"] is not None:
+            from genrecedit.runs.coldstart import adopt
 
-            adopt_prior(run_dir, report["chosen_prior"])
-            typer.echo(f"adopted into {run_dir / 'config.yaml'}: prior {report['chosen_prior']}")
+            adopt(run_dir, report, out or run_dir, name)
+            typer.echo(f"adopted into {run_dir / 'config.yaml'}: {report['recipe']}")
     except GenRecEditError as err:
         _fail(err)
 

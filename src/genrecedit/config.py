@@ -70,6 +70,9 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     # the decode-time content prior (genrecedit.coldstart.prior): off unless a config or `coldstart` turns it on
     prior: PriorConfig = field(default_factory=PriorConfig)
+    # a fitted calibrated insertion (genrecedit.coldstart.insertion; a JSON file, relative to the run directory,
+    # written by `coldstart --adopt`): served instead of the prior when set
+    insertion: str | None = None
 
     def to_dict(self) -> dict:
         return _plain(asdict(self))

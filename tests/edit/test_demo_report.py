@@ -43,11 +43,20 @@ def test_demo_writes_the_report(tmp_path, synthetic_dir, tiny_overrides):
                                               for s in SUBSETS}
     assert set(early["exposure"]) == {"new_item_slot_share", "max_item_share", "unreached_items"}
     selection = json.loads((tmp_path / "demo" / "coldstart_selection.json").read_text())
+    coldstart = json.loads((tmp_path / "demo" / "coldstart.json").read_text())
     assert text["recipe"]["prior"] == selection["chosen"]
-    adopted = load_config(tmp_path / "demo" / "config.yaml").prior
-    if selection["chosen"] is None:
-        assert text["edited"] is None and not adopted.enabled
-    else:  # the chosen prior is what the run's config now serves
-        assert set(text["exposure"]) == set(early["exposure"]) and adopted.enabled
-        assert {k: getattr(adopted, k) for k in selection["chosen"] if k != "enabled"} == {
+    assert text["recipe"]["served"] == coldstart["recipe"]
+    adopted = load_config(tmp_path / "demo" / "config.yaml")
+    if coldstart["recipe"] is None:
+        assert text["edited"] is None and not adopted.prior.enabled and adopted.insertion is None
+    elif coldstart["recipe"] == "content prior (chosen)":  # the chosen prior is what the run's config now serves
+        assert set(text["exposure"]) == set(early["exposure"]) and adopted.prior.enabled
+        assert adopted.insertion is None
+        assert {k: getattr(adopted.prior, k) for k in selection["chosen"] if k != "enabled"} == {
             k: v for k, v in selection["chosen"].items() if k != "enabled"}
+    else:  # the fitted insertion is copied into the run, named by its config, and the prior is off
+        assert adopted.insertion == "insertion.json" and not adopted.prior.enabled
+        assert json.loads((tmp_path / "demo" / "insertion.json").read_text()) == selection["insertion"]["chosen"]
+    # the recipe served is the one with the better validation NDCG@10
+    valid = coldstart["recipe_valid_ndcg@10"]
+    assert coldstart["recipe"] == (max(valid, key=valid.get) if valid else None)

@@ -24,11 +24,14 @@ unsure there, and such users move on to another new item often (a sequel, an edi
 """
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from genrecedit.atomic import write_json
 from genrecedit.data.dataset import PAD_ITEM
 from genrecedit.errors import ConfigError
 from genrecedit.model.beam import Beams
@@ -48,6 +51,7 @@ class InsertionConfig:
     candidates: int = 10  # new items proposed per history
     bias: float = 2.5  # the margin (in log-odds) a proposal must clear above the beam item it displaces
     c: float = 1.0  # inverse L2 strength of the logistic fits
+    width: int | None = None  # the beam lists' length the models were fitted on (their features depend on it)
 
     def __post_init__(self) -> None:
         if self.recent < 1:
@@ -56,6 +60,8 @@ class InsertionConfig:
             raise ConfigError(f"insertion.candidates must be ≥ 1, got {self.candidates}")
         if not self.c > 0:
             raise ConfigError(f"insertion.c must be > 0, got {self.c}")
+        if self.width is not None and self.width < 1:
+            raise ConfigError(f"insertion.width must be ≥ 1, got {self.width}")
 
 
 @dataclass
@@ -205,6 +211,9 @@ class CalibratedInsertion:
               beams: Beams, k: int | None = None) -> Beams:
         """The merged lists as ``Beams`` (scores: the calibrated log-probability of each entry's ranking key)."""
         k = beams.items.shape[1] if k is None else k
+        if self.cfg.width is not None and beams.items.shape[1] != self.cfg.width:
+            raise ConfigError(f"calibrated insertion was fitted on lists of {self.cfg.width} beam items, got "
+                              f"{beams.items.shape[1]}: decode with k={self.cfg.width}")
         if len(histories) == 0 or len(new_items) == 0:
             return Beams(beams.items[:, :k], beams.scores[:, :k], beams.sids[:, :k])
         items, keys = self.rank(propose(embeddings, codes, new_items, histories, beams, self.cfg.recent,
@@ -213,6 +222,16 @@ class CalibratedInsertion:
         sids = torch.as_tensor(np.asarray(codes, np.int64))[torch.as_tensor(np.clip(items, 0, None))]
         sids = torch.where(torch.as_tensor(items)[:, :, None] >= 0, sids, -1)
         return Beams(torch.as_tensor(items), torch.as_tensor(scores, dtype=torch.float32), sids)
+
+    def save(self, path: Path) -> None:
+        write_json(path, self.to_dict())
+
+    @staticmethod
+    def load(path: Path) -> "CalibratedInsertion":
+        try:
+            return CalibratedInsertion.of(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ConfigError(f"{path}: not a fitted calibrated insertion ({err})") from err
 
     def to_dict(self) -> dict:
         return {"config": asdict(self.cfg), "new_odds": asdict(self.new_odds), "warm_odds": asdict(self.warm_odds),

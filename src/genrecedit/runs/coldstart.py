@@ -31,6 +31,8 @@ from genrecedit.runs.backbone import CONFIG_FILE, LoadedRun
 from genrecedit.runs.evaluate import score_topk
 
 CUT = 10  # the metrics and exposure that select and report: @10
+PRIOR, INSERTION = "content prior (chosen)", "calibrated insertion (chosen)"  # the report's rows of the recipes
+INSERTION_FILE = "insertion.json"  # a run's adopted calibrated insertion (config.insertion names it)
 
 
 @dataclass
@@ -423,7 +425,7 @@ def select_insertion(run: LoadedRun, cases: CaseSet, beams: Beams, base: EvalRes
     base_ndcg = base.summary()["overall"][f"ndcg@{CUT}"]
     cells, proposals = [], {}
     for recent in tqdm(grid.recent, desc="coldstart: calibrated insertion", disable=not progress):
-        cfg = InsertionConfig(recent=recent, candidates=grid.candidates)
+        cfg = InsertionConfig(recent=recent, candidates=grid.candidates, width=width)
         proposals[recent] = propose(run.prepared.embeddings, run.prepared.codes, new, cases.histories, beams,
                                     recent, grid.candidates)
         try:
@@ -470,11 +472,11 @@ def coldstart(run: LoadedRun, out_dir: Path, spec: ColdstartSpec | None = None,
         lists["TIGER + edit"] = beams.items.numpy()
     if selection["chosen"] is not None:
         prior_cfg = PriorConfig.of(selection["chosen"])
-        lists["content prior (chosen)"] = make_prior(run, prior_cfg).apply(cases.histories, beams).items.numpy()
+        lists[PRIOR] = make_prior(run, prior_cfg).apply(cases.histories, beams).items.numpy()
     insertion = (selection.get("insertion") or {}).get("chosen")
     if insertion is not None:
         write_json(out_dir / f"{name}_insertion.json", insertion)
-        lists["calibrated insertion (chosen)"] = CalibratedInsertion.of(insertion).apply(
+        lists[INSERTION] = CalibratedInsertion.of(insertion).apply(
             run.prepared.embeddings, run.prepared.codes, new, cases.histories, beams).items.numpy()
     picks = selection["baselines"]
     for r in spec.recent:
@@ -502,13 +504,22 @@ def coldstart(run: LoadedRun, out_dir: Path, spec: ColdstartSpec | None = None,
               "chosen_prior": selection["chosen"], "chosen_insertion": None if insertion is None else
               insertion["config"], "bounds": asdict(spec.bounds), "systems": rows,
               "best_baseline": best_baseline}
-    if "content prior (chosen)" in results:
-        report["prior_vs_best_baseline"] = _paired(results["content prior (chosen)"], results[best_baseline])
-    if "calibrated insertion (chosen)" in results:
-        ins = results["calibrated insertion (chosen)"]
+    if PRIOR in results:
+        report["prior_vs_best_baseline"] = _paired(results[PRIOR], results[best_baseline])
+    # the recipe to serve: of the two text-only recipes chosen within the bounds, the better on validation (the
+    # insertion's cross-fitted lists, the prior's own selection cases)
+    on_valid = {}
+    if selection["chosen"] is not None:
+        on_valid[PRIOR] = selection["chosen_metrics"]["overall"][f"ndcg@{CUT}"]
+    if insertion is not None:
+        on_valid[INSERTION] = selection["insertion"]["chosen_metrics"]["overall"][f"ndcg@{CUT}"]
+    report["recipe"] = max(on_valid, key=on_valid.get) if on_valid else None
+    report["recipe_valid_ndcg@10"] = on_valid
+    if INSERTION in results:
+        ins = results[INSERTION]
         report["insertion_vs_best_baseline"] = _paired(ins, results[best_baseline])
-        if "content prior (chosen)" in results:
-            report["insertion_vs_prior"] = _paired(ins, results["content prior (chosen)"])
+        if PRIOR in results:
+            report["insertion_vs_prior"] = _paired(ins, results[PRIOR])
     write_json(out_dir / f"{name}.json", report)
     write_metrics(out_dir, f"{name}_metrics", {n: r.summary() for n, r in results.items()})
     echo(format_table({n: r.summary() for n, r in results.items()}))
@@ -526,12 +537,20 @@ def _paired(a: EvalResult, b: EvalResult) -> dict:
     return out
 
 
-def adopt_prior(run_dir: Path, prior: dict) -> RunConfig:
-    """Write the chosen prior (``coldstart``'s ``chosen_prior``) into the run's config.yaml, enabled, so that the
-    service (``genrecedit serve``) serves it; atomic. Returns the updated config."""
+def adopt(run_dir: Path, report: dict, out_dir: Path, name: str = "coldstart") -> RunConfig:
+    """Write ``coldstart``'s recipe into the run so that the service serves it: the prior into config.yaml, or the
+    fitted insertion (``<out_dir>/<name>_insertion.json``) copied to ``<run_dir>/insertion.json`` with
+    ``config.insertion`` naming it and the prior off. Atomic; nothing changes when there is no recipe."""
     path = Path(run_dir) / CONFIG_FILE
     cfg = load_config(path)
-    cfg = replace(cfg, prior=PriorConfig.of({**prior, "enabled": True}))
+    if report.get("recipe") == INSERTION:
+        fitted = CalibratedInsertion.load(Path(out_dir) / f"{name}_insertion.json")
+        fitted.save(Path(run_dir) / INSERTION_FILE)
+        cfg = replace(cfg, insertion=INSERTION_FILE, prior=replace(cfg.prior, enabled=False))
+    elif report.get("recipe") == PRIOR:
+        cfg = replace(cfg, insertion=None, prior=PriorConfig.of({**report["chosen_prior"], "enabled": True}))
+    else:
+        return cfg
     cfg.save(path)
     return cfg
 
@@ -547,4 +566,5 @@ def format_coldstart(report: dict) -> str:
     lines.append(f"chosen prior (validation): {report['chosen_prior']}; best baseline: {report['best_baseline']}")
     if report.get("chosen_insertion") is not None:
         lines.append(f"chosen calibrated insertion (validation): {report['chosen_insertion']}")
+    lines.append(f"recipe (the better on validation): {report.get('recipe')}")
     return "\n".join(lines)

@@ -1,8 +1,9 @@
 """The demo: train a small TIGER on ML-100k (item-holdout), make the held-out items recommendable in two settings,
 and compare before/after on the test set. ``make demo`` runs this.
 
-* ``text_only``: the items have only their text (what ``POST /items`` gets): the content prior, its settings chosen
-  on validation by ``coldstart`` (``coldstart*.json`` beside the report), next to the text-only baselines.
+* ``text_only``: the items have only their text (what ``POST /items`` gets): the recipe ``coldstart`` chooses on
+  validation (the content prior or the calibrated insertion; ``coldstart*.json`` beside the report), next to the
+  text-only baselines.
 * ``early_feedback``: the items' first interactions (the validation period) are known: GenRecEdit learns them
   (observed knowledge, λ re-fit on validation).
 """
@@ -15,7 +16,7 @@ from genrecedit.config import RunConfig
 from genrecedit.evaluation.report import format_table, write_metrics
 from genrecedit.coldstart.exposure import exposure
 from genrecedit.runs.backbone import load_run, train_backbone
-from genrecedit.runs.coldstart import ColdstartSpec, adopt_prior, coldstart, new_items
+from genrecedit.runs.coldstart import INSERTION, ColdstartSpec, adopt, coldstart, new_items
 from genrecedit.runs.edit import edit_run
 from genrecedit.runs.evaluate import evaluate_model, evaluation_cases, popularity_results, score_topk
 from genrecedit.atomic import write_json
@@ -29,9 +30,9 @@ EXPOSURE_KEYS = ("new_item_slot_share", "max_item_share", "unreached_items")
 
 def run_demo(cfg: RunConfig, run_dir: Path, echo=print, upper_bound: bool = True,
              coldstart_spec: ColdstartSpec | None = None) -> dict:
-    """base → early-feedback edit → text-only content prior → evaluate; writes ``report.json`` (dataset, base, edited
-    (the early-feedback edit), settings {text_only, early_feedback}, timing_s) and metrics tables. The content prior
-    chosen on validation is adopted into the run's config.yaml, so ``genrecedit serve`` serves it."""
+    """base → early-feedback edit → text-only recipe → evaluate; writes ``report.json`` (dataset, base, edited
+    (the early-feedback edit), settings {text_only, early_feedback}, timing_s) and metrics tables. The text-only recipe
+    chosen on validation is adopted into the run (``coldstart.adopt``), so ``genrecedit serve`` serves it."""
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
     _, trained = train_backbone(cfg, run_dir)
@@ -65,20 +66,22 @@ def run_demo(cfg: RunConfig, run_dir: Path, echo=print, upper_bound: bool = True
     spec = coldstart_spec or ColdstartSpec(valid_max_cases=None)
     text_only = coldstart(run, run_dir, spec, echo=echo)
     coldstart_s = time.perf_counter() - t0
-    if text_only["chosen_prior"] is not None:
-        adopt_prior(run_dir, text_only["chosen_prior"])
+    adopt(run_dir, text_only, run_dir)
     new = new_items(run)
     early = {"base": _setting_row(results["TIGER"]), "edited": _setting_row(results["GenRecEdit"]),
              "exposure": {k: v for k, v in exposure(edited_items, new, 10).items() if k in EXPOSURE_KEYS},
              "recipe": {"knowledge": run.config.knowledge.source, "trigger": run.config.eval.trigger, "lam": lam}}
-    shipped = text_only["systems"].get("content prior (chosen)")
+    recipe = text_only["recipe"]
+    shipped = None if recipe is None else text_only["systems"][recipe]
     text = {"base": _setting_row(text_only["systems"]["TIGER"]),
             "edited": None if shipped is None else _setting_row(shipped),
             "exposure": None if shipped is None else {k: shipped["exposure"][k] for k in EXPOSURE_KEYS},
-            "recipe": {"prior": text_only["chosen_prior"]},
+            "recipe": {"served": recipe, "prior": text_only["chosen_prior"],
+                       "insertion": text_only["chosen_insertion"]},
             "intervals": None if shipped is None else shipped["vs_base"],
             "best_baseline": text_only["best_baseline"],
-            "vs_best_baseline": text_only.get("prior_vs_best_baseline")}
+            "vs_best_baseline": text_only.get("insertion_vs_best_baseline" if recipe == INSERTION
+                                              else "prior_vs_best_baseline")}
     out = {
         "dataset": cfg.dataset,
         "base": {s: {k: v for k, v in results["TIGER"][s].items() if k in REPORT_KEYS} for s in results["TIGER"]},
