@@ -11,22 +11,27 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from genrecedit.coldstart.insertion import CalibratedInsertion
 from genrecedit.coldstart.prior import ContentPrior, PriorConfig
 from genrecedit.config import KnowledgeConfig
 from genrecedit.data.dataset import PAD_ITEM, CaseSet
 from genrecedit.edit.artifact import EditArtifact, EditBatch, TriggerMode
 from genrecedit.edit.knowledge import EditRequests, pseudo_histories, successor_histories
-from genrecedit.errors import EmptyInputError, UnknownItemError
+from genrecedit.errors import ConfigError, EmptyInputError, UnknownItemError
 from genrecedit.model.beam import Beams
 from genrecedit.model.recommender import DecodeConfig, Recommender
 from genrecedit.runs.prepare import Prepared
 from genrecedit.serving.registry import BatchItems
 from genrecedit.tokenizer.sids import SemanticIdTokenizer
+
+if TYPE_CHECKING:
+    from genrecedit.runs.backbone import LoadedRun
 
 
 @dataclass(frozen=True)
@@ -126,9 +131,16 @@ class Snapshot:
     artifact: EditArtifact | None
     schedule: Callable | None
     prior: ContentPrior | None = None  # the run's content prior over this catalog's new items, when enabled
+    insertion: CalibratedInsertion | None = None  # the run's calibrated insertion (served instead of the prior)
 
     def rank(self, histories: np.ndarray, cfg: DecodeConfig) -> Beams:
-        """The recipe this snapshot serves: beam search with the edit schedule, then the content prior."""
+        """The recipe this snapshot serves: beam search with the edit schedule, then the calibrated insertion or
+        the content prior over the catalog's new items."""
+        if self.insertion is not None:
+            width = self.insertion.cfg.width or cfg.k
+            beams = self.recommender.recommend(histories, replace(cfg, k=width), self.schedule)
+            return self.insertion.apply(self.catalog.embeddings, self.catalog.codes,
+                                        np.flatnonzero(~self.catalog.warm), histories, beams, cfg.k)
         beams = self.recommender.recommend(histories, cfg, self.schedule, record_levels=self.prior is not None)
         return beams if self.prior is None else self.prior.apply(histories, beams, cfg.k)
 
@@ -137,18 +149,36 @@ class Snapshot:
         return [b.batch_id for b in self.catalog.batches]
 
 
+def run_insertion(run: LoadedRun) -> CalibratedInsertion | None:
+    """The calibrated insertion the run's config names (``config.insertion``, relative to the run directory;
+    ``coldstart --adopt`` writes it), checked against the run's decoding: its lists must be as long as it was
+    fitted on. None when the config names none."""
+    if run.config.insertion is None:
+        return None
+    path = Path(run.run_dir) / run.config.insertion
+    if not path.is_file():
+        raise ConfigError(f"config.insertion names {path}, which does not exist; run `genrecedit coldstart --adopt` "
+                          "or set insertion: null")
+    fitted = CalibratedInsertion.load(path)
+    if fitted.cfg.width is not None and fitted.cfg.width > run.config.decode.beam:
+        raise ConfigError(f"{path} was fitted on lists of {fitted.cfg.width} items; decode.beam is "
+                          f"{run.config.decode.beam}")
+    return fitted
+
+
 def build_snapshot(version: int, catalog: Catalog, base: Recommender, artifact: EditArtifact | None,
-                   trigger: TriggerMode, prior: PriorConfig | None = None) -> Snapshot:
+                   trigger: TriggerMode, prior: PriorConfig | None = None,
+                   insertion: CalibratedInsertion | None = None) -> Snapshot:
     """A recommender of its own over ``catalog`` (shares the frozen model; builds the trie) plus the decoding
     schedule of ``artifact`` and, when ``prior`` is enabled, the content prior over the catalog's new (not warm)
     items, added ones included. Edits never change model weights, so snapshots can share them."""
     recommender = Recommender(base.model, base.layout, catalog.codes)
     schedule = artifact.schedule(trigger, recommender.device) if artifact is not None else None
     content = None
-    if prior is not None and prior.enabled and (~catalog.warm).any():
+    if insertion is None and prior is not None and prior.enabled and (~catalog.warm).any():
         content = ContentPrior(prior, catalog.embeddings, catalog.codes, np.flatnonzero(~catalog.warm),
                                recommender.trie)
-    return Snapshot(version, catalog, recommender, artifact, schedule, content)
+    return Snapshot(version, catalog, recommender, artifact, schedule, content, insertion)
 
 
 def knowledge_for(train: CaseSet, catalog: Catalog, items: np.ndarray, kcfg: KnowledgeConfig) -> EditRequests:

@@ -48,7 +48,7 @@ from genrecedit.model.recommender import DecodeConfig
 from genrecedit.runs.backbone import LoadedRun, load_run
 from genrecedit.runs.edit import make_editor
 from genrecedit.serving.batcher import Ranked, RecommendBatcher
-from genrecedit.serving.catalog import (Catalog, Snapshot, build_snapshot, delta_fingerprint, knowledge_for,
+from genrecedit.serving.catalog import (Catalog, Snapshot, build_snapshot, run_insertion, delta_fingerprint, knowledge_for,
                                         with_batch_id)
 from genrecedit.serving.errors import (BatchNotActiveError, EditFailedError, InvalidRequestError,
                                        PayloadTooLargeError, UnknownBatchError)
@@ -125,6 +125,7 @@ class LiveService:
         self.interrupted = self.registry.fail_interrupted()
         self.interrupted_jobs = self.registry.fail_interrupted_jobs()
         self._texts: tuple[int, dict[str, str]] = (-1, {})  # (snapshot version, added item id -> text)
+        self.insertion = run_insertion(run)  # the adopted calibrated insertion, if the run's config names one
         self.snapshot: Snapshot = self._restore()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edit-worker")
         self._queued = 0  # changes submitted to the worker and not finished yet
@@ -322,7 +323,7 @@ class LiveService:
             timings["edit"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             nxt = build_snapshot(snap.version + 1, catalog, self.run.recommender, artifact,
-                                 self.trigger, self.run.config.prior)
+                                 self.trigger, self.run.config.prior, self.insertion)
             timings["snapshot"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             version_dir = self._save(artifact, f"add-{batch_id}")
@@ -377,7 +378,7 @@ class LiveService:
                 artifact = with_batch_id(artifact, later.batch_id)
                 recomputed[later.batch_id] = (catalog.batches[-1].sids, delta_fingerprint(artifact.batches[-1]))
             nxt = build_snapshot(snap.version + 1, catalog, self.run.recommender, artifact,
-                                 self.trigger, self.run.config.prior)
+                                 self.trigger, self.run.config.prior, self.insertion)
             version_dir = self._save(artifact, f"rollback-{batch_id}")
             self.registry.roll_back(batch_id, version_dir, recomputed, nxt.version)
         except Exception as err:
@@ -445,7 +446,7 @@ class LiveService:
         if artifact is not None:
             artifact = self._with_requests(artifact, catalog)
         return build_snapshot(self.registry.model_version(), catalog, self.run.recommender, artifact,
-                              self.trigger, self.run.config.prior)
+                              self.trigger, self.run.config.prior, self.insertion)
 
     def _with_requests(self, artifact: EditArtifact, catalog: Catalog) -> EditArtifact:
         """Batches of a format-1 artifact hold no requests: they get the knowledge the service edited them from

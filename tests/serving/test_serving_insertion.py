@@ -1,0 +1,64 @@
+"""The service serves the run's adopted calibrated insertion (``config.insertion``): an added item enters the lists
+of histories whose text matches it, exactly as the offline recipe ranks them; other lists stay the beam's."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from genrecedit.coldstart.insertion import NEW_FEATURES, WARM_FEATURES, CalibratedInsertion, InsertionConfig, LogOdds
+from genrecedit.errors import ConfigError
+from serving_helpers import api, new_items
+from serving_run import TOPICS
+
+NAME = "insertion-service-test.json"
+
+
+def _fitted(width: int) -> CalibratedInsertion:
+    """A proposal's log-odds (sim − 0.3) / 0.02, a beam item's its log-probability: a close text match (the added
+    item's topic: cosine ≈ 0.5 under the hashing encoder) goes in front, a weak one (≤ 0.12) far below the tiny
+    model's top items."""
+    n_new, n_warm = len(NEW_FEATURES), len(WARM_FEATURES)
+    new = LogOdds([0.3] + [0.0] * (n_new - 1), [0.02] + [1.0] * (n_new - 1), [1.0] + [0.0] * (n_new - 1), 0.0)
+    warm = LogOdds([0.0] * n_warm, [1.0] * n_warm, [1.0] + [0.0] * (n_warm - 1), 0.0)
+    return CalibratedInsertion(InsertionConfig(recent=1, candidates=3, bias=0.0, width=width), new, warm)
+
+
+def _history(topic: int) -> list[str]:
+    return [f"i{topic}{n}" for n in range(4)]
+
+
+def test_an_added_item_enters_matching_lists_as_the_offline_recipe_ranks_them(open_service, serving_run):
+    _fitted(10).save(serving_run / NAME)
+    service = open_service("s-insertion", ["insertion=" + NAME, "prior.enabled=true"], exposure_cases=0)
+    assert service.insertion is not None and service.snapshot.prior is None  # the insertion replaces the prior
+    with api(service) as c:
+        added = c.post("/items?wait=true", json={"items": new_items("ins", [3])})
+        assert added.status_code == 200, added.text
+        new_id = added.json()["items"][0]["item_id"]
+
+        def top(topic: int) -> list[str]:
+            r = c.post("/recommend", json={"history": _history(topic), "k": 5})
+            assert r.status_code == 200, r.text
+            return [x["item_id"] for x in r.json()["items"]]
+
+        assert top(3)[0] == new_id
+        lists = {t: top(t) for t in range(len(TOPICS))}
+    # elsewhere the text matches weakly: those lists are the (edited) beam's own, in its order
+    snap = service.snapshot
+    for t in range(len(TOPICS)):
+        hist = snap.catalog.histories([_history(t)], service.max_history)
+        beams = snap.recommender.recommend(hist, service.decode, snap.schedule)
+        offline = service.insertion.apply(snap.catalog.embeddings, snap.catalog.codes,
+                                          np.flatnonzero(~snap.catalog.warm), hist, beams, 5)
+        assert [snap.catalog.item_ids[i] for i in offline.items[0].tolist()] == lists[t]  # the offline recipe's
+        if t != 3:
+            assert lists[t] == [snap.catalog.item_ids[i] for i in beams.items[0, :5].tolist()]
+
+
+def test_a_missing_or_mismatched_insertion_is_refused_at_start(open_service, serving_run):
+    with pytest.raises(ConfigError, match="does not exist"):
+        open_service("s-missing", ["insertion=no-such-file.json"])
+    _fitted(40).save(serving_run / "insertion-too-wide.json")
+    with pytest.raises(ConfigError, match="decode.beam"):
+        open_service("s-wide", ["insertion=insertion-too-wide.json"])
+
