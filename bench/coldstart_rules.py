@@ -1,19 +1,20 @@
-"""Does a selection rule for the content prior keep its warm bound when the request mix shifts? Checked inside
-validation, so no test number is read: the prior's grid is selected on the validation period's first ``--early``
-share (by time) and the chosen settings are scored on the rest, where more histories end with a new item (the mix
-moves the same way from validation to test).
+"""Does a selection rule for the text-only recipes keep its warm bound when the request mix shifts? Checked inside
+validation, so no test number is read: the prior's grid and the calibrated insertion are selected on the
+validation period's first ``--early`` share (by time) and the chosen settings are scored on the rest, where more
+histories end with a new item (the mix moves the same way from validation to test).
 
     PYTHONPATH=bench python bench/coldstart_rules.py --run runs/game [--early 0.5] [--out bench/results]
 
-Rules, all from the same grid pass (``genrecedit.runs.coldstart``): ``stratified`` (one setting per kind of history,
-each within the bounds on its own cases), ``one setting, planned mix`` (the latest 20 % of the early window's mix)
-and one setting held at a planned share of histories ending with a new item: the early window's own, its latest
-20 %'s, its straight-line trend at the middle of a next period as long (``WarmPlan.of(..., trend=True)``), or the
-worst case (both strata within the bound); ``allocated`` (a setting per kind of history, the bound held for both
-together at the latest 20 %'s or the trend's mix, ``allocate_strata``); the bound at the upper end of the drop's
-95 % interval or at the estimate. Per rule on the later window: warm NDCG@10 drop, cold
-recall@10, overall NDCG@10, exposure, and the share of histories ending with a new item in both windows. Writes
-``<out>/coldstart_rules.json`` and ``.md``.
+Rules, all from the same grid pass (``genrecedit.runs.coldstart``): ``stratified`` (one setting per kind of
+history, each within the bounds on its own cases), ``one setting, planned mix`` (the latest 20 % of the early
+window's mix) and one setting held at a planned share of histories ending with a new item: the early window's own,
+its latest 20 %'s, its straight-line trend at the middle of a next period as long (``WarmPlan.of(..., trend=True)``),
+or the worst case (both strata within the bound); ``allocated`` (a setting per kind of history, the bound held for
+both together at the latest 20 %'s or the trend's mix, ``allocate_strata``); the bound at the upper end of the
+drop's 95 % interval or at the estimate; and the calibrated insertion (its margin chosen on the early window's
+cross-fitted lists, the bound held at the trend's mix, upper end). Per rule on the later window: warm NDCG@10
+drop, cold recall@10, overall NDCG@10, exposure, and the share of histories ending with a new item in both windows.
+Writes ``<out>/coldstart_rules.json`` and ``.md``.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import numpy as np
 
 from common import hardware, md_table, write_result
 from genrecedit.coldstart.exposure import exposure
+from genrecedit.coldstart.insertion import CalibratedInsertion
 from genrecedit.coldstart.prior import PriorConfig
 from genrecedit.runs.backbone import load_run
 from genrecedit.runs.coldstart import (CUT, ColdstartSpec, WarmPlan, _admissible, _best, allocate_strata,
@@ -36,11 +38,17 @@ from genrecedit.runs.evaluate import score_topk
 NAME = "coldstart_rules"
 
 
-def later_scores(run, cases, prior: dict | None, beams, base) -> dict:
-    """The chosen prior (None: the beams) scored on ``cases``: warm drop, cold recall, overall NDCG, exposure."""
+def later_scores(run, cases, prior: dict | None, beams, base, insertion: dict | None = None) -> dict:
+    """The chosen prior or fitted calibrated insertion (neither: the beams) scored on ``cases``: warm drop, cold
+    recall, overall NDCG, exposure."""
     new = new_items(run)
-    topk = beams.items.numpy() if prior is None else \
-        make_prior(run, PriorConfig.of(prior)).apply(cases.histories, beams).items.numpy()
+    if insertion is not None:
+        topk = CalibratedInsertion.of(insertion).apply(run.prepared.embeddings, run.prepared.codes, new,
+                                                       cases.histories, beams).items.numpy()
+    elif prior is None:
+        topk = beams.items.numpy()
+    else:
+        topk = make_prior(run, PriorConfig.of(prior)).apply(cases.histories, beams).items.numpy()
     res = score_topk(run, topk, cases).summary()
     b = base.summary()
     e = exposure(topk, new, CUT)
@@ -118,6 +126,11 @@ def main() -> None:
                   warm_later].mean()), "plans": plans}
     results = {name: {"prior": prior, "later": later_scores(run, later, prior, beams, base)}
                for name, prior in rules.items()}
+    fitted = selection["insertion"]["chosen"]
+    q = selection["insertion"]["plan_share"]
+    results[f"calibrated insertion, trend ({100 * q:.1f} %), upper end"] = {
+        "insertion": None if fitted is None else fitted["config"],
+        "later": later_scores(run, later, None, beams, base, fitted)}
     rows = [[name, f"{100 * r['later']['warm_drop']:.1f} %", f"{r['later']['cold_recall@10']:.4f}",
              f"{r['later']['overall_ndcg@10']:.4f}", f"{100 * r['later']['new_item_slot_share']:.1f} %",
              f"{100 * r['later']['max_item_share']:.1f} %"] for name, r in results.items()]
@@ -127,7 +140,7 @@ def main() -> None:
                                   "n_later": len(later), "novel_share": shares, "select_seconds": select_s,
                                   "base_later_overall_ndcg@10": base.summary()["overall"][f"ndcg@{CUT}"],
                                   "rules": results, "hardware": hardware()}, table,
-                 "Content-prior selection rules: selected on early validation, scored on later validation")
+                 "Text-only selection rules: selected on early validation, scored on later validation")
     print(f"warm histories ending with a new item: early {100 * shares['early_warm']:.1f} %, later "
           f"{100 * shares['later_warm']:.1f} %\n{table}")
 
