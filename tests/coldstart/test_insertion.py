@@ -148,6 +148,35 @@ def test_coldstart_chooses_a_margin_on_validation_and_scores_it_on_test(sequel_r
     assert report["best_baseline"] != "calibrated insertion (chosen)"
 
 
+def test_an_adopted_insertion_is_what_evaluate_scores(sequel_run, tmp_path):
+    """`coldstart --adopt` with the insertion as the recipe copies it into the run and names it in the config;
+    `genrecedit evaluate` then scores TIGER + insertion, and no prior."""
+    import shutil
+
+    from genrecedit.config import load_config
+    from genrecedit.runs.coldstart import INSERTION, adopt
+    from genrecedit.runs.evaluate_report import evaluate_report
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(sequel_run, run_dir)
+    spec = ColdstartSpec(grid=PriorGrid(scope=(0,), recent=(1,), threshold=(0.5,), temperature=(0.1,), budget=(0.1,),
+                                        novel_budget=(None,), head=(0,)),
+                         bounds=Bounds(max_warm_drop=1.0, max_item_share=1.0), slots=(1,), recent=(1,),
+                         insertion=InsertionGrid(recent=(1,), bias=(0.0, 0.5, 1.0, 1.5, 50.0), candidates=3))
+    report = coldstart(load_run(run_dir), tmp_path / "cs", spec, echo=lambda *_: None)
+    report = {**report, "recipe": INSERTION}  # whichever validation preferred: adopt the insertion here
+    cfg = adopt(run_dir, report, tmp_path / "cs")
+    assert cfg.insertion == "insertion.json" and not cfg.prior.enabled
+    assert load_config(run_dir / "config.yaml").insertion == "insertion.json"
+    fitted = json.loads((tmp_path / "cs" / "coldstart_insertion.json").read_text())
+    assert json.loads((run_dir / "insertion.json").read_text()) == fitted
+    text = evaluate_report(run_dir, ["prior.enabled=true"], None, "m")
+    saved = json.loads((run_dir / "m_intervals.json").read_text())
+    assert "TIGER + insertion" in text and set(saved["exposure"]) == {"TIGER", "TIGER + insertion"}
+    with pytest.raises(ConfigError, match="does not exist"):
+        evaluate_report(run_dir, ["insertion=missing.json"], None, "m2")
+
+
 def test_no_insertion_grid_means_no_insertion(tiny_run, tmp_path):
     run = load_run(tiny_run)
     spec = dataclasses.replace(ColdstartSpec(grid=PriorGrid(scope=(0,), recent=(1,), threshold=(0.5,),

@@ -555,6 +555,23 @@ def adopt(run_dir: Path, report: dict, out_dir: Path, name: str = "coldstart") -
     return cfg
 
 
+def adopted_insertion(run: LoadedRun) -> CalibratedInsertion | None:
+    """The calibrated insertion the run's config names (``config.insertion``, relative to the run directory;
+    ``coldstart --adopt`` writes it), checked against the run's decoding: its lists must be as long as it was
+    fitted on. None when the config names none."""
+    if run.config.insertion is None:
+        return None
+    path = Path(run.run_dir) / run.config.insertion
+    if not path.is_file():
+        raise ConfigError(f"config.insertion names {path}, which does not exist; run `genrecedit coldstart --adopt` "
+                          "or set insertion: null")
+    fitted = CalibratedInsertion.load(path)
+    if fitted.cfg.width is not None and fitted.cfg.width > run.config.decode.beam:
+        raise ConfigError(f"{path} was fitted on lists of {fitted.cfg.width} items; decode.beam is "
+                          f"{run.config.decode.beam}")
+    return fitted
+
+
 def format_coldstart(report: dict) -> str:
     lines = [f"{'system':<44} {'overall N@10':>12} {'warm drop':>9} {'cold R@10':>9} {'new slots':>9} "
              f"{'max item':>8} {'unreached':>9}"]

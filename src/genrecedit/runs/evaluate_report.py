@@ -1,6 +1,7 @@
 """``genrecedit evaluate``: base (and optionally edited) model vs popularity baselines, with bootstrap intervals and
-the new items' exposure; with the run's content prior enabled (``prior.enabled``, e.g. adopted by ``coldstart``) each
-model is also scored with the prior, as the service serves it."""
+the new items' exposure; with the run's text-only recipe adopted by ``coldstart`` (the calibrated insertion its
+config names, or the content prior with ``prior.enabled``) each model is also scored with it, as the service serves
+it."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +12,7 @@ from genrecedit.coldstart.exposure import exposure
 from genrecedit.edit.artifact import EditArtifact
 from genrecedit.evaluation.report import EvalResult, bootstrap_ci, format_table, paired_bootstrap_diff, write_metrics
 from genrecedit.runs.backbone import load_run
-from genrecedit.runs.coldstart import make_prior, new_items
+from genrecedit.runs.coldstart import adopted_insertion, make_prior, new_items
 from genrecedit.runs.evaluate import evaluation_cases, popularity_results, score_topk
 from genrecedit.atomic import write_json
 
@@ -48,14 +49,19 @@ def evaluate_report(run_dir: Path, overrides: list[str], edits: Path | None, nam
     cases = evaluation_cases(run)
     results: dict[str, EvalResult] = {}
     lists: dict[str, np.ndarray] = {}
-    prior = make_prior(run, run.config.prior) if run.config.prior.enabled else None
+    insertion = adopted_insertion(run)
+    prior = make_prior(run, run.config.prior) if run.config.prior.enabled and insertion is None else None
+    new = new_items(run)
 
     def decode(name: str, schedule) -> None:
-        """``name``'s lists, and with the run's content prior enabled the same beams with the prior ("+ prior")."""
+        """``name``'s lists, and with the run's recipe the same beams with it ("+ insertion" / "+ prior")."""
         beams = run.recommender.recommend(cases.histories, run.config.decode, schedule, progress=f"evaluate {name}",
                                           record_levels=prior is not None)
         lists[name] = beams.items.numpy()
-        if prior is not None:
+        if insertion is not None:
+            lists[f"{name} + insertion"] = insertion.apply(run.prepared.embeddings, run.prepared.codes, new,
+                                                           cases.histories, beams).items.numpy()
+        elif prior is not None:
             lists[f"{name} + prior"] = prior.apply(cases.histories, beams).items.numpy()
 
     decode("TIGER", None)
@@ -66,7 +72,6 @@ def evaluate_report(run_dir: Path, overrides: list[str], edits: Path | None, nam
     results.update(popularity_results(run, cases))
     write_metrics(Path(run_dir), name, {k: v.summary() for k, v in results.items()})
     n_boot, seed = run.config.eval.bootstrap, run.config.eval.seed
-    new = new_items(run)
     extra = {"intervals": intervals(results, n_boot, seed), "n_cases": len(cases),
              "exposure": {name: exposure(topk, new, 10) for name, topk in lists.items()}}
     if "GenRecEdit" in results:

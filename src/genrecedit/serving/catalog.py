@@ -12,8 +12,7 @@ from __future__ import annotations
 import copy
 import hashlib
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 
@@ -23,15 +22,12 @@ from genrecedit.config import KnowledgeConfig
 from genrecedit.data.dataset import PAD_ITEM, CaseSet
 from genrecedit.edit.artifact import EditArtifact, EditBatch, TriggerMode
 from genrecedit.edit.knowledge import EditRequests, pseudo_histories, successor_histories
-from genrecedit.errors import ConfigError, EmptyInputError, UnknownItemError
+from genrecedit.errors import EmptyInputError, UnknownItemError
 from genrecedit.model.beam import Beams
 from genrecedit.model.recommender import DecodeConfig, Recommender
 from genrecedit.runs.prepare import Prepared
 from genrecedit.serving.registry import BatchItems
 from genrecedit.tokenizer.sids import SemanticIdTokenizer
-
-if TYPE_CHECKING:
-    from genrecedit.runs.backbone import LoadedRun
 
 
 @dataclass(frozen=True)
@@ -147,23 +143,6 @@ class Snapshot:
     @property
     def active_batches(self) -> list[str]:
         return [b.batch_id for b in self.catalog.batches]
-
-
-def run_insertion(run: LoadedRun) -> CalibratedInsertion | None:
-    """The calibrated insertion the run's config names (``config.insertion``, relative to the run directory;
-    ``coldstart --adopt`` writes it), checked against the run's decoding: its lists must be as long as it was
-    fitted on. None when the config names none."""
-    if run.config.insertion is None:
-        return None
-    path = Path(run.run_dir) / run.config.insertion
-    if not path.is_file():
-        raise ConfigError(f"config.insertion names {path}, which does not exist; run `genrecedit coldstart --adopt` "
-                          "or set insertion: null")
-    fitted = CalibratedInsertion.load(path)
-    if fitted.cfg.width is not None and fitted.cfg.width > run.config.decode.beam:
-        raise ConfigError(f"{path} was fitted on lists of {fitted.cfg.width} items; decode.beam is "
-                          f"{run.config.decode.beam}")
-    return fitted
 
 
 def build_snapshot(version: int, catalog: Catalog, base: Recommender, artifact: EditArtifact | None,

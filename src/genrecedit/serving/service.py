@@ -46,9 +46,10 @@ from genrecedit.edit.artifact import EditArtifact, TriggerMode
 from genrecedit.errors import ArtifactMismatchError, ConfigError, DuplicateItemError, EmptyInputError
 from genrecedit.model.recommender import DecodeConfig
 from genrecedit.runs.backbone import LoadedRun, load_run
+from genrecedit.runs.coldstart import adopted_insertion
 from genrecedit.runs.edit import make_editor
 from genrecedit.serving.batcher import Ranked, RecommendBatcher
-from genrecedit.serving.catalog import (Catalog, Snapshot, build_snapshot, run_insertion, delta_fingerprint, knowledge_for,
+from genrecedit.serving.catalog import (Catalog, Snapshot, build_snapshot, delta_fingerprint, knowledge_for,
                                         with_batch_id)
 from genrecedit.serving.errors import (BatchNotActiveError, EditFailedError, InvalidRequestError,
                                        PayloadTooLargeError, UnknownBatchError)
@@ -125,7 +126,7 @@ class LiveService:
         self.interrupted = self.registry.fail_interrupted()
         self.interrupted_jobs = self.registry.fail_interrupted_jobs()
         self._texts: tuple[int, dict[str, str]] = (-1, {})  # (snapshot version, added item id -> text)
-        self.insertion = run_insertion(run)  # the adopted calibrated insertion, if the run's config names one
+        self.insertion = adopted_insertion(run)  # the adopted calibrated insertion, if the run's config names one
         self.snapshot: Snapshot = self._restore()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edit-worker")
         self._queued = 0  # changes submitted to the worker and not finished yet
