@@ -10,6 +10,7 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from genrecedit.data.dataset import CaseSet
 from genrecedit.errors import ConfigError
 from genrecedit.evaluation.bootstrap import paired_bootstrap_diff
 from genrecedit.evaluation.report import EvalResult
-from genrecedit.model.beam import EditSchedule
+from genrecedit.model.beam import Beams, EditSchedule
 from genrecedit.runs.backbone import LoadedRun, load_run, train_backbone
 from genrecedit.runs.evaluate import score_topk
 
@@ -100,10 +101,15 @@ def evaluate(run: LoadedRun, cases: CaseSet, edits: EditSchedule | None = None,
 
 
 def evaluate_detailed(run: LoadedRun, cases: CaseSet, edits: EditSchedule | None = None,
-                      groups: dict[str, np.ndarray] | None = None) -> tuple[dict, float, EvalResult]:
-    """``evaluate`` plus the per-case result (for paired bootstrap intervals between two evaluations)."""
+                      groups: dict[str, np.ndarray] | None = None,
+                      rerank: Callable[[np.ndarray, Beams], Beams] | None = None) -> tuple[dict, float, EvalResult]:
+    """``evaluate`` plus the per-case result (for paired bootstrap intervals between two evaluations).
+
+    rerank: applied to the beams before scoring, (histories [n, L], beams [n, k]) -> lists [n, k'] (e.g. a
+    calibrated insertion over the new items); its time is counted in the seconds."""
     t0 = time.perf_counter()
-    topk = run.recommender.recommend(cases.histories, run.config.decode, edits).items.numpy()
+    beams = run.recommender.recommend(cases.histories, run.config.decode, edits)
+    topk = (beams if rerank is None else rerank(cases.histories, beams)).items.numpy()
     seconds = time.perf_counter() - t0
     result = score_topk(run, topk, cases)
     out = _pick(result, ("overall", "warm", "cold"))
