@@ -18,8 +18,8 @@ N_WARM, DAYS = 60, 4
 
 def write_releases(folder: Path, n_users: int = 120, per_user: int = 15, seed: int = 0) -> dict[str, float]:
     """Users drift through genres over times 0..10,000 and keep buying known games until 12,000; new game k (one per
-    genre) is released at 10,000 + 300 k and bought by some users within 250 s of its release. Returns each new
-    game's first interaction time."""
+    genre) is released at 10,000 + 300 k and bought by some users within 900 s of its release (so each game has
+    cases on its first day and after it). Returns each new game's first interaction time."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     lines, first = ["user_id:token\titem_id:token\ttimestamp:float"], {}
@@ -30,7 +30,7 @@ def write_releases(folder: Path, n_users: int = 120, per_user: int = 15, seed: i
             g = (g0 + j // 5) % len(GENRES)
             lines.append(f"u{u}\ti{g * (N_WARM // len(GENRES)) + int(rng.integers(0, N_WARM // len(GENRES)))}\t{t}")
         k = int(rng.integers(0, len(GENRES)))
-        t = 10_000 + 300 * k + int(rng.integers(0, 250))
+        t = 10_000 + 300 * k + int(rng.integers(0, 900))
         first[f"i{N_WARM + k}"] = min(first.get(f"i{N_WARM + k}", np.inf), float(t))
         lines.append(f"u{u}\ti{N_WARM + k}\t{t}")
     (folder / "releases.inter").write_text("\n".join(lines) + "\n")
@@ -86,9 +86,10 @@ def test_launch_calendar_scores_each_day_before_its_edit(release_run, tmp_path, 
 
     evaluate = lc.evaluate_detailed
 
-    def spying_evaluate(run, cases, edits=None, groups=None):
+    def spying_evaluate(run, cases, edits=None, groups=None, rerank=None):
+        assert rerank is None  # no insertion asked for
         events.append(("eval", cases.timestamps.copy(), edits, sorted(groups or {})))
-        return evaluate(run, cases, edits, groups)
+        return evaluate(run, cases, edits, groups, rerank)
 
     monkeypatch.setattr(lc, "make_editor", spying_editor)
     monkeypatch.setattr(lc, "evaluate_detailed", spying_evaluate)
@@ -142,3 +143,140 @@ def test_launch_calendar_scores_each_day_before_its_edit(release_run, tmp_path, 
     assert "| day |" in (out / "launch_calendar.md").read_text()
     assert (out / "launch_calendar.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     sys.modules.pop("launch_calendar", None)
+
+
+def hand_set_insertion(path: Path) -> Path:
+    """A calibrated insertion JSON whose models put every proposal above every beam item (constant log-odds +10 for
+    a proposal, −10 for a beam item): whatever new item the insertion may see shows up in the lists, so a list
+    that holds none of today's items says the insertion was not given them. (The tiny run's validation has no new
+    item to fit one on.)"""
+    from genrecedit.coldstart.insertion import NEW_FEATURES, WARM_FEATURES, CalibratedInsertion, InsertionConfig, \
+        LogOdds
+
+    def constant(n: int, value: float) -> LogOdds:
+        return LogOdds([0.0] * n, [1.0] * n, [0.0] * n, value)
+
+    CalibratedInsertion(InsertionConfig(recent=1, candidates=10, bias=0.0),
+                        constant(len(NEW_FEATURES), 10.0), constant(len(WARM_FEATURES), -10.0)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def served_calendar(release_run, tmp_path_factory):
+    """The calendar with ``--insertion`` (hand-set) and ``--reedit`` on the tiny run, with spies on every rerank
+    (its new items and cut-off, the cases it ranked), every text edit and every re-edit (the requests)."""
+    run_dir, first = release_run
+    tmp = tmp_path_factory.mktemp("served")
+    sys.path.insert(0, str(BENCH))
+    try:
+        import launch_calendar as lc
+
+        cfg = yaml.safe_load((BENCH / "configs" / "smoke.yaml").read_text())["launch_calendar"]
+        cfg["base"] = {"run_dir": str(run_dir), "config": "demo", "load_overrides": ["threads=1"]}
+        cfg["days"] = DAYS
+        (tmp / "size.yaml").write_text(yaml.safe_dump({"launch_calendar": cfg}))
+        insertion = hand_set_insertion(tmp / "insertion.json")
+        events = []
+        make_editor, evaluate = lc.make_editor, lc.evaluate_detailed
+
+        def spying_editor(run):
+            editor = make_editor(run)
+            edit, replace_items = editor.edit, editor.replace_items
+
+            def spy_edit(requests, codes, item_ids, previous=None):
+                events.append(("edit", requests, sorted(item_ids[i] for i in np.unique(requests.items))))
+                return edit(requests, codes, item_ids, previous)
+
+            def spy_replace(artifact, items, feedback, codes, item_ids):
+                taught = np.concatenate([b.requests.items for b in artifact.batches])
+                events.append(("replace", feedback, sorted(item_ids[i] for i in items), np.isin(items, taught).all()))
+                return replace_items(artifact, items, feedback, codes, item_ids)
+
+            editor.edit, editor.replace_items = spy_edit, spy_replace
+            return editor
+
+        def spying_evaluate(run, cases, edits=None, groups=None, rerank=None):
+            events.append(("eval", cases, None if rerank is None else (rerank.new_items.copy(), rerank.cutoff),
+                           sorted(groups or {})))
+            return evaluate(run, cases, edits, groups, rerank)
+
+        mp = pytest.MonkeyPatch()
+        mp.setattr(lc, "make_editor", spying_editor)
+        mp.setattr(lc, "evaluate_detailed", spying_evaluate)
+        try:
+            data = lc.main(["--size", str(tmp / "size.yaml"), "--out", str(tmp / "out"), "--insertion", str(insertion),
+                            "--reedit"])
+        finally:
+            mp.undo()
+        from genrecedit.runs.backbone import load_run
+
+        split = load_run(run_dir, ["threads=1"]).prepared.split
+        return data, events, split, lc
+    finally:
+        sys.path.remove(str(BENCH))
+        sys.modules.pop("launch_calendar", None)
+
+
+def test_insertion_serves_only_the_items_arrived_by_the_morning(served_calendar, release_run):
+    data, events, split, lc = served_calendar
+    _, first = release_run
+    edges = np.asarray(data["calendar"]["edges"])
+    index = {item: i for i, item in enumerate(split.item_ids)}
+    first_idx = lc.first_seen(split)
+    evals = [e for e in events if e[0] == "eval"]
+    reranked = [e for e in evals if e[2] is not None]
+    assert [e for e in evals if e[2] is None]  # the unedited reference: plain beams
+    mornings = [e for e in reranked if "today's items" in e[3]]
+    assert len(mornings) == sum(1 for r in data["rounds"] if r["day_cases"]) >= 2
+    for _, cases, (new_items, cutoff), _ in mornings:
+        day = int(lc.day_of(edges, cases.timestamps[:1])[0])
+        assert cutoff == edges[day] and np.all(cases.timestamps >= cutoff)  # the morning of the cases' own day
+        assert np.all(first_idx[new_items] < cutoff) and not split.warm[new_items].any()
+        # exactly the cold items arrived by then: earlier days' new games are in, today's and later ones are not
+        want = sorted(index[item] for item, t in first.items() if t < cutoff)
+        assert sorted(set(new_items.tolist()) & {index[i] for i in first}) == want
+    # after round d: the panels see the items arrived by day d + 1's morning
+    after = [e for e in reranked if "today's items" not in e[3]]
+    assert sorted({float(c) for _, _, (_, c), _ in after}) == sorted(edges[1:].tolist())
+    for _, _, (new_items, cutoff), _ in after:
+        assert np.all(first_idx[new_items] < cutoff)
+    # the hand-set insertion puts whatever it is given on top: earlier days' items are always recommended (R@10 1),
+    # today's only where the plain beams happen to decode them (≈ 0.07 on this run)
+    rounds = [r for r in data["rounds"] if r["morning"]]
+    assert all(r["morning"]["metrics"]["today's items"]["recall@10"] in (None,) or
+               r["morning"]["metrics"]["today's items"]["recall@10"] < 0.5 for r in rounds)
+    assert all(r["morning"]["metrics"]["earlier days' items"]["recall@10"] == 1.0 for r in rounds[1:])
+    assert data["summary"]["day1_items_recall10_after_day1"] > 0
+    assert data["rounds"][0]["morning"]["new_items_served"] == int(np.sum(~split.warm & (first_idx < edges[0])))
+
+
+def test_reedit_learns_only_from_cases_before_the_day(served_calendar):
+    data, events, split, lc = served_calendar
+    edges = np.asarray(data["calendar"]["edges"])
+    test = split.test
+    rounds = data["rounds"]
+    arrival = {item: r["day"] for r in rounds for item in r["items"]}
+    reedits = [e for e in events if e[0] == "replace"]
+    reedit_rounds = [r for r in rounds if r["reedit"]]
+    assert len(reedits) == len([r for r in reedit_rounds if r["reedit"]["replaced"]]) >= 2
+    seen = set()
+    for (_, feedback, items, taught), r in zip(reedits, [r for r in reedit_rounds if r["reedit"]["replaced"]]):
+        day = r["day"]
+        assert taught and items == sorted(r["reedit"]["replaced"])
+        assert all(arrival[i] < day for i in items) and not seen & set(items)  # arrived earlier, re-edited once
+        seen |= set(items)
+        assert sorted(split.item_ids[i] for i in np.unique(feedback.items)) == items
+        # every request is an observed test case (its history and target) from before day d's morning
+        for history, item in zip(feedback.histories, feedback.items):
+            same = (test.targets == item) & (test.histories == history).all(1)
+            assert same.any() and test.timestamps[same].min() < edges[day - 1]
+        assert r["reedit"]["latest_feedback_time"] < edges[day - 1]
+    assert data["summary"]["reedited_items"] == len(seen) + sum(len(r["reedit"]["appended"]) for r in reedit_rounds)
+    # the text edits of a day are the day's items only, and today's items are never re-edited in their own round
+    text = [e for e in events if e[0] == "edit" and not np.all(e[1].sources == -1)]
+    assert [e[2] for e in text] == [sorted(r["items"]) for r in rounds if r["edit"]]
+    for r in reedit_rounds:
+        assert not set(r["reedit"]["replaced"] + r["reedit"]["appended"]) & set(r["items"])
+    assert all(r["round_update_seconds"] is not None for r in rounds if r["edit"] or r["reedit"])
+    sizes = [r["artifact_bytes"] for r in rounds]
+    assert sizes[-1] > 0 and data["reedit"] and data["insertion"]["bias"] == 0.0
