@@ -30,9 +30,9 @@ from genrecedit.coldstart.exposure import exposure
 from genrecedit.coldstart.insertion import CalibratedInsertion
 from genrecedit.coldstart.prior import PriorConfig
 from genrecedit.runs.backbone import load_run
-from genrecedit.runs.coldstart import (CUT, ColdstartSpec, WarmPlan, _admissible, _best, allocate_strata,
-                                       choose_strata, decode, make_prior, new_items, select_coldstart,
-                                       selection_cases, strata_masks)
+from genrecedit.runs.coldstart import ColdstartSpec, decode, make_prior, new_items, select_coldstart, selection_cases
+from genrecedit.runs.coldstart_bounds import (CUT, WarmPlan, _admissible, _best, allocate_strata, choose_strata,
+                                              strata_masks)
 from genrecedit.runs.evaluate import score_topk
 
 NAME = "coldstart_rules"

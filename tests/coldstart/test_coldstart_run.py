@@ -60,7 +60,7 @@ def test_selection_never_reads_the_test_split(tiny_run):
 
 
 def test_each_stratum_takes_its_best_cell_within_its_own_bounds():
-    from genrecedit.runs.coldstart import choose_strata
+    from genrecedit.runs.coldstart_bounds import choose_strata
 
     def cell(budget: float, rest: tuple, novel: tuple) -> dict:
         def row(ndcg, drop, share):
@@ -87,7 +87,7 @@ def test_each_stratum_takes_its_best_cell_within_its_own_bounds():
 
 
 def test_allocation_spends_the_warm_bound_where_the_backbone_ranks_warm_items_poorly():
-    from genrecedit.runs.coldstart import allocate_strata
+    from genrecedit.runs.coldstart_bounds import allocate_strata
 
     def row(ndcg, drop, n, base_warm, base=0.10):
         return {"ndcg": ndcg, "base_ndcg": base, "warm_drop": drop, "warm_drop_upper": drop + 0.01,
@@ -117,7 +117,7 @@ def test_allocation_spends_the_warm_bound_where_the_backbone_ranks_warm_items_po
 
 
 def choose_strata_budget(cells):
-    from genrecedit.runs.coldstart import choose_strata
+    from genrecedit.runs.coldstart_bounds import choose_strata
 
     chosen = choose_strata(cells, Bounds())
     return chosen["budget"], chosen["novel"]["budget"]
@@ -125,7 +125,7 @@ def choose_strata_budget(cells):
 
 def test_strata_rows_measure_each_kind_of_history_on_its_own_cases():
     from genrecedit.evaluation.report import evaluate_topk
-    from genrecedit.runs.coldstart import strata_masks, strata_rows
+    from genrecedit.runs.coldstart_bounds import strata_masks, strata_rows
 
     rng = np.random.default_rng(1)
     n, new = 1000, np.array([40, 41])
@@ -164,7 +164,7 @@ def test_the_warm_drop_is_held_at_the_latest_mix_and_at_its_intervals_upper_end(
     lies above the estimate, and a bound between the two is met only when held at the estimate."""
     from genrecedit.data.dataset import CaseSet
     from genrecedit.evaluation.report import evaluate_topk
-    from genrecedit.runs.coldstart import WarmPlan, _admissible
+    from genrecedit.runs.coldstart_bounds import WarmPlan, _admissible
 
     rng = np.random.default_rng(0)
     n, new = 2000, np.array([40, 41])
@@ -274,7 +274,7 @@ def test_exposure_spreads_per_item_shares_over_the_reached_items():
 
 def test_the_trend_plan_reads_the_shares_line_at_the_middle_of_the_next_period():
     from genrecedit.data.dataset import CaseSet
-    from genrecedit.runs.coldstart import WarmPlan, trend_share
+    from genrecedit.runs.coldstart_bounds import WarmPlan, trend_share
 
     rng = np.random.default_rng(2)
     n, new = 20000, np.array([40])
