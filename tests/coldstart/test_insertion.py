@@ -184,3 +184,24 @@ def test_no_insertion_grid_means_no_insertion(tiny_run, tmp_path):
                                                             head=(0,)), slots=(1,), recent=(1,)), insertion=None)
     report = coldstart(run, tmp_path, spec, echo=lambda *_: None)
     assert "calibrated insertion (chosen)" not in report["systems"] and report["chosen_insertion"] is None
+
+
+def test_choosing_the_insertion_never_reads_the_test_split(sequel_run):
+    from genrecedit.runs.coldstart import select_coldstart
+
+    class Unreadable:
+        def __getattr__(self, name):
+            raise AssertionError(f"selection read the test split (.{name})")
+
+        def __len__(self):
+            raise AssertionError("selection read the test split (len)")
+
+    run = load_run(sequel_run)
+    split = dataclasses.replace(run.prepared.split, test=Unreadable())
+    guarded = dataclasses.replace(run, prepared=dataclasses.replace(run.prepared, split=split))
+    spec = ColdstartSpec(grid=PriorGrid(scope=(0,), recent=(1,), threshold=(0.5,), temperature=(0.1,), budget=(0.1,),
+                                        novel_budget=(None,), head=(0,)),
+                         bounds=Bounds(max_warm_drop=1.0, max_item_share=1.0), slots=(1,), recent=(1,),
+                         insertion=InsertionGrid(recent=(1, 2), bias=(0.0, 1.0, 50.0), candidates=3))
+    selection = select_coldstart(guarded, spec, progress=False)["insertion"]
+    assert len(selection["cells"]) == 6 and selection["chosen"] is not None
