@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from genrecedit.atomic import write_json
+from genrecedit.coldstart.prior import content_vectors, normalized
 from genrecedit.data.dataset import PAD_ITEM
 from genrecedit.errors import ConfigError
 from genrecedit.model.beam import Beams
@@ -116,7 +117,7 @@ def propose(embeddings: np.ndarray, codes: np.ndarray, new_items: np.ndarray, hi
     new_items = np.unique(np.asarray(new_items, np.int64))
     if len(new_items) == 0:
         raise ConfigError("calibrated insertion needs at least one new item")
-    unit = torch.nn.functional.normalize(torch.as_tensor(np.asarray(embeddings, np.float32)), dim=1)
+    unit = normalized(embeddings)
     parts = [_propose_rows(unit, np.asarray(codes), new_items, np.asarray(histories)[s:s + CHUNK_ROWS],
                            beams.items[s:s + CHUNK_ROWS].numpy(), beams.scores[s:s + CHUNK_ROWS].double().numpy(),
                            recent, min(candidates, len(new_items)))
@@ -126,9 +127,7 @@ def propose(embeddings: np.ndarray, codes: np.ndarray, new_items: np.ndarray, hi
 
 def _propose_rows(unit: torch.Tensor, codes: np.ndarray, new_items: np.ndarray, histories: np.ndarray,
                   items: np.ndarray, scores: np.ndarray, recent: int, j: int) -> tuple:
-    last = torch.as_tensor(histories[:, -recent:], dtype=torch.long)
-    content = torch.nn.functional.normalize((unit[last.clamp(min=0)] * (last != PAD_ITEM)[:, :, None]).sum(1), dim=1)
-    sims = (content @ unit[new_items].T).numpy()  # [n, m]
+    sims = (content_vectors(unit, histories, recent) @ unit[new_items].T).numpy()  # [n, m]
     col = np.searchsorted(new_items, np.clip(histories, 0, None))
     seen = (histories != PAD_ITEM) & (new_items[np.clip(col, 0, len(new_items) - 1)] == histories)
     rows = np.broadcast_to(np.arange(len(histories))[:, None], histories.shape)
