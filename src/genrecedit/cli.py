@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from genrecedit.errors import GenRecEditError
+from genrecedit.errors import ConfigError, GenRecEditError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="GenRecEdit: inject cold-start items into a generative recommender without training.")
@@ -322,14 +322,31 @@ def serve(model: Annotated[Path, typer.Option("--model", "-m", help="trained run
           registry_url: Annotated[Optional[str], typer.Option(
               envvar="GENRECEDIT_REGISTRY_URL", show_default=False,
               help="PostgreSQL registry (postgresql://user@host/db); default: SQLite in the state dir")] = None,
+          replicas: Annotated[int, typer.Option(
+              min=1, help="> 1: serve on Ray Serve as this many replicas behind one proxy, one Editor applying the "
+                          "edits (needs the replicas extra: pip install -e '.[replicas]')")] = 1,
+          ray_address: Annotated[Optional[str], typer.Option(
+              help="join this Ray cluster (e.g. auto) instead of starting a local one; implies Ray Serve")] = None,
           overrides: Overrides = None, device: Device = None) -> None:
     """Serve recommendations over HTTP; new items (POST /items) are learnt with GenRecEdit while serving. Adding and
     rolling back need an API key: GENRECEDIT_API_KEY=<secret> genrecedit serve --model runs/demo."""
     from genrecedit.serving import serve as run_server
 
+    overrides = list(overrides or []) + ([f"device={device}"] if device else [])
     try:
-        run_server(model, host, port, state_dir.resolve() if state_dir else None,
-                   list(overrides or []) + ([f"device={device}"] if device else []),
+        if replicas > 1 or ray_address:
+            try:
+                from genrecedit.serving.replicas import serve_replicas
+            except ImportError as err:
+                _fail(ConfigError(f"--replicas needs Ray Serve ({err}): pip install -e '.[replicas]'"))
+            from genrecedit.serving import ServiceConfig
+
+            cfg = ServiceConfig(state_dir=state_dir.resolve() if state_dir else None,
+                                api_key_file=api_key_file.resolve() if api_key_file else None,
+                                insecure_no_auth=insecure_no_auth, registry_url=registry_url)
+            serve_replicas(model.resolve(), cfg, replicas, host, port, overrides, ray_address)
+            return
+        run_server(model, host, port, state_dir.resolve() if state_dir else None, overrides,
                    api_key_file=api_key_file.resolve() if api_key_file else None, insecure_no_auth=insecure_no_auth,
                    registry_url=registry_url)
     except GenRecEditError as err:

@@ -1,6 +1,7 @@
 """Fixtures for the serving tests: one tiny trained run per session, services and clients over it."""
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 from typing import Callable, Iterator
@@ -26,19 +27,21 @@ OpenService = Callable[..., LiveService]
 
 @pytest.fixture
 def open_service(serving_run, tmp_path) -> Iterator[OpenService]:
-    """open_service(state="state", overrides=[], **service_config) -> LiveService on the tiny run (its API key:
-    ``serving_helpers.API_KEY``); closed after."""
+    """open_service(state="state", overrides=[], leader=None, name=None, **service_config) -> LiveService on the
+    tiny run (its API key: ``serving_helpers.API_KEY``; with ``leader``: a follower of it); closed after, in reverse
+    order (followers before their leader)."""
     opened: list[LiveService] = []
 
-    def open_(state: str = "state", overrides: list[str] | None = None, **kwargs) -> LiveService:
+    def open_(state: str = "state", overrides: list[str] | None = None, leader: LiveService | None = None,
+              name: str | None = None, **kwargs) -> LiveService:
         kwargs.setdefault("api_key_file", key_file(tmp_path))
         cfg = ServiceConfig(state_dir=tmp_path / state, **kwargs)
-        service = LiveService.open(serving_run, cfg, SERVICE_OVERRIDES + list(overrides or []))
+        service = LiveService.open(serving_run, cfg, SERVICE_OVERRIDES + list(overrides or []), leader, name)
         opened.append(service)
         return service
 
     yield open_
-    for service in opened:
+    for service in reversed(opened):
         service.close()
 
 
@@ -47,3 +50,28 @@ def client(open_service) -> Iterator[TestClient]:
     service = open_service()
     with api(service) as c:
         yield c
+
+
+_databases = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def pg_server(tmp_path_factory):
+    pgserver = pytest.importorskip("pgserver", reason="pgserver (a PostgreSQL for tests, in the dev extra) is not "
+                                                      "installed")
+    try:
+        server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    except Exception as err:  # noqa: BLE001 - no server on this machine: skip, saying why
+        pytest.skip(f"pgserver could not start PostgreSQL: {type(err).__name__}: {err}")
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def pg_url(pg_server) -> str:
+    """A fresh database on the server, as a conninfo string."""
+    from psycopg.conninfo import make_conninfo
+
+    name = f"registry_{next(_databases)}"
+    pg_server.psql(f"CREATE DATABASE {name};")
+    return make_conninfo(pg_server.get_uri(), dbname=name)

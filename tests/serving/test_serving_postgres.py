@@ -3,7 +3,6 @@
 whose adds, jobs, rollbacks and model version survive a restart. Skipped when pgserver cannot start a server."""
 from __future__ import annotations
 
-import itertools
 import time
 
 import numpy as np
@@ -12,31 +11,6 @@ import pytest
 from genrecedit.errors import ArtifactMismatchError, ConfigError
 from genrecedit.serving.registry import BatchItems, IdempotencyConflictError, Registry
 from serving_helpers import HISTORIES, api, new_items, outputs
-
-_databases = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def pg_server(tmp_path_factory):
-    pgserver = pytest.importorskip("pgserver", reason="pgserver (a PostgreSQL for tests, in the dev extra) is not "
-                                                      "installed")
-    try:
-        server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
-    except Exception as err:  # noqa: BLE001 - no server on this machine: skip, saying why
-        pytest.skip(f"pgserver could not start PostgreSQL: {type(err).__name__}: {err}")
-    yield server
-    server.cleanup()
-
-
-@pytest.fixture
-def pg_url(pg_server) -> str:
-    """A fresh database on the server, as a conninfo string."""
-    from psycopg.conninfo import make_conninfo
-
-    name = f"registry_{next(_databases)}"
-    pg_server.psql(f"CREATE DATABASE {name};")
-    return make_conninfo(pg_server.get_uri(), dbname=name)
-
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def registry(request, tmp_path):

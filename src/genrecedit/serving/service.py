@@ -29,16 +29,27 @@ Reach: after each add the new snapshot decodes a seeded sample of the run's vali
 function as ``recommend`` (``_ranked``, on a batcher of its own so that live requests neither wait behind it nor
 count it in their metrics), and the add answers each item's exposure (the share of those top-10 lists holding it)
 with a warning for an item that reaches no one or more than ``max_item_share`` of them (``serving.exposure``).
+
+Replicas: a service opened with a ``leader`` is a follower. It never edits: adds and rollbacks go to the leader (the
+one process that applies edits, in-process or over a Ray Serve handle, ``serving.replicas``), and a thread polls the
+shared registry every ``sync_interval_s`` and, when ``model_version`` moved, rebuilds its snapshot from the registry
+and the artifact store exactly as a restart would. A load that races a commit (the version moved while it read, or
+the artifact it read was replaced) is dropped and tried again on the next poll. After a change it forwarded, a
+follower answers only once it serves the change's version itself (read-your-writes on that replica).
 """
 from __future__ import annotations
 
+import logging
+import os
 import re
 import shutil
+import socket
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -59,6 +70,8 @@ from genrecedit.serving.metadata import ItemMetadata
 from genrecedit.serving.metrics import Metrics
 from genrecedit.serving.registry import Registry
 from genrecedit.text.embed import embed_items, make_encoder
+
+log = logging.getLogger(__name__)
 
 ARTIFACTS = "artifacts"
 DEFAULT_STATE = "service"
@@ -84,6 +97,8 @@ class ServiceConfig:
     insecure_no_auth: bool = False  # no key configured: mutating endpoints open (local development only)
     max_body_bytes: int = 8 * 1024 * 1024  # per HTTP request, chunked bodies included
     registry_url: str | None = field(default=None, repr=False)  # PostgreSQL registry; None: SQLite in state_dir
+    sync_interval_s: float = 0.1  # a follower's poll of the registry for a new model_version
+    follow_timeout_s: float = 30.0  # how long a follower waits to serve a change it forwarded before it says so
 
     def resolved(self, run_dir: Path) -> "ServiceConfig":
         """Relative paths (``state_dir``, ``api_key_file``) taken against the run directory, not the CWD."""
@@ -99,8 +114,27 @@ class NewItem:
     text: str
 
 
+class Leader(Protocol):
+    """Where a follower sends what changes the model: the leader's ``LiveService`` itself, or a handle to it."""
+
+    def submit_add(self, items: list[NewItem], idempotency_key: str | None = None) -> tuple[dict, bool]: ...
+
+    def wait_job(self, job_id: str, timeout: float | None = None) -> dict: ...
+
+    def add_items(self, items: list[NewItem]) -> dict: ...
+
+    def roll_back(self, batch_id: str) -> dict: ...
+
+
+class StaleLoadError(Exception):
+    """The registry moved while a follower read it: the load is dropped and tried again."""
+
+
 class LiveService:
-    def __init__(self, run: LoadedRun, cfg: ServiceConfig | None = None) -> None:
+    def __init__(self, run: LoadedRun, cfg: ServiceConfig | None = None, leader: Leader | None = None,
+                 name: str | None = None) -> None:
+        self.leader = leader  # None: this process applies edits; else a follower of that leader
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.run = _caches_in_run_dir(run)
         run = self.run
         self.cfg = (cfg or ServiceConfig()).resolved(run.run_dir)
@@ -111,20 +145,26 @@ class LiveService:
         if self.cfg.exposure_cases < 0 or not 0 <= self.cfg.max_item_share <= 1:
             raise ConfigError(f"exposure_cases ({self.cfg.exposure_cases}) must be ≥ 0 and max_item_share "
                               f"({self.cfg.max_item_share}) in [0, 1]")
+        if not self.cfg.sync_interval_s > 0 or not self.cfg.follow_timeout_s > 0:
+            raise ConfigError(f"sync_interval_s ({self.cfg.sync_interval_s}) and follow_timeout_s "
+                              f"({self.cfg.follow_timeout_s}) must be > 0")
         # drawn once: the split never changes while serving (validation cases only, never test)
         self.exposure_histories = validation_histories(run.prepared.split, self.cfg.exposure_cases,
                                                        run.config.eval.seed, self.max_history)
         run.recommender.model.requires_grad_(False)
-        self.editor = make_editor(run, self.trigger)
-        self.encoder = make_encoder(run.config.embedding.encoder, run.config.device, run.config.embedding.batch_size)
+        follower = leader is not None  # a follower neither edits nor embeds: it loads what the leader wrote
+        self.editor = None if follower else make_editor(run, self.trigger)
+        self.encoder = None if follower else make_encoder(run.config.embedding.encoder, run.config.device,
+                                                          run.config.embedding.batch_size)
         self.embedding_cache = Path(run.config.cache_dir) / "embeddings"
         self.base_catalog = Catalog.base(run.prepared)
         self.metadata = ItemMetadata(run.prepared.dataset)
         self.metrics = Metrics()
         self.registry = Registry(self.state_dir, self.cfg.registry_url)
         self.registry.bind_base(run.base_hash)
-        self.interrupted = self.registry.fail_interrupted()
-        self.interrupted_jobs = self.registry.fail_interrupted_jobs()
+        # only the leader closes what a previous leader left unfinished (a follower would fail a running add)
+        self.interrupted = [] if follower else self.registry.fail_interrupted()
+        self.interrupted_jobs = [] if follower else self.registry.fail_interrupted_jobs()
         self._texts: tuple[int, dict[str, str]] = (-1, {})  # (snapshot version, added item id -> text)
         self.insertion = adopted_insertion(run)  # the adopted calibrated insertion, if the run's config names one
         self.snapshot: Snapshot = self._restore()
@@ -138,16 +178,26 @@ class LiveService:
                                         self.metrics.observe_batch)
         # the exposure estimate's: the same decoding, off the live queue and out of the request metrics
         self.exposure_batcher = RecommendBatcher(decode, self.cfg.batch_window_ms / 1e3, self.cfg.max_micro_batch)
+        self._sync_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._follower = None
+        if follower:
+            self._follower = threading.Thread(target=self._follow, name="registry-follower", daemon=True)
+            self._follower.start()
 
     @classmethod
-    def open(cls, run_dir: Path, cfg: ServiceConfig | None = None, overrides: list[str] | None = None) -> "LiveService":
-        return cls(load_run(run_dir, overrides), cfg)
+    def open(cls, run_dir: Path, cfg: ServiceConfig | None = None, overrides: list[str] | None = None,
+             leader: Leader | None = None, name: str | None = None) -> "LiveService":
+        return cls(load_run(run_dir, overrides), cfg, leader, name)
 
     def close(self) -> None:
         """Finish the queued changes, stop the threads, close the registry (idempotent)."""
         if self._closed:
             return
         self._closed = True
+        self._stop.set()
+        if self._follower is not None:
+            self._follower.join()
         self._worker.shutdown(wait=True)
         self.batcher.close()
         self.exposure_batcher.close()
@@ -212,7 +262,8 @@ class LiveService:
 
     def health(self) -> dict:
         snap = self.snapshot
-        return {"status": "ok", "model_version": snap.version, "catalog_size": len(snap.catalog),
+        return {"status": "ok", "model_version": snap.version, "replica": self.name,
+                "role": "leader" if self.leader is None else "follower", "catalog_size": len(snap.catalog),
                 "base_items": snap.catalog.n_base, "added_items": len(snap.catalog) - snap.catalog.n_base,
                 "active_batches": snap.active_batches, "base_hash": self.run.base_hash,
                 "edit_queue": self._queued, "interrupted_at_start": self.interrupted,
@@ -221,6 +272,8 @@ class LiveService:
     def add_items(self, items: list[NewItem]) -> dict:
         """Validate at the boundary, then run the edit on the worker; blocks until the batch is serving."""
         self._validate(items)
+        if self.leader is not None:
+            return self._served(self.leader.add_items(list(items)))
         return self._on_worker(self._add, list(items))
 
     def submit_add(self, items: list[NewItem], idempotency_key: str | None = None) -> tuple[dict, bool]:
@@ -228,6 +281,9 @@ class LiveService:
         A retry under the same key returns the same job; the batch is validated first, against the catalog too
         (``serving.jobs.AddJobs.create``)."""
         items = list(items)
+        if self.leader is not None:
+            self._validate(items)
+            return self.leader.submit_add(items, idempotency_key)
         return self.jobs.create(idempotency_key, [[it.item_id, it.text] for it in items],
                                 [it.item_id for it in items], lambda: self._validate_new(items),
                                 lambda job_id: self._add(items, job_id))
@@ -236,7 +292,12 @@ class LiveService:
         return self.jobs.get(job_id)
 
     def wait_job(self, job_id: str, timeout: float | None = None) -> dict:
-        return self.jobs.wait(job_id, timeout)
+        if self.leader is None:
+            return self.jobs.wait(job_id, timeout)
+        job = self.leader.wait_job(job_id, timeout)
+        if job["state"] == "succeeded":
+            self._served(job["result"])
+        return job
 
     def _validate_new(self, items: list[NewItem]) -> None:
         """``_validate`` and no id already in the catalog (the worker checks again against the newest one)."""
@@ -271,7 +332,42 @@ class LiveService:
 
     def roll_back(self, batch_id: str) -> dict:
         """Remove an active batch (exact for the newest; later batches recomputed for an older one); blocks."""
+        if self.leader is not None:
+            return self._served(self.leader.roll_back(batch_id))
         return self._on_worker(self._roll_back, batch_id)
+
+    # -- following the leader (a follower only) -----------------------------------------------------------------
+    def sync(self) -> bool:
+        """Load the registry's state when its ``model_version`` is not the one served; True when it swapped."""
+        with self._sync_lock:
+            if self.registry.model_version() == self.snapshot.version:
+                return False
+            self.snapshot = self._restore(read_only=True)
+            return True
+
+    def _follow(self) -> None:
+        while not self._stop.wait(self.cfg.sync_interval_s):
+            try:
+                self.sync()
+            except (StaleLoadError, ArtifactMismatchError, OSError) as err:  # a commit raced the load: next poll
+                log.debug("replica %s: load dropped (%s); trying again", self.name, err)
+            except Exception:  # noqa: BLE001 - the follower keeps serving its snapshot and keeps polling
+                log.exception("replica %s: loading the registry's state failed", self.name)
+
+    def _served(self, answer: dict) -> dict:
+        """``answer`` (of a change the leader made) once this follower serves its ``model_version`` or a later one."""
+        deadline = time.monotonic() + self.cfg.follow_timeout_s
+        while self.snapshot.version < answer["model_version"]:
+            if time.monotonic() > deadline:
+                raise EditFailedError(f"the leader serves model_version {answer['model_version']}, replica "
+                                      f"{self.name} still {self.snapshot.version} after "
+                                      f"{self.cfg.follow_timeout_s:g} s")
+            try:
+                self.sync()
+            except (StaleLoadError, ArtifactMismatchError, OSError):
+                pass
+            time.sleep(self.cfg.sync_interval_s / 4)
+        return answer
 
     def _on_worker(self, fn, *args):
         return self._queue(lambda: fn(*args)).result()
@@ -424,8 +520,11 @@ class LiveService:
                 if f"{ARTIFACTS}/{path.name}" != keep:
                     shutil.rmtree(path, ignore_errors=True)
 
-    def _restore(self) -> Snapshot:
-        """Catalog and edit stack exactly as the registry last committed them, checked against each other."""
+    def _restore(self, read_only: bool = False) -> Snapshot:
+        """Catalog and edit stack exactly as the registry last committed them, checked against each other.
+        ``read_only`` (a follower): no stale artifact is removed, and a load during which the registry moved raises
+        ``StaleLoadError``."""
+        version = self.registry.model_version()
         catalog = self.base_catalog
         stored = self.registry.active_batches()
         for items, _ in stored:
@@ -443,10 +542,13 @@ class LiveService:
             if delta_fingerprint(batch) != digest or not np.array_equal(batch.sids, items.sids):
                 raise ArtifactMismatchError(f"batch {batch.batch_id}: the artifact's ΔW or SIDs differ from the "
                                             "registry's record")
-        self._remove_stale_artifacts(rel)
+        if self.registry.model_version() != version:
+            raise StaleLoadError(f"model_version moved from {version} while loading")
+        if not read_only:
+            self._remove_stale_artifacts(rel)
         if artifact is not None:
             artifact = self._with_requests(artifact, catalog)
-        return build_snapshot(self.registry.model_version(), catalog, self.run.recommender, artifact,
+        return build_snapshot(version, catalog, self.run.recommender, artifact,
                               self.trigger, self.run.config.prior, self.insertion)
 
     def _with_requests(self, artifact: EditArtifact, catalog: Catalog) -> EditArtifact:
