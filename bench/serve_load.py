@@ -7,11 +7,16 @@ seconds; stops by itself (``--max-seconds`` bounds everything). Writes ``serve_l
 into ``--out``: p50/p99 client latency per phase, failed requests, edit time per batch, model config, catalog size,
 thread counts.
 
+``--replicas N`` (N > 1) serves on Ray Serve (``genrecedit serve --replicas N``: one Editor, N followers behind one
+proxy). A sampler thread polls ``/health`` (which names the answering replica) every 20 ms, and each batch's row says
+how far apart the first and the last replica began serving its ``model_version``.
+
 New items are variants of catalog items (``"<title> (new edition N)"`` under a new id) unless ``--items`` gives a
 JSONL file of ``{"item_id", "text"}``; variants have realistic text and neighbours, so their edits cost what a
 shop's new items would.
 
     python bench/serve_load.py --model runs/game --threads 4 --before 20 --after 20
+    python bench/serve_load.py --model runs/demo --replicas 2 --out runs/bench/serve_load_replicas
 """
 from __future__ import annotations
 
@@ -115,6 +120,46 @@ class Traffic:
         return out
 
 
+class VersionSampler:
+    """Polls /health until stopped: (monotonic time, replica, model_version) per answer."""
+
+    def __init__(self, url: str, interval: float = 0.02) -> None:
+        self.url, self.interval = url, interval
+        self.samples: list[tuple[float, str, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=10.0) as client:
+            while not self._stop.wait(self.interval):
+                try:
+                    h = client.get("/health").json()
+                    self.samples.append((time.monotonic(), h.get("replica", "?"), int(h["model_version"])))
+                except (httpx.HTTPError, ValueError, KeyError):
+                    continue
+
+    def replicas(self) -> list[str]:
+        return sorted({r for _, r, _ in self.samples})
+
+    def spread(self, version: int) -> float | None:
+        """Seconds between the first and the last replica answering ``version`` (or later): how far apart the
+        replicas swap (None: one never did; resolution: the polling interval)."""
+        first = []
+        for replica in self.replicas():
+            at = [t for t, r, v in self.samples if r == replica and v >= version]
+            if not at:
+                return None
+            first.append(min(at))
+        return round(max(first) - min(first), 3)
+
+
 def run(args: argparse.Namespace) -> dict:
     deadline = time.monotonic() + args.max_seconds
     histories, ids, texts = sample_histories(args.model, args.histories, args.seed)
@@ -122,11 +167,15 @@ def run(args: argparse.Namespace) -> dict:
     state = Path(args.state_dir or tempfile.mkdtemp(prefix="serve-load-"))
     overrides = [f"threads={args.server_threads}"] if args.server_threads else []
     edits: list[dict] = []
-    with ServerProcess(args.model, state, overrides + list(args.set or []), log=args.out / "server.log") as server:
+    extra = ["--replicas", str(args.replicas)] if args.replicas > 1 else []
+    with ServerProcess(args.model, state, overrides + list(args.set or []), log=args.out / "server.log",
+                       startup_timeout=300.0, extra_args=extra) as server:
         health = server.client.get("/health").json()
         traffic = Traffic(server.url, histories, args.threads, args.seed)
+        sampler = VersionSampler(server.url)
         started = time.monotonic()
         traffic.start()
+        sampler.start()
         try:
             _sleep_until(min(started + args.before, deadline))
             traffic.phase = "during"
@@ -138,6 +187,7 @@ def run(args: argparse.Namespace) -> dict:
                                        timeout=max(1.0, deadline - time.monotonic()))
                 body = r.json()
                 edits.append({"status": r.status_code, "batch_id": body.get("batch_id"), "n_items": len(batch),
+                              "model_version": body.get("model_version"),
                               "wall_s": round(time.perf_counter() - t0, 3), "timings_s": body.get("timings_s"),
                               "recommendable": sum(x["rank"] is not None for x in body.get("items", [])),
                               "error": None if r.status_code == 200 else body.get("detail")})
@@ -145,6 +195,9 @@ def run(args: argparse.Namespace) -> dict:
             _sleep_until(min(time.monotonic() + args.after, deadline))
         finally:
             traffic.stop()
+            sampler.stop()
+        for e in edits:
+            e["replicas_in_sync_s"] = sampler.spread(e["model_version"]) if e["model_version"] is not None else None
         final_health = server.client.get("/health").json()
         server_metrics = server.client.get("/metrics").json()
     cfg = load_config(args.model / "config.yaml", overrides + list(args.set or []))  # what the server ran
@@ -153,7 +206,8 @@ def run(args: argparse.Namespace) -> dict:
             "catalog_size": {"start": health["catalog_size"], "end": final_health["catalog_size"]},
             "threads": {"client": args.threads, "server_torch": args.server_threads or cfg.threads,
                         "cpus": _cpu_count()},
-            "platform": platform.platform(), "phases": traffic.summary(), "edits": edits,
+            "platform": platform.platform(), "replicas": {"requested": args.replicas, "seen": sampler.replicas()},
+            "phases": traffic.summary(), "edits": edits,
             "errors": traffic.errors, "micro_batches": server_metrics["micro_batches"],
             "server_latency": server_metrics["requests"].get("POST /recommend"),
             "seconds": round(time.monotonic() - started, 1)}
@@ -168,16 +222,18 @@ def markdown(result: dict) -> str:
              f"Catalog {result['catalog_size']['start']} → {result['catalog_size']['end']} items. Threads: "
              f"{result['threads']['client']} client, torch {result['threads']['server_torch']} "
              f"({result['threads']['cpus']} CPUs, client and server on one machine). {result['seconds']} s in all.",
+             f"Replicas: {result['replicas']['requested']} requested, {len(result['replicas']['seen'])} answered "
+             f"/health ({', '.join(result['replicas']['seen'])}).",
              "", "| phase | requests | failed | p50 ms | p99 ms | model versions |", "|---|---|---|---|---|---|"]
     for phase, s in result["phases"].items():
         lines.append(f"| {phase} | {s['requests']} | {s['failed']} | {s['p50_ms']} | {s['p99_ms']} | "
                      f"{s['model_versions']} |")
     lines += ["", "| batch | items | HTTP | edit s (solve path) | total s (server) | wall s (client) | "
-                  "recommendable |", "|---|---|---|---|---|---|---|"]
+                  "recommendable | replicas' swaps apart (s) |", "|---|---|---|---|---|---|---|---|"]
     for e in result["edits"]:
         t = e["timings_s"] or {}
         lines.append(f"| {e['batch_id']} | {e['n_items']} | {e['status']} | {t.get('edit')} | {t.get('total')} | "
-                     f"{e['wall_s']} | {e['recommendable']}/{e['n_items']} |")
+                     f"{e['wall_s']} | {e['recommendable']}/{e['n_items']} | {e['replicas_in_sync_s']} |")
     mb = result["micro_batches"]
     lines += ["", f"Micro-batches: {mb['count']} for {mb['requests']} requests (mean {mb['mean_size']}, max "
                   f"{mb['max_size']}).", ""]
@@ -211,6 +267,7 @@ def main() -> None:
     p.add_argument("--items", type=Path, default=None, help="JSONL of {item_id, text} to add (default: variants)")
     p.add_argument("--histories", type=int, default=2000, help="test histories to sample requests from")
     p.add_argument("--max-seconds", type=float, default=900.0, help="hard bound on the whole test")
+    p.add_argument("--replicas", type=int, default=1, help="> 1: serve on Ray Serve with this many replicas")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", "-o", action="append", help="server config override, e.g. -o edit.lam=100")
     args = p.parse_args()
