@@ -29,13 +29,18 @@ from genrecedit.text.cache import embed_items
 NAME = "stack_restore"
 
 
-def stack_item(j: int) -> tuple[str, str]:
-    """The id and text of the stack's j-th item (texts reuse a few words, so each has warm neighbours)."""
+def stack_item(j: int, texts: list[str] | None = None) -> tuple[str, str]:
+    """The id and text of the stack's j-th item. Without ``texts``, texts reuse a few words (each has warm
+    neighbours: right for a tiny catalog); with the catalog's ``texts``, an edition of a different catalog item each
+    (spread over the catalog, so a real tokenizer's SID prefixes do not fill up)."""
+    if texts:
+        return f"stack-{j:05d}", f"{texts[(j * 7919) % len(texts)]} (stack edition {j})"
     words = ["racing", "puzzle", "shooter", "farming", "soccer", "dungeon", "space", "pirate"]
     return f"stack-{j:05d}", f"{words[j % len(words)]} {words[(j // 8) % len(words)]} edition {j}"
 
 
-def write_stack(service: LiveService, n: int, start: int = 0, seed: int = 0, scale: float = 1e-3) -> EditArtifact:
+def write_stack(service: LiveService, n: int, start: int = 0, seed: int = 0, scale: float = 1e-3,
+                texts: list[str] | None = None) -> EditArtifact:
     """Append batches ``start``..``start + n - 1`` (one item each, ``stack_item``) to ``service``'s registry and
     artifact, as committed adds would leave them; the service must be reopened to serve them. Batch j's ΔW is drawn
     from a generator seeded with (seed, j), so two states written with the same seed share their batches."""
@@ -53,7 +58,7 @@ def write_stack(service: LiveService, n: int, start: int = 0, seed: int = 0, sca
     for j in range(start, start + n):
         seq = service.registry.next_seq() + len(records)
         batch_id = f"b{seq:06d}"
-        item_id, text = stack_item(j)
+        item_id, text = stack_item(j, texts)
         emb = embed_items(service.encoder, [text], service.embedding_cache)
         catalog = catalog.extended(batch_id, [item_id], [text], emb)
         new = catalog.batch_indices(batch_id)
@@ -83,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = ServiceConfig(state_dir=Path(tmp) / "state", exposure_cases=0, insecure_no_auth=True)
         service = LiveService.open(args.model, cfg, args.override)
         t0 = time.perf_counter()
-        write_stack(service, args.batches)
+        write_stack(service, args.batches, texts=service.run.prepared.dataset.items["text"].tolist())
         write_s = time.perf_counter() - t0
         service.close()
         t0 = time.perf_counter()
