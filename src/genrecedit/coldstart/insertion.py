@@ -112,12 +112,13 @@ class Proposals:
 
 
 def propose(embeddings: np.ndarray, codes: np.ndarray, new_items: np.ndarray, histories: np.ndarray, beams: Beams,
-            recent: int, candidates: int) -> Proposals:
-    """The proposals and both feature sets for [n, L] left-padded ``histories`` and their unedited ``beams``."""
+            recent: int, candidates: int, unit: torch.Tensor | None = None) -> Proposals:
+    """The proposals and both feature sets for [n, L] left-padded ``histories`` and their unedited ``beams``.
+    ``unit``: ``normalized(embeddings)`` when the caller holds it already (a service snapshot binds it once)."""
     new_items = np.unique(np.asarray(new_items, np.int64))
     if len(new_items) == 0:
         raise ConfigError("calibrated insertion needs at least one new item")
-    unit = normalized(embeddings)
+    unit = normalized(embeddings) if unit is None else unit
     parts = [_propose_rows(unit, np.asarray(codes), new_items, np.asarray(histories)[s:s + CHUNK_ROWS],
                            beams.items[s:s + CHUNK_ROWS].numpy(), beams.scores[s:s + CHUNK_ROWS].double().numpy(),
                            recent, min(candidates, len(new_items)))
@@ -207,8 +208,9 @@ class CalibratedInsertion:
         return np.where(np.isfinite(best), np.take_along_axis(items, pick, 1), -1), best
 
     def apply(self, embeddings: np.ndarray, codes: np.ndarray, new_items: np.ndarray, histories: np.ndarray,
-              beams: Beams, k: int | None = None) -> Beams:
-        """The merged lists as ``Beams`` (scores: the calibrated log-probability of each entry's ranking key)."""
+              beams: Beams, k: int | None = None, unit: torch.Tensor | None = None) -> Beams:
+        """The merged lists as ``Beams`` (scores: the calibrated log-probability of each entry's ranking key);
+        ``unit``: the embeddings normalised already (``propose``)."""
         k = beams.items.shape[1] if k is None else k
         if self.cfg.width is not None and beams.items.shape[1] != self.cfg.width:
             raise ConfigError(f"calibrated insertion was fitted on lists of {self.cfg.width} beam items, got "
@@ -216,7 +218,7 @@ class CalibratedInsertion:
         if len(histories) == 0 or len(new_items) == 0:
             return Beams(beams.items[:, :k], beams.scores[:, :k], beams.sids[:, :k])
         items, keys = self.rank(propose(embeddings, codes, new_items, histories, beams, self.cfg.recent,
-                                        self.cfg.candidates), k)
+                                        self.cfg.candidates, unit), k)
         scores = np.where(items >= 0, -np.logaddexp(0.0, -keys), -np.inf)  # log σ(key)
         sids = torch.as_tensor(np.asarray(codes, np.int64))[torch.as_tensor(np.clip(items, 0, None))]
         sids = torch.where(torch.as_tensor(items)[:, :, None] >= 0, sids, -1)

@@ -15,9 +15,10 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
+import torch
 
 from genrecedit.coldstart.insertion import CalibratedInsertion
-from genrecedit.coldstart.prior import ContentPrior, PriorConfig
+from genrecedit.coldstart.prior import ContentPrior, PriorConfig, normalized
 from genrecedit.config import KnowledgeConfig
 from genrecedit.data.dataset import PAD_ITEM, CaseSet
 from genrecedit.edit.artifact import EditArtifact, EditBatch, TriggerMode
@@ -128,6 +129,8 @@ class Snapshot:
     schedule: Callable | None
     prior: ContentPrior | None = None  # the run's content prior over this catalog's new items, when enabled
     insertion: CalibratedInsertion | None = None  # the run's calibrated insertion (served instead of the prior)
+    new_items: np.ndarray | None = None  # the catalog's new items and its unit embeddings, bound once for the
+    unit: torch.Tensor | None = None  # insertion (not per request)
 
     def rank(self, histories: np.ndarray, cfg: DecodeConfig) -> Beams:
         """The recipe this snapshot serves: beam search with the edit schedule, then the calibrated insertion or
@@ -135,8 +138,8 @@ class Snapshot:
         if self.insertion is not None:
             width = self.insertion.cfg.width or cfg.k
             beams = self.recommender.recommend(histories, replace(cfg, k=width), self.schedule)
-            return self.insertion.apply(self.catalog.embeddings, self.catalog.codes,
-                                        np.flatnonzero(~self.catalog.warm), histories, beams, cfg.k)
+            return self.insertion.apply(self.catalog.embeddings, self.catalog.codes, self.new_items, histories, beams,
+                                        cfg.k, self.unit)
         beams = self.recommender.recommend(histories, cfg, self.schedule, record_levels=self.prior is not None)
         return beams if self.prior is None else self.prior.apply(histories, beams, cfg.k)
 
@@ -157,7 +160,10 @@ def build_snapshot(version: int, catalog: Catalog, base: Recommender, artifact: 
     if insertion is None and prior is not None and prior.enabled and (~catalog.warm).any():
         content = ContentPrior(prior, catalog.embeddings, catalog.codes, np.flatnonzero(~catalog.warm),
                                recommender.trie)
-    return Snapshot(version, catalog, recommender, artifact, schedule, content, insertion)
+    new_items, unit = None, None
+    if insertion is not None:
+        new_items, unit = np.flatnonzero(~catalog.warm), normalized(catalog.embeddings)
+    return Snapshot(version, catalog, recommender, artifact, schedule, content, insertion, new_items, unit)
 
 
 def knowledge_for(train: CaseSet, catalog: Catalog, items: np.ndarray, kcfg: KnowledgeConfig) -> EditRequests:
