@@ -5,12 +5,12 @@ lists, the API key is checked by every replica, and a rollback is exact on both.
 PostgreSQL cannot start here."""
 from __future__ import annotations
 
-import socket
 import time
 
 import pytest
 
 from genrecedit.serving import ServiceConfig
+from genrecedit.serving.process import free_port
 from serving_helpers import API_KEY, HISTORIES, key_file, new_items, outputs
 from serving_run import SERVICE_OVERRIDES
 
@@ -18,17 +18,11 @@ ray = pytest.importorskip("ray", reason="ray[serve] (the replicas extra) is not 
 httpx = pytest.importorskip("httpx")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def serve_port():
     from ray import serve
 
-    port = _free_port()
+    port = free_port()
     try:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
         serve.start(http_options={"host": "127.0.0.1", "port": port})
