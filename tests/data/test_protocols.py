@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from genrecedit.data.dataset import PAD_ITEM, CaseSet, RecDataset, Split
+from genrecedit.data.dataset import PAD_ITEM, CaseSet, RecDataset, Split, ends_with
 from genrecedit.data.protocols import SplitConfig, format_split_summary, make_split, save_split_summary, split_summary
 from genrecedit.data.readers import load_dataset
 from genrecedit.errors import ConfigError
@@ -265,3 +265,10 @@ def test_real_game_time_split(game_dir):
     cold = summary["cold_items"]
     assert cold["new_in_time"] + cold["filtered_out_users_only"] + cold["never_interacted"] == summary["items"]["cold"]
     assert elapsed < 10
+
+
+def test_ends_with_reads_the_last_slot_only_and_never_padding():
+    histories = np.array([[PAD_ITEM, 3, 7], [7, 3, 1], [PAD_ITEM, PAD_ITEM, PAD_ITEM], [1, 2, 3]])
+    assert ends_with(histories, np.array([7, 3])).tolist() == [True, False, False, True]
+    assert ends_with(histories, np.array([PAD_ITEM])).tolist() == [False] * 4  # padding is no item
+    assert ends_with(histories, np.array([], dtype=np.int64)).tolist() == [False] * 4

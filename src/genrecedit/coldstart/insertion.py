@@ -33,7 +33,7 @@ import torch
 
 from genrecedit.atomic import write_json
 from genrecedit.coldstart.prior import content_vectors, normalized
-from genrecedit.data.dataset import PAD_ITEM
+from genrecedit.data.dataset import PAD_ITEM, ends_with
 from genrecedit.errors import ConfigError
 from genrecedit.model.beam import Beams
 
@@ -145,7 +145,7 @@ def _propose_rows(unit: torch.Tensor, codes: np.ndarray, new_items: np.ndarray, 
     mass = np.logaddexp.reduce(np.where(present, score, -np.inf), axis=1)
     mass = np.where(np.isfinite(mass), mass, FLOOR)
     top1 = score[:, 0]
-    novel_last = (np.isin(histories[:, -1], new_items) & (histories[:, -1] != PAD_ITEM)).astype(np.float64)
+    novel_last = ends_with(histories, new_items).astype(np.float64)
     best = sim[:, :1]
     rank = np.arange(j, dtype=np.float64)[None].repeat(len(cand), 0)
     new_f = np.stack([sim, sim - best, np.log1p(rank), rank == 0, np.broadcast_to(novel_last[:, None], sim.shape),

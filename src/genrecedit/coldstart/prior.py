@@ -36,7 +36,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from genrecedit.data.dataset import PAD_ITEM
+from genrecedit.data.dataset import PAD_ITEM, ends_with
 from genrecedit.errors import ConfigError
 from genrecedit.model.beam import Beams
 from genrecedit.model.trie import PrefixTrie
@@ -182,8 +182,7 @@ class ContentPrior:
 
     def ends_new(self, histories: np.ndarray) -> np.ndarray:
         """[n] bool: the history's last item is one of this prior's new items."""
-        last = np.asarray(histories)[:, -1]
-        return np.isin(last, self.new_items.numpy()) & (last != PAD_ITEM)
+        return ends_with(histories, self.new_items.numpy())
 
     def prepare(self, histories: np.ndarray, beams: Beams) -> list["_Rows"]:
         """What ``mix`` needs that does not depend on the budget, temperature or threshold: the history-item

@@ -11,6 +11,12 @@ from genrecedit.errors import DuplicateItemError, EmptyInputError, UnknownItemEr
 PAD_ITEM = -1  # history slot with no item (histories are left-padded)
 
 
+def ends_with(histories: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """[n] bool: each left-padded history's last item is one of ``items`` (an empty history ends with none)."""
+    last = np.asarray(histories)[:, -1]
+    return np.isin(last, np.asarray(items)) & (last != PAD_ITEM)
+
+
 @dataclass(frozen=True)
 class RecDataset:
     """Interactions plus item text.

@@ -9,7 +9,7 @@ import numpy as np
 
 from genrecedit.coldstart.exposure import exposure
 from genrecedit.coldstart.prior import PriorConfig
-from genrecedit.data.dataset import PAD_ITEM, CaseSet
+from genrecedit.data.dataset import CaseSet, ends_with
 from genrecedit.errors import ConfigError
 from genrecedit.evaluation.report import EvalResult
 
@@ -77,8 +77,7 @@ class WarmPlan:
            trend: bool = False) -> "WarmPlan":
         """``trend``: the share where its straight-line trend over the validation period (warm cases by time)
         reaches the middle of a next period as long, and never below the latest window's share."""
-        last = cases.histories[:, -1]
-        novel = np.isin(last, new) & (last != PAD_ITEM)
+        novel = ends_with(cases.histories, new)
         warm = ~cold
         if window is None:
             recent = warm
@@ -142,8 +141,7 @@ STRATA = ("rest", "novel")  # the history's last item warm (or none) / new
 
 
 def strata_masks(histories: np.ndarray, new: np.ndarray) -> dict[str, np.ndarray]:
-    last = np.asarray(histories)[:, -1]
-    novel = np.isin(last, new) & (last != PAD_ITEM)
+    novel = ends_with(histories, new)
     return {"rest": ~novel, "novel": novel}
 
 

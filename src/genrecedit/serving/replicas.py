@@ -65,13 +65,16 @@ def _replica_name(role: str) -> str:
         return f"{role}-{os.getpid()}"
 
 
-@serve.deployment(name="Editor", num_replicas=1, ray_actor_options={"num_cpus": 0})
+# tqdm reads TQDM_DISABLE when it is imported, before a replica's constructor runs: the worker process gets it
+_ACTOR_OPTIONS = {"num_cpus": 0, "runtime_env": {"env_vars": {"TQDM_DISABLE": "1"}}}
+
+
+@serve.deployment(name="Editor", num_replicas=1, ray_actor_options=_ACTOR_OPTIONS)
 class Editor:
     """The leader: the one ``LiveService`` that edits. Its methods block on its edit worker, so each runs in a
     thread and the Editor keeps taking calls (a job's status, another add) meanwhile."""
 
     def __init__(self, run_dir: str, cfg: ServiceConfig, overrides: list[str]) -> None:
-        os.environ.setdefault("TQDM_DISABLE", "1")
         self.service = LiveService.open(Path(run_dir), cfg, overrides, name=_replica_name("editor"))
 
     async def submit_add(self, items: list[NewItem], idempotency_key: str | None) -> tuple[dict, bool]:
@@ -90,13 +93,12 @@ class Editor:
         return self.service.health()
 
 
-@serve.deployment(name="Replica", ray_actor_options={"num_cpus": 0})
+@serve.deployment(name="Replica", ray_actor_options=_ACTOR_OPTIONS)
 @serve.ingress()
 class Replica:
     """A follower behind the HTTP proxy (``genrecedit serve``'s API)."""
 
     def __init__(self, run_dir: str, cfg: ServiceConfig, overrides: list[str], editor: DeploymentHandle) -> None:
-        os.environ.setdefault("TQDM_DISABLE", "1")
         self.service = LiveService.open(Path(run_dir), cfg, overrides, leader=RemoteLeader(editor),
                                         name=_replica_name("replica"))
 

@@ -345,12 +345,19 @@ class LiveService:
             self.snapshot = self._restore(read_only=True)
             return True
 
+    def _try_sync(self) -> bool:
+        """``sync``, where a load that a concurrent commit raced (or a half-written artifact) is dropped: False, and
+        the next poll tries again; any other failure propagates."""
+        try:
+            return self.sync()
+        except (StaleLoadError, ArtifactMismatchError, OSError) as err:
+            log.debug("replica %s: load dropped (%s); trying again", self.name, err)
+            return False
+
     def _follow(self) -> None:
         while not self._stop.wait(self.cfg.sync_interval_s):
             try:
-                self.sync()
-            except (StaleLoadError, ArtifactMismatchError, OSError) as err:  # a commit raced the load: next poll
-                log.debug("replica %s: load dropped (%s); trying again", self.name, err)
+                self._try_sync()
             except Exception:  # noqa: BLE001 - the follower keeps serving its snapshot and keeps polling
                 log.exception("replica %s: loading the registry's state failed", self.name)
 
@@ -362,10 +369,7 @@ class LiveService:
                 raise EditFailedError(f"the leader serves model_version {answer['model_version']}, replica "
                                       f"{self.name} still {self.snapshot.version} after "
                                       f"{self.cfg.follow_timeout_s:g} s")
-            try:
-                self.sync()
-            except (StaleLoadError, ArtifactMismatchError, OSError):
-                pass
+            self._try_sync()
             time.sleep(self.cfg.sync_interval_s / 4)
         return answer
 
