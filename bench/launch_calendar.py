@@ -53,6 +53,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -60,6 +61,7 @@ from common import bench_setup, drop_with_ci, evaluate_detailed, hardware, md_ta
 from genrecedit.atomic import write_bytes
 from genrecedit.baselines.update import measure
 from genrecedit.coldstart.insertion import CalibratedInsertion
+from genrecedit.coldstart.prior import normalized
 from genrecedit.data.dataset import CaseSet
 from genrecedit.edit.knowledge import EditRequests, case_histories
 from genrecedit.errors import ConfigError
@@ -131,9 +133,14 @@ class Served:
     codes: np.ndarray  # [n_items, P] semantic IDs
     new_items: np.ndarray  # [m]
     cutoff: float
+    unit: torch.Tensor | None = None  # normalized(embeddings), bound once (the calendar calls this per chunk)
+
+    def __post_init__(self) -> None:
+        if self.unit is None:
+            self.unit = normalized(self.embeddings)
 
     def __call__(self, histories: np.ndarray, beams: Beams) -> Beams:
-        return self.insertion.apply(self.embeddings, self.codes, self.new_items, histories, beams)
+        return self.insertion.apply(self.embeddings, self.codes, self.new_items, histories, beams, unit=self.unit)
 
 
 def observed_feedback(test: CaseSet, items: np.ndarray, cutoff: float, per_item: int | None) -> EditRequests:
@@ -194,12 +201,13 @@ def main(argv: list[str] | None = None) -> dict:
     cal = make_calendar(split, n_days, float(cfg.get("day_seconds", DAY_SECONDS)))
     edges, item_day = cal["edges"], cal["item_day"]
     first = first_seen(split)
+    unit = normalized(run.prepared.embeddings) if insertion is not None else None
 
     def served(t: float) -> Served | None:
         """The insertion over the cold items arrived by ``t`` (None without ``--insertion``)."""
         if insertion is None:
             return None
-        return Served(insertion, run.prepared.embeddings, codes, arrived(first, split.warm, t), t)
+        return Served(insertion, run.prepared.embeddings, codes, arrived(first, split.warm, t), t, unit)
 
     # the day's items in arrival order (ties by index), at most max_items_per_day of them
     cap = cfg.get("max_items_per_day")

@@ -5,7 +5,9 @@ texts, text embeddings, SIDs from the frozen tokenizer; an artifact batch each: 
 positions, the batch's text-only knowledge and its replayed key covariance folded into the statistic) without
 running ``n`` real edits; the restore path it exercises is the service's own (``LiveService._restore``: registry
 replay of the catalog, artifact load, fingerprint checks, snapshot). The script writes such a stack into a fresh
-state dir for a trained run, then measures opening the service (the restore) and rolling back the newest batch.
+state dir for a trained run, then measures opening the service (the restore), one more batch written as a new
+version and loaded by a follower (``save_next``: with the unchanged batches hard-linked and reused, against writing
+and reading every batch), rolling back the newest batch, and loading the version the rollback wrote.
 
     python bench/stack_restore.py --model runs/demo --batches 1000 --out runs/bench/stack_restore
 """
@@ -77,6 +79,26 @@ def write_stack(service: LiveService, n: int, start: int = 0, seed: int = 0, sca
     return artifact
 
 
+def save_next(artifact: EditArtifact, folder: Path, base_hash: str, repeats: int = 2) -> dict:
+    """What one more batch on top of ``artifact`` costs to write as a new version and to load by a follower that
+    holds ``artifact``: the save with the unchanged batches hard-linked (the service's way) against writing every
+    batch, and the load reusing the batches it read against reading every file; best of ``repeats`` each, side by
+    side in one process."""
+    nxt = artifact.copy()
+    nxt.batches.append(replace(artifact.batches[-1], batch_id="bench-next"))  # a new object: written, not linked
+    times: dict[str, list[float]] = {"save_linked": [], "save_whole": [], "load_reuse": [], "load_whole": []}
+    for r in range(repeats):
+        for kind, art in (("save_whole", replace(nxt, stored={})), ("save_linked", nxt.copy())):
+            t0 = time.perf_counter()
+            art.save(folder / f"{kind}-{r}")
+            times[kind].append(time.perf_counter() - t0)
+        for kind, reuse in (("load_whole", None), ("load_reuse", artifact)):
+            t0 = time.perf_counter()
+            EditArtifact.load(folder / f"save_linked-{r}", base_hash, reuse=reuse)
+            times[kind].append(time.perf_counter() - t0)
+    return {f"next_{kind}_seconds": min(v) for kind, v in times.items()}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True, help="trained run directory")
@@ -95,16 +117,23 @@ def main(argv: list[str] | None = None) -> dict:
         service = LiveService.open(args.model, cfg, args.override)  # loads the run, then restores the stack
         open_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        service.snapshot = service._restore()  # the restore alone: registry replay, artifact load, checks, snapshot
+        service.snapshot = service._restore(reuse=False)  # the restore alone, as at a restart: registry replay,
+        # artifact load, digest checks, snapshot
         restore_s = time.perf_counter() - t0
+        add = save_next(service.snapshot.artifact, Path(tmp) / "next", service.run.base_hash)
         newest = service.snapshot.active_batches[-1]
         t0 = time.perf_counter()
         service.roll_back(newest)
         rollback_s = time.perf_counter() - t0
-        size = sum(f.stat().st_size for f in (Path(tmp) / "state" / ARTIFACTS).rglob("*") if f.is_file())
+        t0 = time.perf_counter()
+        service.snapshot = service._restore(read_only=True)  # as a follower loads the version the rollback wrote
+        reload_s = time.perf_counter() - t0
+        size = sum(f.stat().st_size for f in {f.stat().st_ino: f for f in (Path(tmp) / "state" / ARTIFACTS).rglob("*")
+                                              if f.is_file()}.values())
         service.close()
     data = {"model": str(args.model), "batches": args.batches, "write_seconds": write_s, "open_seconds": open_s,
-            "restore_seconds": restore_s, "rollback_newest_seconds": rollback_s, "artifact_bytes_after": size}
+            "restore_seconds": restore_s, "rollback_newest_seconds": rollback_s,
+            "restore_next_version_seconds": reload_s, **add, "artifact_bytes_after": size}
     write_json(args.out / f"{NAME}.json", data)
     print(json.dumps(data, indent=2))
     return data

@@ -195,3 +195,84 @@ def test_cli_compacts_an_artifact_dir_and_refuses_prefix(tiny_model, tiny_codes,
     assert len(small.batches) == 2 and small.batches[0].compacted
     for p in range(4):
         assert torch.equal(small.total_delta(p), art.total_delta(p))
+
+
+def _new_batch(tiny_model, tiny_codes, j: int) -> EditBatch:
+    d_ff = tiny_model.decoder.block[0].layer[2].DenseReluDense.wo.in_features
+    return _batch(f"b{j}", j, tiny_model.config.d_model, d_ff, np.array([2 * j, 2 * j + 1]), tiny_codes)
+
+
+def _same_file(a, b) -> bool:
+    return a.stat().st_ino == b.stat().st_ino and a.stat().st_dev == b.stat().st_dev
+
+
+def test_a_save_links_unchanged_batches_and_writes_changed_ones(tiny_model, tiny_codes, tmp_path):
+    """Adding to a long stack writes one batch: the others are hard links to the files they were saved to (or
+    loaded from). A batch replaced by a new object (a recomputed ΔW, a new id) is written, never linked."""
+    from dataclasses import replace
+
+    art = _stack(tiny_model, tiny_codes, 3)
+    art.save(tmp_path / "v1")
+    nxt = art.copy()
+    nxt.append(_new_batch(tiny_model, tiny_codes, 3))
+    nxt.save(tmp_path / "v2")
+    for j in range(3):
+        assert _same_file(tmp_path / "v1" / f"batch-{j:04d}.safetensors", tmp_path / "v2" / f"batch-{j:04d}.safetensors")
+    # a batch recomputed under the same id (an older batch rolled back) is a new object: written, not linked
+    recomputed = nxt.copy()
+    recomputed.batches[1] = replace(recomputed.batches[1], delta_w={p: w * 2 for p, w in nxt.batches[1].delta_w.items()})
+    recomputed.save(tmp_path / "v3")
+    assert _same_file(tmp_path / "v2" / "batch-0000.safetensors", tmp_path / "v3" / "batch-0000.safetensors")
+    assert not _same_file(tmp_path / "v2" / "batch-0001.safetensors", tmp_path / "v3" / "batch-0001.safetensors")
+    # removing the older versions leaves the newest whole, and it loads to what was saved
+    import shutil
+    shutil.rmtree(tmp_path / "v1")
+    shutil.rmtree(tmp_path / "v2")
+    back = EditArtifact.load(tmp_path / "v3", "h")
+    assert back.batch_ids() == recomputed.batch_ids()
+    for p in range(4):
+        assert torch.equal(back.total_delta(p), recomputed.total_delta(p))
+        assert torch.equal(back.batches[1].delta_w[p], nxt.batches[1].delta_w[p] * 2)
+    # a linked file that was changed or removed is not trusted: the batch is written again
+    again = back.copy()
+    (tmp_path / "v3" / "batch-0002.safetensors").unlink()
+    save_file(_batch_tensors_of(back.batches[2]), str(tmp_path / "v3" / "batch-0002.safetensors"))
+    again.save(tmp_path / "v4")
+    assert not _same_file(tmp_path / "v3" / "batch-0002.safetensors", tmp_path / "v4" / "batch-0002.safetensors")
+    assert _same_file(tmp_path / "v3" / "batch-0000.safetensors", tmp_path / "v4" / "batch-0000.safetensors")
+
+
+def _batch_tensors_of(batch):
+    from genrecedit.edit.artifact import _batch_tensors
+
+    return _batch_tensors(batch)
+
+
+def test_load_with_reuse_reads_only_new_batch_files(tiny_model, tiny_codes, tmp_path, monkeypatch):
+    """A follower loading the next version takes over the batches whose files it read already (the same linked
+    file) and reads only the rest; the result equals a full load."""
+    import genrecedit.edit.artifact as artifact_module
+
+    art = _stack(tiny_model, tiny_codes, 4)
+    art.save(tmp_path / "v1")
+    first = EditArtifact.load(tmp_path / "v1", "h")
+    nxt = art.copy()
+    nxt.append(_new_batch(tiny_model, tiny_codes, 4))
+    nxt.save(tmp_path / "v2")
+    reads = []
+    real = artifact_module.load_file
+    monkeypatch.setattr(artifact_module, "load_file", lambda path: reads.append(path) or real(path))
+    follower = EditArtifact.load(tmp_path / "v2", "h", reuse=first)
+    assert [p for p in reads if "batch-" in p] == [str(tmp_path / "v2" / "batch-0004.safetensors")]
+    assert all(follower.batches[j] is first.batches[j] for j in range(4))
+    full = EditArtifact.load(tmp_path / "v2", "h")
+    assert follower.batch_ids() == full.batch_ids()
+    for p in range(4):
+        assert torch.equal(follower.total_delta(p), full.total_delta(p))
+        assert torch.equal(follower.key_stats[p], full.key_stats[p])
+    # a version written without links (another writer, a copy) is read whole
+    import shutil
+    shutil.copytree(tmp_path / "v2", tmp_path / "copied")
+    reads.clear()
+    EditArtifact.load(tmp_path / "copied", "h", reuse=first)
+    assert len([p for p in reads if "batch-" in p]) == 5

@@ -157,3 +157,27 @@ def test_any_adds_and_rollbacks_restart_and_undo_exactly(open_service, ops):
     for batch_id in reversed(service.snapshot.active_batches):
         service.roll_back(batch_id)
     assert answers(service) == base
+
+
+def test_a_catalog_extended_by_many_batches_at_once_is_the_chain_of_single_extensions(open_service):
+    """Restore replays the registry's batches with one tokenizer copy (``extended_many``): the same ids, SIDs
+    (dedup tokens included), embeddings and duplicate refusal as one ``extended`` call per batch."""
+    from genrecedit.errors import DuplicateItemError
+
+    base = open_service().base_catalog
+    rng = np.random.default_rng(0)
+    d = base.embeddings.shape[1]
+    near = base.embeddings[[0, 0, 1]] + rng.normal(0, 1e-4, (3, d)).astype(np.float32)  # shared SID prefixes
+    batches = [BatchItems(f"b{j}", [f"n{j}-{k}" for k in range(len(e))], ["t"] * len(e), e, None)
+               for j, e in enumerate([near[:2], near[2:], base.embeddings[[5, 5]]])]
+    chained = base
+    for b in batches:
+        chained = chained.extended(b.batch_id, b.item_ids, b.texts, b.embeddings)
+    many = base.extended_many(batches)
+    assert many.item_ids == chained.item_ids and many.index == chained.index
+    assert np.array_equal(many.codes, chained.codes) and np.array_equal(many.embeddings, chained.embeddings)
+    assert [b.batch_id for b in many.batches] == [b.batch_id for b in chained.batches]
+    assert all(np.array_equal(a.sids, b.sids) for a, b in zip(many.batches, chained.batches))
+    assert len(base.batches) == 0 and len(base) == len(base.item_ids)  # the base catalog is untouched
+    with pytest.raises(DuplicateItemError):
+        base.extended_many(batches + [BatchItems("dup", ["n0-0"], ["t"], near[:1], None)])

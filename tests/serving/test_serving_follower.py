@@ -89,3 +89,25 @@ def test_a_follower_does_not_fail_the_leaders_running_jobs_at_start(open_service
     follower = open_service(leader=leader, name="late")
     assert follower.health()["interrupted_at_start"] == [] and follower.health()["jobs_interrupted_at_start"] == []
     assert leader.wait_job(job["job_id"])["state"] == "succeeded"
+
+
+def test_a_follower_reads_only_the_new_batch_of_each_version(open_pair, monkeypatch):
+    """The leader's new version links the unchanged batch files; the follower takes over the batches it holds (the
+    same objects, their digests not recomputed) and serves exactly the leader's model."""
+    import genrecedit.serving.service as service_module
+
+    leader, follower = open_pair(sync_interval_s=10.0)  # no background poll: the test drives sync()
+    leader.add_items([NewItem(i["item_id"], i["text"]) for i in new_items("s", [0])])
+    assert follower.sync()
+    held = list(follower.snapshot.artifact.batches)
+    hashed = []
+    real = service_module.delta_fingerprint
+    monkeypatch.setattr(service_module, "delta_fingerprint", lambda b: hashed.append(b.batch_id) or real(b))
+    added = leader.add_items([NewItem(i["item_id"], i["text"]) for i in new_items("t", [1])])
+    hashed.clear()  # the leader's own digest of the batch it committed
+    assert follower.sync()
+    batches = follower.snapshot.artifact.batches
+    assert batches[0] is held[0] and len(batches) == 2
+    assert hashed == [added["batch_id"]]  # only the new batch's ΔW was checked against the registry
+    with api(leader) as lc, api(follower) as fc:
+        assert outputs(fc, HISTORIES) == outputs(lc, HISTORIES)

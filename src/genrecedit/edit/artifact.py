@@ -12,6 +12,7 @@ covariances are summed into the accumulated statistic.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, get_args
@@ -57,6 +58,31 @@ class EditBatch:
         return COMPACTED in self.meta
 
 
+@dataclass(frozen=True)
+class StoredFile:
+    """A batch file as written: its path and identity (device, inode, size, modification time in ns). Batch files
+    are never rewritten in place, so a file with this identity holds exactly what was written."""
+
+    path: Path
+    ident: tuple[int, int, int, int]
+
+    @staticmethod
+    def of(path: Path) -> "StoredFile":
+        st = os.stat(path)
+        return StoredFile(Path(path), (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+
+    def link(self, dst: Path) -> bool:
+        """Hard-link this file to ``dst`` if it is still there unchanged; False where it is gone or the file system
+        cannot link (the caller writes the batch instead)."""
+        try:
+            if StoredFile.of(self.path).ident != self.ident:
+                return False
+            os.link(self.path, dst)
+            return True
+        except OSError:
+            return False
+
+
 @dataclass
 class EditArtifact:
     """All edit batches applied to one base model (identified by its weights hash); layers[p] = l_p.
@@ -78,6 +104,9 @@ class EditArtifact:
     key_stats: dict[int, torch.Tensor] | None = None
     # the batch ids the statistic sums over: previous_cov refuses a statistic that does not match the batches
     stats_of: tuple[str, ...] | None = None
+    # id(batch) -> (that batch, the file it was loaded from or last saved to): ``save`` hard-links an unchanged
+    # batch's file instead of writing it again, ``load(reuse=)`` keeps a batch whose file it already read
+    stored: dict[int, tuple[EditBatch, StoredFile]] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.key_stats is None and all(set(b.delta_w) <= set(b.key_cov) for b in self.batches):
@@ -102,7 +131,12 @@ class EditArtifact:
         """A new artifact over the same (never mutated) batches and statistic tensors: appending to or removing
         from the copy leaves this one as it is."""
         return replace(self, layers=list(self.layers), batches=list(self.batches),
-                       key_stats=None if self.key_stats is None else dict(self.key_stats))
+                       key_stats=None if self.key_stats is None else dict(self.key_stats), stored=dict(self.stored))
+
+    def stored_file(self, batch: EditBatch) -> StoredFile | None:
+        """Where ``batch`` (this very object) was loaded from or last saved to, if known."""
+        entry = self.stored.get(id(batch))
+        return entry[1] if entry is not None and entry[0] is batch else None
 
     def total_delta(self, p: int) -> torch.Tensor | None:
         """Σ over batches of ΔW_p, summed in float64 in batch order (so removing the newest batch restores the
@@ -257,7 +291,8 @@ class EditArtifact:
 
     def save(self, out_dir: Path) -> None:
         """Write the manifest, the accumulated statistic (when known) and one safetensors file per batch into a
-        temp dir, then swap it in."""
+        temp dir, then swap it in. A batch this artifact loaded or saved before, unchanged (the same object), is
+        hard-linked from that file: adding a batch to a long stack writes one batch, not the stack."""
         with atomic_directory(out_dir) as tmp:
             manifest = {"format": FORMAT, "base_hash": self.base_hash, "layers": self.layers, "scheme": self.scheme,
                         "key_stats": self.stats_known, "batches": []}
@@ -265,28 +300,44 @@ class EditArtifact:
                 save_file({f"key_stats.{p}": c.contiguous() for p, c in self.key_stats.items()} or
                           {"empty": torch.zeros(0)}, str(tmp / KEY_STATS))
             for i, b in enumerate(self.batches):
-                save_file(_batch_tensors(b), str(tmp / f"batch-{i:04d}.safetensors"))
+                known = self.stored_file(b)
+                if known is None or not known.link(tmp / _batch_file(i)):  # an unchanged batch is linked
+                    save_file(_batch_tensors(b), str(tmp / _batch_file(i)))
                 manifest["batches"].append({"batch_id": b.batch_id, "item_ids": b.item_ids, "meta": b.meta})
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        self.stored = {id(b): (b, StoredFile.of(Path(out_dir) / _batch_file(i))) for i, b in enumerate(self.batches)}
 
     @staticmethod
-    def load(path: Path, base_hash: str | None = None) -> "EditArtifact":
+    def load(path: Path, base_hash: str | None = None, reuse: "EditArtifact | None" = None) -> "EditArtifact":
         """Read an artifact of format 2 or 1 (whose per-batch covariances are summed into the statistic and kept
-        on their batches, so that removing one needs no replay)."""
+        on their batches, so that removing one needs no replay). ``reuse``: an artifact read or written before; a
+        batch file that is one of its files (the same file, linked by a later save) is not read again, its batch
+        is taken over — a follower loading the next version reads only the new batches."""
         path = Path(path)
         if not (path / MANIFEST).exists():
             raise ArtifactMismatchError(f"{path} is not an edit artifact (no {MANIFEST})")
         manifest = json.loads((path / MANIFEST).read_text())
         if base_hash is not None and manifest["base_hash"] != base_hash:
             EditArtifact(manifest["base_hash"], manifest["layers"]).check_base(base_hash)
-        batches = [_batch_from(b, load_file(str(path / f"batch-{i:04d}.safetensors")))
-                   for i, b in enumerate(manifest["batches"])]
+        known = {f.ident: b for b, f in reuse.stored.values()} if reuse is not None else {}
+        batches, stored = [], {}
+        for i, entry in enumerate(manifest["batches"]):
+            file = StoredFile.of(path / _batch_file(i))
+            batch = known.get(file.ident)
+            if batch is None or batch.batch_id != entry["batch_id"]:
+                batch = _batch_from(entry, load_file(str(file.path)))
+            batches.append(batch)
+            stored[id(batch)] = (batch, file)
         stats = None
         if manifest.get("key_stats") and (path / KEY_STATS).exists():
             stats = {int(k.split(".")[1]): v for k, v in load_file(str(path / KEY_STATS)).items()
                      if k.startswith("key_stats.")}
         return EditArtifact(manifest["base_hash"], manifest["layers"], batches, manifest.get("scheme", "position_wise"),
-                            stats)
+                            stats, stored=stored)
+
+
+def _batch_file(i: int) -> str:
+    return f"batch-{i:04d}.safetensors"
 
 
 def _fold(stats: dict[int, torch.Tensor], covs: dict[int, torch.Tensor], sign: int) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import hashlib
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -63,23 +63,30 @@ class Catalog:
     def extended(self, batch_id: str, item_ids: list[str], texts: list[str], embeddings: np.ndarray) -> "Catalog":
         """This catalog plus one batch [m]; SIDs from a copy of the tokenizer (this catalog is untouched).
         Raises ``DuplicateItemError`` for an id already in the catalog or repeated in the batch."""
+        return self.extended_many([BatchItems(batch_id, list(item_ids), list(texts), embeddings, None)])  # sids: assigned
+
+    def extended_many(self, batches: Sequence[BatchItems]) -> "Catalog":
+        """This catalog plus ``batches`` in order (their ``sids`` ignored: assigned here), what chained ``extended``
+        calls give, with one copy of the tokenizer instead of one per batch (a restart replays thousands)."""
+        if not batches:
+            return self
         tokenizer = copy.deepcopy(self.tokenizer)
-        sids = tokenizer.assign(embeddings, list(item_ids))
-        batch = BatchItems(batch_id, list(item_ids), list(texts), np.asarray(embeddings, np.float32), sids)
-        ids = self.item_ids + batch.item_ids
+        added = []
+        for b in batches:
+            sids = tokenizer.assign(b.embeddings, list(b.item_ids))
+            added.append(BatchItems(b.batch_id, list(b.item_ids), list(b.texts), np.asarray(b.embeddings, np.float32),
+                                    sids))
+        new_ids = [item for b in added for item in b.item_ids]
         index = dict(self.index)
-        index.update({item: len(self.item_ids) + i for i, item in enumerate(batch.item_ids)})
-        return Catalog(ids, index, np.concatenate([self.codes, sids]),
-                       np.concatenate([self.embeddings, batch.embeddings]),
-                       np.concatenate([self.warm, np.zeros(len(item_ids), bool)]), self.n_base,
-                       self.batches + (batch,), tokenizer)
+        index.update({item: len(self.item_ids) + i for i, item in enumerate(new_ids)})
+        return Catalog(self.item_ids + new_ids, index, np.concatenate([self.codes] + [b.sids for b in added]),
+                       np.concatenate([self.embeddings] + [b.embeddings for b in added]),
+                       np.concatenate([self.warm, np.zeros(len(new_ids), bool)]), self.n_base,
+                       self.batches + tuple(added), tokenizer)
 
     def truncated(self, base: "Catalog", n_batches: int) -> "Catalog":
         """``base`` plus this catalog's first ``n_batches`` batches (their SIDs replayed, hence unchanged)."""
-        out = base
-        for b in self.batches[:n_batches]:
-            out = out.extended(b.batch_id, b.item_ids, b.texts, b.embeddings)
-        return out
+        return base.extended_many(self.batches[:n_batches])
 
     def batch_indices(self, batch_id: str) -> np.ndarray:
         """[m] catalog positions of one added batch's items."""

@@ -53,7 +53,7 @@ from typing import Protocol
 
 import numpy as np
 
-from genrecedit.edit.artifact import EditArtifact, TriggerMode
+from genrecedit.edit.artifact import EditArtifact, EditBatch, TriggerMode
 from genrecedit.errors import ArtifactMismatchError, ConfigError, DuplicateItemError, EmptyInputError
 from genrecedit.model.recommender import DecodeConfig
 from genrecedit.runs.backbone import LoadedRun, load_run
@@ -68,7 +68,7 @@ from genrecedit.serving.exposure import EXPOSURE_K, added_item_exposure, validat
 from genrecedit.serving.jobs import AddJobs
 from genrecedit.serving.metadata import ItemMetadata
 from genrecedit.serving.metrics import Metrics
-from genrecedit.serving.registry import Registry
+from genrecedit.serving.registry import BatchItems, Registry
 from genrecedit.text.embed import embed_items, make_encoder
 
 log = logging.getLogger(__name__)
@@ -167,6 +167,7 @@ class LiveService:
         self.interrupted_jobs = [] if follower else self.registry.fail_interrupted_jobs()
         self._texts: tuple[int, dict[str, str]] = (-1, {})  # (snapshot version, added item id -> text)
         self.insertion = adopted_insertion(run)  # the adopted calibrated insertion, if the run's config names one
+        self._verified: dict[int, tuple[EditBatch, str]] = {}  # id(batch) -> (batch, its ΔW digest), checked
         self.snapshot: Snapshot = self._restore()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edit-worker")
         self._queued = 0  # changes submitted to the worker and not finished yet
@@ -524,36 +525,57 @@ class LiveService:
                 if f"{ARTIFACTS}/{path.name}" != keep:
                     shutil.rmtree(path, ignore_errors=True)
 
-    def _restore(self, read_only: bool = False) -> Snapshot:
+    def _restore(self, read_only: bool = False, reuse: bool = True) -> Snapshot:
         """Catalog and edit stack exactly as the registry last committed them, checked against each other.
         ``read_only`` (a follower): no stale artifact is removed, and a load during which the registry moved raises
-        ``StaleLoadError``."""
+        ``StaleLoadError``. ``reuse``: what the served snapshot holds already (its catalog's batches, the batch
+        files it read, their checked digests) is taken over, so a follower's load of the next version costs what
+        is new in it; False rebuilds everything, as a restart does."""
         version = self.registry.model_version()
-        catalog = self.base_catalog
         stored = self.registry.active_batches()
-        for items, _ in stored:
-            catalog = catalog.extended(items.batch_id, items.item_ids, items.texts, items.embeddings)
-            if not np.array_equal(catalog.batches[-1].sids, items.sids):
-                raise ArtifactMismatchError(f"{self.registry.path}: SIDs of batch {items.batch_id} differ from the "
-                                            "tokenizer's replay (was the run's tokenizer changed?)")
+        served = getattr(self, "snapshot", None) if reuse else None
+        digests = self._verified if reuse else {}
+        catalog = self._replayed([items for items, _ in stored], served.catalog if served is not None else None)
         rel = self.registry.artifact_dir()
-        artifact = EditArtifact.load(self.state_dir / rel, self.run.base_hash) if rel else None
+        artifact = EditArtifact.load(self.state_dir / rel, self.run.base_hash,
+                                     reuse=served.artifact if served is not None else None) if rel else None
         on_disk = [b.batch_id for b in artifact.batches] if artifact else []
         if on_disk != [items.batch_id for items, _ in stored]:
             raise ArtifactMismatchError(f"{self.state_dir / str(rel)} holds batches {on_disk}, the registry "
                                         f"{[items.batch_id for items, _ in stored]}")
+        verified = {}
         for batch, (items, digest) in zip(artifact.batches if artifact else [], stored):
-            if delta_fingerprint(batch) != digest or not np.array_equal(batch.sids, items.sids):
+            known = digests.get(id(batch))  # the same batch object, its digest checked by an earlier load
+            checked = known is not None and known[0] is batch and known[1] == digest
+            if not np.array_equal(batch.sids, items.sids) or not (checked or delta_fingerprint(batch) == digest):
                 raise ArtifactMismatchError(f"batch {batch.batch_id}: the artifact's ΔW or SIDs differ from the "
                                             "registry's record")
+            verified[id(batch)] = (batch, digest)
         if self.registry.model_version() != version:
             raise StaleLoadError(f"model_version moved from {version} while loading")
+        self._verified = verified
         if not read_only:
             self._remove_stale_artifacts(rel)
         if artifact is not None:
             artifact = self._with_requests(artifact, catalog)
         return build_snapshot(version, catalog, self.run.recommender, artifact,
                               self.trigger, self.run.config.prior, self.insertion)
+
+    def _replayed(self, stored: list[BatchItems], served: Catalog | None) -> Catalog:
+        """The base catalog plus the registry's batches, SIDs replayed by the tokenizer and checked against the
+        recorded ones. ``served``: a catalog built earlier; when its batches begin the registry's (the same ids
+        and SIDs: the registry only appends), only the rest are replayed onto it."""
+        k = len(served.batches) if served is not None else 0
+        if not (served is not None and k <= len(stored) and all(
+                a.batch_id == b.batch_id and np.array_equal(a.sids, b.sids)
+                for a, b in zip(served.batches, stored[:k]))):
+            served, k = self.base_catalog, 0
+        catalog = served.extended_many(stored[k:])
+        for replay, items in zip(catalog.batches[k:], stored[k:]):
+            if not np.array_equal(replay.sids, items.sids):
+                raise ArtifactMismatchError(f"{self.registry.path}: SIDs of batch {items.batch_id} differ from the "
+                                            "tokenizer's replay (was the run's tokenizer changed?)")
+        return catalog
 
     def _with_requests(self, artifact: EditArtifact, catalog: Catalog) -> EditArtifact:
         """Batches of a format-1 artifact hold no requests: they get the knowledge the service edited them from
