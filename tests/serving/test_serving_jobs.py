@@ -138,3 +138,22 @@ def test_the_python_add_stays_blocking_and_keeps_the_version(open_service):
     service = open_service()
     out = service.add_items([NewItem("p-1", new_items("p", [1])[0]["text"])])
     assert out["status"] == "active" and out["model_version"] == service.registry.model_version() == 1
+
+
+def test_the_leader_computes_c0_at_start_so_the_first_add_finds_it_cached(open_service, tmp_path):
+    """C0 (the training keys' second moments the edit solves against) is computed on the edit worker when the leader
+    opens, not by the first add; a follower and ``warm_c0=False`` leave it alone."""
+    overrides = [f"cache_dir={tmp_path / 'fresh-cache'}"]  # no C0 cached for this run yet
+    cold = open_service("cold", overrides, warm_c0=False)
+    assert cold.warm_up is None
+    first = cold.add_items([NewItem("c-0", "a cold first add")])
+    assert first["c0_cached"] is False  # without the warm-up the first add computes it
+    cold.close()
+
+    overrides = [f"cache_dir={tmp_path / 'other-cache'}"]
+    warm = open_service("warm", overrides)
+    assert warm.warm_up.result(timeout=120) is True  # computed at start
+    follower = open_service("warm", overrides, leader=warm, name="f")
+    assert follower.warm_up is None
+    added = warm.add_items([NewItem("w-0", "a warm first add")])
+    assert added["c0_cached"] is True

@@ -219,6 +219,22 @@ class ColdItemEditor:
         return locate_layers(self.cfg.layer_policy, self.n_pos, self.n_layers, probe_table, self.cfg.seed,
                              self.cfg.probe_alpha), probe_table
 
+    def warm_c0(self, codes: np.ndarray, previous: EditArtifact | None = None) -> bool:
+        """Compute (and cache on disk) C0 at every site the next batch can edit, so that its edit finds it cached:
+        the sites of ``previous``'s layer map, of a layer policy that needs no probe, or, for a probed policy,
+        every layer at each edited position (the probe picks among them). True when anything was computed."""
+        positions = range(self.n_pos) if self.cfg.positions is None else sorted(set(self.cfg.positions))
+        if self.cfg.scheme == "object_wise":
+            positions = [0]
+        if previous is not None:
+            sites = [(previous.layers[p], p) for p in positions]
+        elif self.cfg.layer_policy in ("probe", "worst"):
+            sites = [(layer, p) for p in positions for layer in range(self.n_layers)]
+        else:
+            layers = locate_layers(self.cfg.layer_policy, self.n_pos, self.n_layers, None, self.cfg.seed)
+            sites = [(layers[p], p) for p in positions]
+        return not self._c0(codes, sites)[1]
+
     def _c0(self, codes: np.ndarray, sites: list[tuple[int, int]]) -> tuple[dict[tuple[int, int], torch.Tensor], bool]:
         """C0 at each site from a seeded sample of training keys (cached on disk), and whether it was cached."""
         rng = np.random.default_rng(self.cfg.seed + 1)

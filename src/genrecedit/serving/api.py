@@ -115,6 +115,8 @@ class AddItemsResponse(BaseModel):
     model_version: int
     items: list[AddedItem]
     warnings: list[str] = Field(description="one line per item that reaches no one or too many (see status)")
+    c0_cached: bool | None = Field(None, description="the edit found C0 cached (computed at start or by an "
+                                                     "earlier add); false: this add computed it, the slow path")
     exposure_estimate: dict | None = Field(description="{cases: valid, n_histories, k, max_item_share}; null: no "
                                                        "estimate (exposure_cases 0 or no validation cases)")
 

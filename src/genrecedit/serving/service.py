@@ -99,6 +99,7 @@ class ServiceConfig:
     registry_url: str | None = field(default=None, repr=False)  # PostgreSQL registry; None: SQLite in state_dir
     sync_interval_s: float = 0.1  # a follower's poll of the registry for a new model_version
     follow_timeout_s: float = 30.0  # how long a follower waits to serve a change it forwarded before it says so
+    warm_c0: bool = True  # the leader computes the edit's C0 on its edit worker at start: the first add finds it cached
 
     def resolved(self, run_dir: Path) -> "ServiceConfig":
         """Relative paths (``state_dir``, ``api_key_file``) taken against the run directory, not the CWD."""
@@ -185,6 +186,9 @@ class LiveService:
         if follower:
             self._follower = threading.Thread(target=self._follow, name="registry-follower", daemon=True)
             self._follower.start()
+        # queued first: an add submitted meanwhile waits for it, and then finds C0 cached
+        self.warm_up: Future | None = (self._queue(self._warm_c0) if self.editor is not None and self.cfg.warm_c0
+                                       else None)
 
     @classmethod
     def open(cls, run_dir: Path, cfg: ServiceConfig | None = None, overrides: list[str] | None = None,
@@ -374,6 +378,18 @@ class LiveService:
             time.sleep(self.cfg.sync_interval_s / 4)
         return answer
 
+    def _warm_c0(self) -> bool:
+        """``ColdItemEditor.warm_c0`` on the served stack; a failure is logged (the first add computes C0 then)."""
+        try:
+            start = time.perf_counter()
+            computed = self.editor.warm_c0(self.snapshot.catalog.codes, self.snapshot.artifact)
+            if computed:
+                log.info("%s: C0 computed and cached in %.1f s", self.name, time.perf_counter() - start)
+            return computed
+        except Exception:  # noqa: BLE001 - serving goes on; the first add computes C0 itself
+            log.exception("%s: computing C0 at start failed", self.name)
+            return False
+
     def _on_worker(self, fn, *args):
         return self._queue(lambda: fn(*args)).result()
 
@@ -455,7 +471,8 @@ class LiveService:
             entry.update(exposure)
         return {"batch_id": batch_id, "status": "active", "model_version": nxt.version, "items": added,
                 "n_requests": len(requests), "layers": report.layers, "efficacy": report.efficacy,
-                "timings_s": _rounded(timings), "warnings": reach["warnings"], "exposure_estimate": reach["estimate"]}
+                "timings_s": _rounded(timings), "c0_cached": report.c0_cached, "warnings": reach["warnings"],
+                "exposure_estimate": reach["estimate"]}
 
     def _roll_back(self, batch_id: str) -> dict:
         start = time.perf_counter()
