@@ -78,6 +78,9 @@ class StoredFile:
             if StoredFile.of(self.path).ident != self.ident:
                 return False
             os.link(self.path, dst)
+            if StoredFile.of(dst).ident != self.ident:  # the path was replaced between the check and the link
+                os.unlink(dst)
+                return False
             return True
         except OSError:
             return False
