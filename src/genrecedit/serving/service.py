@@ -203,6 +203,8 @@ class LiveService:
         self._stop.set()
         if self._follower is not None:
             self._follower.join()
+        if self.warm_up is not None:
+            self.warm_up.cancel()  # not started yet: skipped (a running C0 finishes, it is cached for next time)
         self._worker.shutdown(wait=True)
         self.batcher.close()
         self.exposure_batcher.close()
