@@ -1,0 +1,169 @@
+"""Would the calibrated insertion reach more cold targets within the warm bound with more of what the backbone
+knows, or with more proposals? Validation only (no test case is read).
+
+    PYTHONPATH=bench python bench/insertion_features.py --run runs/game [--variants base10,bs10,tf10,bstf10,base20,bstf20]
+
+Variants add features to the proposal model (``coldstart/insertion.py``'s ``NEW_FEATURES``) or change the number of
+proposals (the digits: ``candidates``):
+
+- ``bs``: the proposal's largest cosine to the beam's items, that item's beam score (relative to the beam's mass),
+  and the beam-probability-weighted mean cosine (is the new item like what the backbone predicts?);
+- ``tf``: the backbone's teacher-forced log-probability of the proposal's SID prefix at depth 1, 2 and in full
+  (unconstrained by the trie): what the backbone expects beyond the prefixes its beam kept.
+
+Per variant: the margin curve on cross-fitted lists of the whole validation period (overall NDCG@10, warm drop,
+the planned drop's upper end, cold Recall@10, exposure), the margin ``genrecedit coldstart``'s rule would choose
+there, and the rule check of ``bench/coldstart_rules.py``: the margin chosen on the period's first half (by time),
+models fitted on it, scored on the second half. Writes ``<out>/insertion_features.json`` and ``.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from common import hardware, md_table, write_result
+from genrecedit.coldstart.insertion import CalibratedInsertion, InsertionConfig, Proposals, cross_fitted, propose
+from genrecedit.coldstart.prior import normalized
+from genrecedit.model.decoder import DecoderCache
+from genrecedit.model.tokens import PAD
+from genrecedit.runs.backbone import load_run
+from genrecedit.runs.coldstart import decode, new_items, selection_cases
+from genrecedit.runs.coldstart_bounds import CUT, Bounds, WarmPlan, _admissible, _row
+from genrecedit.runs.evaluate import score_topk
+
+NAME = "insertion_features"
+BIASES = tuple(float(b) for b in np.arange(0, 6.01, 0.25))
+
+
+@torch.no_grad()
+def sid_log_probs(rec, histories: np.ndarray, cand: np.ndarray, batch: int = 512) -> np.ndarray:
+    """[n, J, P] log P(code_p | h, code_<p) of each proposal's SID, teacher-forced (padding rows: item 0's)."""
+    n, j = cand.shape
+    p = rec.layout.n_positions
+    out = np.zeros((n, j, p), np.float32)
+    for s in range(0, n, batch):
+        h, c = histories[s:s + batch], cand[s:s + batch]
+        ids, mask = rec.layout.encoder_inputs(h, rec.codes)
+        enc = rec.decoder.encode(ids.to(rec.device), mask.to(rec.device)).select(
+            torch.arange(len(h), device=rec.device).repeat_interleave(j))
+        codes = torch.from_numpy(rec.codes[np.clip(c, 0, None)].reshape(-1, p)).to(rec.device)
+        cache, tokens, steps = DecoderCache(), torch.full((len(codes),), PAD, dtype=torch.long, device=rec.device), []
+        for t in range(p):
+            o, cache = rec.decoder.step(tokens, cache, enc)
+            logp = F.log_softmax(o.logits[:, rec.layout.position_slice(t)].float(), -1)
+            steps.append(logp.gather(1, codes[:, t:t + 1]).squeeze(1))
+            tokens = codes[:, t] + rec.layout.offsets[t]
+        out[s:s + len(h)] = torch.stack(steps, 1).view(len(h), j, p).cpu().numpy()
+    return out
+
+
+def beam_similarity(unit: np.ndarray, props: Proposals, chunk: int = 2048) -> np.ndarray:
+    """[n, J, 3]: a proposal's largest cosine to the beam's items, that item's score relative to the beam's mass,
+    and the beam-probability-weighted mean cosine."""
+    out = []
+    for s in range(0, len(props.items), chunk):
+        c, b = props.items[s:s + chunk], props.beam_items[s:s + chunk]
+        rel = props.beam_features[s:s + chunk, :, 1]
+        sim = np.einsum("njd,nkd->njk", unit[np.clip(c, 0, None)], unit[np.clip(b, 0, None)])
+        sim = np.where((b >= 0)[:, None, :], sim, -1.0)
+        w = np.exp(rel - rel.max(1, keepdims=True)) * (b >= 0)
+        w = w / w.sum(1, keepdims=True)
+        arg = sim.argmax(-1)
+        out.append(np.stack([sim.max(-1), np.take_along_axis(rel, arg, 1), (w[:, None, :] * sim).sum(-1)], -1))
+    return np.concatenate(out).astype(np.float64)
+
+
+def with_features(props: Proposals, extra: np.ndarray) -> Proposals:
+    return Proposals(props.items, np.concatenate([props.features, extra], -1), props.beam_items, props.beam_features)
+
+
+def curve(run, cases, props, base, new, width, plan, bounds) -> list[dict]:
+    cfg = InsertionConfig(candidates=props.items.shape[1], width=width)
+    rows = []
+    for bias, topk in cross_fitted(props, cases.targets, cases.timestamps, cfg, BIASES, width).items():
+        res = score_topk(run, topk, cases)
+        row = _row(res, topk, new, base)
+        row["warm_drop_planned"] = plan.drop(res, base, below=bounds.max_warm_drop)
+        rows.append({"bias": bias, **summary(row)})
+    return rows
+
+
+def summary(row: dict) -> dict:
+    up = (row.get("warm_drop_planned") or (None, None))[1]
+    return {"overall_ndcg@10": row["overall"][f"ndcg@{CUT}"], "warm_drop": row["warm_drop"],
+            "planned_drop_upper": up, "cold_recall@10": row["cold"][f"recall@{CUT}"],
+            "new_item_slot_share": row["exposure"]["new_item_slot_share"],
+            "max_item_share": row["exposure"]["max_item_share"]}
+
+
+def chosen(rows: list[dict], base_ndcg: float, bounds: Bounds) -> dict | None:
+    ok = [r for r in rows if r["planned_drop_upper"] is not None and r["planned_drop_upper"] <= bounds.max_warm_drop
+          and r["max_item_share"] <= bounds.max_item_share and r["overall_ndcg@10"] > base_ndcg]
+    return max(ok, key=lambda r: r["overall_ndcg@10"], default=None)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--run", type=Path, required=True)
+    ap.add_argument("--variants", default="base10,bs10,tf10,bstf10,base20,bstf20")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=Path("bench/results"))
+    args = ap.parse_args()
+    run = load_run(args.run, [f"threads={args.threads}"])
+    cases = selection_cases(run, None, whole=True)
+    new = new_items(run)
+    beams = decode(run, cases, None, "validation beams")
+    items, width = beams.items.numpy(), beams.items.shape[1]
+    base = score_topk(run, items, cases)
+    bounds = Bounds()
+    early = cases.timestamps < np.median(cases.timestamps)
+    E, L = cases.subset(early), cases.subset(~early)
+    base_e, base_l = score_topk(run, items[early], E), score_topk(run, items[~early], L)
+    unit = normalized(run.prepared.embeddings).numpy()
+    results = {}
+    for v in (s.strip() for s in args.variants.split(",") if s.strip()):
+        j = int("".join(ch for ch in v if ch.isdigit()) or 10)
+        t0 = time.perf_counter()
+        props = propose(run.prepared.embeddings, run.prepared.codes, new, cases.histories, beams, 1, j)
+        if "bs" in v:
+            props = with_features(props, beam_similarity(unit, props))
+        if "tf" in v:
+            cum = np.cumsum(sid_log_probs(run.recommender, cases.histories, props.items), -1)
+            props = with_features(props, cum[..., [0, 1, cum.shape[-1] - 1]].astype(np.float64))
+        feature_s = time.perf_counter() - t0
+        rows = curve(run, cases, props, base, new, width, WarmPlan.of(cases, new, base.cold_mask, 0.2, trend=True),
+                     bounds)
+        rows_e = curve(run, E, props.rows(early), base_e, new, width,
+                       WarmPlan.of(E, new, base_e.cold_mask, 0.2, trend=True), bounds)
+        pick = chosen(rows_e, base_e.summary()["overall"][f"ndcg@{CUT}"], bounds)
+        later = None
+        if pick is not None:
+            cfg = InsertionConfig(candidates=j, width=width, bias=pick["bias"])
+            topk = CalibratedInsertion.fit(props.rows(early), E.targets, cfg).rank(props.rows(~early), width)[0]
+            later = {"bias": pick["bias"], **summary(_row(score_topk(run, topk, L), topk, new, base_l))}
+        results[v] = {"features": int(props.features.shape[-1]), "feature_seconds": feature_s, "curve": rows,
+                      "chosen": chosen(rows, base.summary()["overall"][f"ndcg@{CUT}"], bounds), "later": later}
+        print(v, "chosen", results[v]["chosen"], "later", later, flush=True)
+
+    def line(v: str, what: str, r: dict | None) -> list:
+        if r is None:
+            return [v, what, None, None, None, None, None]
+        return [v, what, r["bias"], r["overall_ndcg@10"], r["warm_drop"], r["cold_recall@10"], r["max_item_share"]]
+
+    table = md_table(["variant", "scored on", "margin", "overall N@10", "warm drop", "cold R@10", "max item share"],
+                     [line(v, "validation (cross-fitted), rule's margin", r["chosen"]) for v, r in results.items()]
+                     + [line(v, "later half, margin from the first", r["later"]) for v, r in results.items()])
+    write_result(args.out, NAME, {"run": str(args.run), "n_cases": len(cases), "n_cold": int(base.cold_mask.sum()),
+                                  "base_overall_ndcg@10": base.summary()["overall"][f"ndcg@{CUT}"],
+                                  "results": results, "hardware": hardware()},
+                 table, f"Calibrated insertion: more features / proposals ({args.run})")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
