@@ -1,7 +1,8 @@
 """Would the calibrated insertion reach more cold targets within the warm bound with more of what the backbone
 knows, or with more proposals? Validation only (no test case is read).
 
-    PYTHONPATH=bench python bench/insertion_features.py --run runs/game [--variants base10,bs10,tf10,bstf10,base20,bstf20]
+    PYTHONPATH=bench python bench/insertion_features.py --run runs/game \
+        [--variants base10,bs10,tf10,bstf10,base20,bstf20]
 
 Variants add features to the proposal model (``coldstart/insertion.py``'s ``NEW_FEATURES``) or change the number of
 proposals (the digits: ``candidates``):
@@ -24,16 +25,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from common import hardware, md_table, write_result
 from genrecedit.coldstart.insertion import CalibratedInsertion, InsertionConfig, Proposals, cross_fitted, propose
 from genrecedit.coldstart.prior import normalized
-from genrecedit.model.decoder import DecoderCache
-from genrecedit.model.tokens import PAD
+from genrecedit.model.beam import sid_log_probs
 from genrecedit.runs.backbone import load_run
 from genrecedit.runs.coldstart import decode, new_items, selection_cases
-from genrecedit.runs.coldstart_bounds import CUT, Bounds, WarmPlan, _admissible, _row
+from genrecedit.runs.coldstart_bounds import CUT, Bounds, WarmPlan, _admissible, _best, _row
+from genrecedit.evaluation.report import EvalResult
 from genrecedit.runs.evaluate import score_topk
 
 NAME = "insertion_features"
@@ -41,24 +41,16 @@ BIASES = tuple(float(b) for b in np.arange(0, 6.01, 0.25))
 
 
 @torch.no_grad()
-def sid_log_probs(rec, histories: np.ndarray, cand: np.ndarray, batch: int = 512) -> np.ndarray:
-    """[n, J, P] log P(code_p | h, code_<p) of each proposal's SID, teacher-forced (padding rows: item 0's)."""
+def proposal_log_probs(rec, histories: np.ndarray, cand: np.ndarray, batch: int = 512) -> np.ndarray:
+    """[n, J, P] teacher-forced log P(code_p | h, code_<p) of each proposal's SID (padding rows: item 0's)."""
     n, j = cand.shape
     p = rec.layout.n_positions
     out = np.zeros((n, j, p), np.float32)
     for s in range(0, n, batch):
-        h, c = histories[s:s + batch], cand[s:s + batch]
-        ids, mask = rec.layout.encoder_inputs(h, rec.codes)
-        enc = rec.decoder.encode(ids.to(rec.device), mask.to(rec.device)).select(
-            torch.arange(len(h), device=rec.device).repeat_interleave(j))
-        codes = torch.from_numpy(rec.codes[np.clip(c, 0, None)].reshape(-1, p)).to(rec.device)
-        cache, tokens, steps = DecoderCache(), torch.full((len(codes),), PAD, dtype=torch.long, device=rec.device), []
-        for t in range(p):
-            o, cache = rec.decoder.step(tokens, cache, enc)
-            logp = F.log_softmax(o.logits[:, rec.layout.position_slice(t)].float(), -1)
-            steps.append(logp.gather(1, codes[:, t:t + 1]).squeeze(1))
-            tokens = codes[:, t] + rec.layout.offsets[t]
-        out[s:s + len(h)] = torch.stack(steps, 1).view(len(h), j, p).cpu().numpy()
+        ids, mask = rec.layout.encoder_inputs(histories[s:s + batch], rec.codes)
+        enc = rec.decoder.encode(ids.to(rec.device), mask.to(rec.device))
+        codes = torch.from_numpy(rec.codes[np.clip(cand[s:s + batch], 0, None)].reshape(-1, p)).to(rec.device)
+        out[s:s + len(ids)] = sid_log_probs(rec.decoder, rec.layout, enc, codes, j).view(len(ids), j, p).cpu().numpy()
     return out
 
 
@@ -82,29 +74,35 @@ def with_features(props: Proposals, extra: np.ndarray) -> Proposals:
     return Proposals(props.items, np.concatenate([props.features, extra], -1), props.beam_items, props.beam_features)
 
 
-def curve(run, cases, props, base, new, width, plan, bounds) -> list[dict]:
+def curve(run, cases, props, base, new, width, bounds) -> list[dict]:
+    """Cells as ``select_insertion`` makes them: per margin the cross-fitted lists scored, with the planned drop."""
+    plan = WarmPlan.of(cases, new, base.cold_mask, bounds.plan_window, trend=True)
     cfg = InsertionConfig(candidates=props.items.shape[1], width=width)
-    rows = []
+    cells = []
     for bias, topk in cross_fitted(props, cases.targets, cases.timestamps, cfg, BIASES, width).items():
         res = score_topk(run, topk, cases)
         row = _row(res, topk, new, base)
         row["warm_drop_planned"] = plan.drop(res, base, below=bounds.max_warm_drop)
-        rows.append({"bias": bias, **summary(row)})
-    return rows
+        cells.append({"bias": bias, "metrics": row})
+    return cells
 
 
-def summary(row: dict) -> dict:
+def chosen(cells: list[dict], base: EvalResult, bounds: Bounds) -> dict | None:
+    """The cell ``select_insertion``'s rule picks: within the bounds, beating the beams, best overall NDCG@10."""
+    base_ndcg = base.summary()["overall"][f"ndcg@{CUT}"]
+    return _best([c for c in cells if _admissible(c["metrics"], bounds)
+                  and c["metrics"]["overall"][f"ndcg@{CUT}"] > base_ndcg])
+
+
+def summary(cell: dict | None) -> dict | None:
+    if cell is None:
+        return None
+    row = cell["metrics"]
     up = (row.get("warm_drop_planned") or (None, None))[1]
-    return {"overall_ndcg@10": row["overall"][f"ndcg@{CUT}"], "warm_drop": row["warm_drop"],
+    return {"bias": cell["bias"], "overall_ndcg@10": row["overall"][f"ndcg@{CUT}"], "warm_drop": row["warm_drop"],
             "planned_drop_upper": up, "cold_recall@10": row["cold"][f"recall@{CUT}"],
             "new_item_slot_share": row["exposure"]["new_item_slot_share"],
             "max_item_share": row["exposure"]["max_item_share"]}
-
-
-def chosen(rows: list[dict], base_ndcg: float, bounds: Bounds) -> dict | None:
-    ok = [r for r in rows if r["planned_drop_upper"] is not None and r["planned_drop_upper"] <= bounds.max_warm_drop
-          and r["max_item_share"] <= bounds.max_item_share and r["overall_ndcg@10"] > base_ndcg]
-    return max(ok, key=lambda r: r["overall_ndcg@10"], default=None)
 
 
 def main() -> None:
@@ -133,21 +131,19 @@ def main() -> None:
         if "bs" in v:
             props = with_features(props, beam_similarity(unit, props))
         if "tf" in v:
-            cum = np.cumsum(sid_log_probs(run.recommender, cases.histories, props.items), -1)
+            cum = np.cumsum(proposal_log_probs(run.recommender, cases.histories, props.items), -1)
             props = with_features(props, cum[..., [0, 1, cum.shape[-1] - 1]].astype(np.float64))
         feature_s = time.perf_counter() - t0
-        rows = curve(run, cases, props, base, new, width, WarmPlan.of(cases, new, base.cold_mask, 0.2, trend=True),
-                     bounds)
-        rows_e = curve(run, E, props.rows(early), base_e, new, width,
-                       WarmPlan.of(E, new, base_e.cold_mask, 0.2, trend=True), bounds)
-        pick = chosen(rows_e, base_e.summary()["overall"][f"ndcg@{CUT}"], bounds)
+        cells = curve(run, cases, props, base, new, width, bounds)
+        pick = chosen(curve(run, E, props.rows(early), base_e, new, width, bounds), base_e, bounds)
         later = None
         if pick is not None:
             cfg = InsertionConfig(candidates=j, width=width, bias=pick["bias"])
             topk = CalibratedInsertion.fit(props.rows(early), E.targets, cfg).rank(props.rows(~early), width)[0]
-            later = {"bias": pick["bias"], **summary(_row(score_topk(run, topk, L), topk, new, base_l))}
-        results[v] = {"features": int(props.features.shape[-1]), "feature_seconds": feature_s, "curve": rows,
-                      "chosen": chosen(rows, base.summary()["overall"][f"ndcg@{CUT}"], bounds), "later": later}
+            later = summary({"bias": pick["bias"], "metrics": _row(score_topk(run, topk, L), topk, new, base_l)})
+        results[v] = {"features": int(props.features.shape[-1]), "feature_seconds": feature_s,
+                      "curve": [summary(c) for c in cells], "chosen": summary(chosen(cells, base, bounds)),
+                      "later": later}
         print(v, "chosen", results[v]["chosen"], "later", later, flush=True)
 
     def line(v: str, what: str, r: dict | None) -> list:

@@ -234,15 +234,20 @@ def brute_force_scores(decoder: SteppedDecoder, layout: TokenLayout, input_ids: 
     device = decoder.device
     enc = decoder.encode(input_ids.to(device), attention_mask.to(device))
     batch, n_items = input_ids.shape[0], codes.shape[0]
-    rows = torch.arange(batch, device=device).repeat_interleave(n_items)
-    enc = enc.select(rows)
     code_t = torch.from_numpy(codes).to(device).repeat(batch, 1)  # [B*n, P]
+    return sid_log_probs(decoder, layout, enc, code_t, n_items).sum(1).view(batch, n_items)
+
+
+def sid_log_probs(decoder: SteppedDecoder, layout: TokenLayout, enc, codes: torch.Tensor, per_row: int) -> torch.Tensor:
+    """[B * per_row, P] teacher-forced log P(code_p | h, code_<p) of ``codes`` [B * per_row, P] (unconstrained by
+    the trie), each history of the encoded batch ``enc`` [B] scoring the ``per_row`` SIDs that follow it."""
+    enc = enc.select(torch.arange(enc.hidden.shape[0], device=codes.device).repeat_interleave(per_row))
     cache = DecoderCache()
-    tokens = torch.full((batch * n_items,), PAD, dtype=torch.long, device=device)
-    total = torch.zeros(batch * n_items, device=device)
+    tokens = torch.full((codes.shape[0],), PAD, dtype=torch.long, device=codes.device)
+    steps = []
     for t in range(layout.n_positions):
         out, cache = decoder.step(tokens, cache, enc)
         logp = F.log_softmax(out.logits[:, layout.position_slice(t)].float(), dim=-1)
-        total += logp.gather(1, code_t[:, t : t + 1]).squeeze(1)
-        tokens = code_t[:, t] + layout.offsets[t]
-    return total.view(batch, n_items)
+        steps.append(logp.gather(1, codes[:, t : t + 1]).squeeze(1))
+        tokens = codes[:, t] + layout.offsets[t]
+    return torch.stack(steps, 1)
