@@ -154,3 +154,26 @@ def test_gate_false_positive_rate_holds_on_held_out_keys():
     fresh = torch.randn(20000, 16, generator=gen)  # never seen by the fit nor by its threshold
     assert float(gate(fresh).float().mean()) <= 0.05 + 0.03
     assert float(gate(torch.randn(2000, 16, generator=gen) + 1.0).float().mean()) > 0.5  # and it still fires
+
+
+def test_grouped_folds_are_scikit_learns_and_computed_once_per_labels_and_groups():
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    from genrecedit.edit.probe import grouped_folds
+
+    rng = np.random.default_rng(3)
+    y = np.repeat([1.0, 0.0], 60)
+    groups = np.concatenate([rng.integers(0, 15, 60), rng.integers(100, 130, 60)])
+    folds = grouped_folds(y, groups, 4, seed=5)
+    expected = list(StratifiedGroupKFold(n_splits=4, shuffle=True, random_state=5).split(y, y, groups))
+    assert len(folds) == 4
+    for (tr, te), (tr_ref, te_ref) in zip(folds, expected):
+        np.testing.assert_array_equal(tr, tr_ref)
+        np.testing.assert_array_equal(te, te_ref)
+    assert grouped_folds(y.copy(), groups.copy(), 4, seed=5) is folds  # the next position reuses them
+    assert grouped_folds(y, groups, 4, seed=6) is not folds  # another seed: other folds
+    other = groups.copy()
+    other[0] = 14 if other[0] != 14 else 13
+    assert grouped_folds(y, other, 4, seed=5) is not folds  # other groups: computed again
+    with pytest.raises(ValueError):
+        folds[0][0][0] = 1  # shared between callers: read only
