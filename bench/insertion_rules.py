@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from common import hardware, md_table, write_result
-from genrecedit.coldstart.insertion import CalibratedInsertion, InsertionConfig, Proposals, propose
+from genrecedit.coldstart.insertion import CalibratedInsertion, InsertionConfig, Proposals, half_models, propose
 from genrecedit.data.dataset import CaseSet
 from genrecedit.evaluation.report import EvalResult
 from genrecedit.runs.backbone import load_run
@@ -41,15 +41,12 @@ BOUND, SHARE_CAP, N_BOOT = 0.03, 0.05, 1000
 
 
 def cross_fitted(props: Proposals, cases: CaseSet, width: int) -> tuple[dict[float, np.ndarray], np.ndarray]:
-    """As ``coldstart.insertion.cross_fitted`` (models fitted on the other half by time), plus [n, K] each beam
-    item's probability of being the next item under the held-out half's warm model."""
-    later = np.zeros(len(cases), bool)
-    later[np.argsort(cases.timestamps, kind="stable")[len(cases) // 2:]] = True
+    """``coldstart.insertion.cross_fitted``'s lists, plus [n, K] each beam item's probability of being the next item
+    under the held-out half's warm model (``half_models``: the same models)."""
     lists = {b: np.full((len(cases), width), -1, np.int64) for b in BIASES}
     prob = np.zeros(props.beam_items.shape)
     cfg = InsertionConfig(candidates=props.items.shape[1], width=width)
-    for held in (later, ~later):
-        model = CalibratedInsertion.fit(props.rows(~held), cases.targets[~held], cfg)
+    for held, model in half_models(props, cases.targets, cases.timestamps, cfg):
         part = props.rows(held)
         for b in BIASES:
             lists[b][held] = model.rank(part, width, b)[0]
@@ -64,7 +61,7 @@ def expected_gain(prob: np.ndarray, beam_items: np.ndarray, topk: np.ndarray) ->
     gain[1:CUT + 1] = 1 / np.log2(np.arange(2, CUT + 2))
     same = (beam_items[:, :, None] == topk[:, None, :CUT]) & (beam_items[:, :, None] >= 0)
     new_rank = np.where(same.any(2), same.argmax(2) + 1, width + 1)
-    base = gain[np.minimum(np.arange(1, width + 1), width + 1)][None]
+    base = gain[1:width + 1][None]
     return (prob * base).sum(1), (prob * (base - gain[new_rank])).sum(1)
 
 
@@ -105,15 +102,15 @@ def cells(run, cases: CaseSet, props: Proposals, base: EvalResult, new: np.ndarr
     return out, plan.share
 
 
-def choose(cs: list[dict], base_ndcg: float, rule: str) -> tuple[float, float] | None:
-    """(margin for histories ending with a warm item, margin for those ending with a new one) the rule picks."""
+def choose(cs: list[dict], base_ndcg: float, rule: str, share: float) -> tuple[float, float] | None:
+    """(margin for histories ending with a warm item, margin for those ending with a new one) the rule picks;
+    ``share``: the planned share of histories ending with a new item (``per stratum``)."""
     ok = [c for c in cs if c["max_item_share"] <= SHARE_CAP and c["overall"] > base_ndcg]
     if rule != "per stratum":
         value = {"upper end": lambda c: c["planned"][1], "estimate": lambda c: c["planned"][0],
                  "model": lambda c: c["model_planned"]}[rule]
         best = max((c for c in ok if value(c) <= BOUND), key=lambda c: c["overall"], default=None)
         return None if best is None else (best["bias"], best["bias"])
-    share = cs[0]["share"]
     best, best_v = None, -np.inf
     for r in ok:
         for n in ok:
@@ -145,13 +142,11 @@ def main() -> None:
     E, L = cases.subset(early), cases.subset(~early)
     base_e, base_l = score_topk(run, items[early], E), score_topk(run, items[~early], L)
     cs, share_e = cells(run, E, props.rows(early), base_e, new, width, rng)
-    for c in cs:
-        c["share"] = share_e
     novel_l = strata_masks(L.histories, new)["novel"]
     model = CalibratedInsertion.fit(props.rows(early), E.targets, InsertionConfig(candidates=10, width=width))
     rules = {}
     for rule in ("upper end", "estimate", "model", "per stratum"):
-        pick = choose(cs, base_e.summary()["overall"][f"ndcg@{CUT}"], rule)
+        pick = choose(cs, base_e.summary()["overall"][f"ndcg@{CUT}"], rule, share_e)
         if pick is None:
             rules[rule] = None
             continue

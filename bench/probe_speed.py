@@ -24,7 +24,7 @@ import torch
 import yaml
 
 from common import hardware, md_table, write_result
-from genrecedit.edit.probe import ProbeTable, _grouped_folds, fixed_layers, probe_folds
+from genrecedit.edit.probe import ProbeTable, fixed_layers, grouped_folds, probe_folds
 
 NAME = "probe_speed"
 GAME = Path(__file__).resolve().parents[1] / "src/genrecedit/configs/game.yaml"
@@ -97,10 +97,10 @@ def main() -> None:
     folds = {}
     for rep in range(args.repeats):
         for variant, backend in variants.items():
-            _grouped_folds.cache_clear()
+            grouped_folds.cache_clear()
             for p in range(n_pos):
                 if variant == "sklearn, folds per position":
-                    _grouped_folds.cache_clear()
+                    grouped_folds.cache_clear()
                 t0 = time.perf_counter()
                 acc = probe_folds(*keys[p], pos_groups, neg_groups, 0, args.folds, backend)
                 seconds[variant][rep, p] = time.perf_counter() - t0

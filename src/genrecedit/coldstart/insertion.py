@@ -248,17 +248,22 @@ class CalibratedInsertion:
                                    LogOdds(**data["warm_odds"]))
 
 
+def half_models(proposals: Proposals, targets: np.ndarray, times: np.ndarray,
+                cfg: InsertionConfig) -> list[tuple[np.ndarray, "CalibratedInsertion"]]:
+    """The validation period split at its median time: per half, (its cases' mask, the models fitted on the other
+    half), so that every case is ranked by models no case of its own half was fitted on."""
+    later = np.zeros(len(times), bool)
+    later[np.argsort(times, kind="stable")[len(times) // 2:]] = True
+    return [(held, CalibratedInsertion.fit(proposals.rows(~held), targets[~held], cfg))
+            for held in (later, ~later) if held.any()]
+
+
 def cross_fitted(proposals: Proposals, targets: np.ndarray, times: np.ndarray, cfg: InsertionConfig,
                  biases: tuple[float, ...], k: int) -> dict[float, np.ndarray]:
     """Validation lists [n, k] for each margin in ``biases``, every case ranked by models fitted on the other half
-    of the period (cases split at the median time): the margin is then chosen on lists no model was fitted on."""
-    later = np.zeros(len(times), bool)
-    later[np.argsort(times, kind="stable")[len(times) // 2:]] = True
+    of the period (``half_models``): the margin is then chosen on lists no model was fitted on."""
     lists = {b: np.full((len(times), k), -1, dtype=np.int64) for b in biases}
-    for held in (later, ~later):
-        if not held.any():
-            continue
-        model = CalibratedInsertion.fit(proposals.rows(~held), targets[~held], cfg)
+    for held, model in half_models(proposals, targets, times, cfg):
         part = proposals.rows(held)
         for b in biases:
             lists[b][held] = model.rank(part, k, b)[0]

@@ -179,6 +179,9 @@ def _grouped_folds(y: bytes, y_dtype: str, groups: bytes, groups_dtype: str, k: 
     return tuple(out)
 
 
+grouped_folds.cache_clear = _grouped_folds.cache_clear  # type: ignore[attr-defined]  # e.g. to time a fresh edit
+
+
 def negative_samples(n_train: int, requests, n: int, rng: np.random.Generator) -> np.ndarray:
     """Up to ``n`` training sample indices (sorted, drawn with ``rng``) whose keys stand for "not this batch": the
     layer probe's and the probe gate's negatives. Samples a request's pseudo-history was copied from
