@@ -66,7 +66,8 @@ def write_stack(service: LiveService, n: int, start: int = 0, seed: int = 0, sca
         new = catalog.batch_indices(batch_id)
         g = torch.Generator().manual_seed(seed * 1_000_003 + j)
         dw = {p: torch.randn(d_model, d_ff, generator=g) * scale for p in positions}
-        batch = EditBatch(batch_id, [item_id], catalog.codes[new], dw, {}, {"lam": 1.0, "synthetic": True}, {},
+        meta = {"lam": editor.cfg.lam, "synthetic": True}  # as if solved at the service's λ (a rollback keeps it)
+        batch = EditBatch(batch_id, [item_id], catalog.codes[new], dw, {}, meta, {},
                           knowledge_for(run.prepared.split.train, catalog, new, run.config.knowledge))
         artifact.append(replace(batch, key_cov=editor.key_covariance(batch, layers, catalog.codes)))
         service.registry.add_pending(seq, catalog.batches[-1])

@@ -48,7 +48,8 @@ def test_both_databases_keep_the_same_records(registry):
     assert records[1].created_at > records[0].created_at  # times at full precision (not 4-byte floats)
     registry.add_pending(3, _batch("b000003"))
     assert registry.fail_interrupted() == ["b000003"]
-    assert registry.counts() == {"pending": 0, "active": 1, "rolled_back": 1, "failed": 1, "item_rows": 7}
+    assert registry.counts() == {"pending": 0, "active": 1, "rolled_back": 1, "failed": 1, "item_rows": 7,
+                                "feedback_rows": 0}
 
 
 def test_both_databases_keep_one_job_per_key(registry):

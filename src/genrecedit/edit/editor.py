@@ -401,16 +401,25 @@ class ColdItemEditor:
         out = self.truncated(artifact, first, codes)
         reports = []
         for old in artifact.batches[first:]:
-            keep = np.flatnonzero(~np.isin(old.requests.items, items))
-            if len(keep) == 0:
-                out.append(_emptied(old, codes.shape[1]))
-                continue
-            memory = self.memorize(old.requests.subset(keep), codes, out)
-            out, report = self.solve(memory, codes, item_ids, old.meta.get("lam"))
-            out = out.with_newest_id(old.batch_id)
-            reports.append(report)
+            out, report = self.solved_again(out, old, old.requests.subset(np.flatnonzero(~np.isin(old.requests.items,
+                                                                                                 items))),
+                                            codes, item_ids)
+            reports += [report] if report is not None else []
         out, report = self.edit(feedback, codes, item_ids, out)
         return out, reports + [report]
+
+    def solved_again(self, artifact: EditArtifact, batch: EditBatch, requests: EditRequests, codes: np.ndarray,
+                     item_ids: list[str]) -> tuple[EditArtifact, EditReport | None]:
+        """``artifact`` plus ``batch`` solved again from ``requests`` on top of it, with the batch's λ and id kept;
+        ``requests`` empty: the batch stays in place emptied (no ΔW, no items; report None). What ``replace_items``
+        does to each later batch, and what a rollback below a batch does to it."""
+        if len(requests) == 0:
+            out = artifact.copy()
+            out.append(_emptied(batch, codes.shape[1]))
+            return out, None
+        memory = self.memorize(requests, codes, artifact)
+        out, report = self.solve(memory, codes, item_ids, batch.meta.get("lam"))
+        return out.with_newest_id(batch.batch_id), report
 
     @staticmethod
     def _check_replacement(artifact: EditArtifact, items: np.ndarray, feedback: EditRequests) -> None:

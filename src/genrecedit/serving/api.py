@@ -1,12 +1,14 @@
 """HTTP API over a ``LiveService`` (FastAPI; OpenAPI docs at ``/docs``, served offline). Started by ``genrecedit
 serve``.
 
-Errors are JSON ``{"detail": message, "error": type}``: 400 malformed JSON; 401 a mutating endpoint without the right
-``X-API-Key``; 403 a mutating endpoint when no key is configured; 404 unknown item, batch or job id in the URL; 409
-duplicate item id, a batch that is not active, an Idempotency-Key reused for other items; 413 too many items / too
-long a text or history / too large a body; 422 a missing or mistyped field (types are strict: ``"5"`` is not a
-number), an invalid item id, an empty text, an unknown item in a history, ``k`` above the beam, an item with no
-pseudo-histories; 500 an edit that failed (the previous model keeps serving). Nothing is written for a 4xx.
+Errors are JSON ``{"detail": message, "error": type}``: 400 malformed JSON; 401 a mutating endpoint without the
+right ``X-API-Key``; 403 a mutating endpoint when no key is configured; 404 unknown item, batch or job id in the
+URL; 409 duplicate item id, a batch that is not active, an item batch whose items active feedback re-edits, an
+Idempotency-Key reused for other items; 413 too many items / too long a text or history / too many interactions /
+too large a body; 422 a missing or mistyped field (types are strict: ``"5"`` is not a number), an invalid item id,
+an empty text, an unknown item in a history, ``k`` above the beam, an item with no pseudo-histories, feedback on an
+item that was not added or with an empty history; 500 an edit that failed (the previous model keeps serving).
+Nothing is written for a 4xx.
 """
 # no "from __future__ import annotations": the request schema is built per service (k ≤ its beam), and FastAPI
 # reads a route's parameter types from its live annotations
@@ -28,7 +30,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from genrecedit.errors import GenRecEditError
 from genrecedit.serving.access import ApiKeyCheck, BodySizeLimit, load_api_key, mount_offline_docs
 from genrecedit.serving.errors import UnknownBatchError, http_status
-from genrecedit.serving.service import ITEM_ID_PATTERN, MAX_ID_CHARS, LiveService, NewItem, ServiceConfig
+from genrecedit.serving.service import (ITEM_ID_PATTERN, MAX_ID_CHARS, Interaction, LiveService, NewItem,
+                                        ServiceConfig)
 
 log = logging.getLogger(__name__)
 STRICT = ConfigDict(extra="forbid", strict=True)
@@ -119,6 +122,32 @@ class AddItemsResponse(BaseModel):
                                                      "earlier add); false: this add computed it, the slow path")
     exposure_estimate: dict | None = Field(description="{cases: valid, n_histories, k, max_item_share}; null: no "
                                                        "estimate (exposure_cases 0 or no validation cases)")
+
+
+class InteractionIn(BaseModel):
+    model_config = STRICT
+    item_id: str = Field(description="an item added through POST /items (and still active)")
+    history: list[str] = Field(description="the user's item ids before it, oldest first; not empty")
+
+
+class FeedbackRequest(BaseModel):
+    model_config = STRICT
+    interactions: list[InteractionIn] = Field(description="users who went on to added items: each re-edits its "
+                                                          "item from them (with the item's earlier interactions)")
+
+
+class FeedbackResponse(BaseModel):
+    model_config = ConfigDict(extra="allow")  # also: n_requests, efficacy, timings_s, exposure_estimate
+    batch_id: str
+    kind: Literal["feedback"]
+    status: str
+    model_version: int
+    items: list[AddedItem] = Field(description="the re-edited items: SID, rank for their first interaction's "
+                                               "history, exposure and status")
+    n_interactions: int = Field(description="interactions in this request")
+    solved_again: list[str] = Field(description="earlier batches solved again without the re-edited items' rows "
+                                                "(the batches that taught them, and those above)")
+    warnings: list[str]
 
 
 def _route(request: Request) -> str:
@@ -213,6 +242,15 @@ def create_app(service: LiveService) -> FastAPI:
                                 status_code=error["status_code"], headers=headers)
         return JSONResponse(job["result"], status_code=200, headers=headers)
 
+    @app.post("/feedback", dependencies=mutating, response_model=FeedbackResponse)
+    def add_feedback(body: FeedbackRequest) -> dict:
+        """Re-edit added items from their first interactions: each item's text-only edit is replaced by an edit from
+        every interaction the service holds for it (exact replacement: the batches that taught it are solved again
+        without its rows, and one feedback batch teaches it on top). Blocks until the feedback batch is serving;
+        ``DELETE /edits/{batch_id}`` rolls it back (the items get their earlier edit back). Validated before
+        anything is recorded: a 4xx writes nothing."""
+        return service.add_feedback([Interaction(i.item_id, tuple(i.history)) for i in body.interactions])
+
     @app.get("/jobs/{job_id}", response_model=JobOut)
     def get_job(job_id: str) -> dict:
         """An add job: its state (queued, running, succeeded, failed), timings, and its result or error. Jobs are
@@ -232,8 +270,8 @@ def create_app(service: LiveService) -> FastAPI:
 
     @app.get("/edits")
     def list_edits() -> dict:
-        """Every item batch in the registry, oldest first: status (pending, active, rolled_back, failed), items,
-        timings and the edit report."""
+        """Every batch in the registry, oldest first: kind (items, feedback), status (pending, active, rolled_back,
+        failed), items (a feedback batch: those it re-edits), timings and the edit report."""
         snap = service.snapshot
         return {"active": snap.active_batches, "model_version": snap.version,
                 "batches": [r.to_dict() for r in service.registry.records()]}
@@ -247,8 +285,11 @@ def create_app(service: LiveService) -> FastAPI:
 
     @app.delete("/edits/{batch_id}", dependencies=mutating)
     def roll_back(batch_id: str) -> dict:
-        """Roll an active batch back. The newest batch: exact (outputs equal those before it was added). An older
-        one: the later batches are recomputed in order on the remaining stack (takes as long as editing them)."""
+        """Roll an active batch back. The newest item batch: exact (outputs equal those before it was added).
+        Otherwise the batches from the lowest one whose requests change are solved again, in order, on the remaining
+        stack (takes as long as editing them): the later batches of an older item batch; for a feedback batch, the
+        batches that taught its items before (the items get their earlier edit back). 409 for an item batch whose
+        items active feedback re-edits: roll the feedback back first."""
         return service.roll_back(batch_id)
 
     @app.get("/health")

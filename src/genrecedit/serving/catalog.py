@@ -152,7 +152,8 @@ class Snapshot:
 
     @property
     def active_batches(self) -> list[str]:
-        return [b.batch_id for b in self.catalog.batches]
+        """The active batches in stack order: item batches and feedback batches (which add no catalog item)."""
+        return [b.batch_id for b in self.artifact.batches] if self.artifact is not None else []
 
 
 def build_snapshot(version: int, catalog: Catalog, base: Recommender, artifact: EditArtifact | None,

@@ -21,6 +21,11 @@ class BatchNotActiveError(GenRecEditError):
     """The batch exists but is not active, so it cannot be rolled back (HTTP 409)."""
 
 
+class BatchInUseError(GenRecEditError):
+    """An item batch cannot be rolled back while an active feedback batch re-edits its items or holds them in its
+    histories (HTTP 409)."""
+
+
 class IdempotencyKeyReusedError(GenRecEditError):
     """An Idempotency-Key already names a job for a different request body (HTTP 409)."""
 
@@ -35,7 +40,8 @@ class EditFailedError(GenRecEditError):
 
 HTTP_STATUS: dict[type, int] = {
     UnknownItemError: 422, DuplicateItemError: 409, EmptyInputError: 422, PayloadTooLargeError: 413,
-    UnknownBatchError: 404, UnknownJobError: 404, BatchNotActiveError: 409, IdempotencyKeyReusedError: 409,
+    UnknownBatchError: 404, UnknownJobError: 404, BatchNotActiveError: 409, BatchInUseError: 409,
+    IdempotencyKeyReusedError: 409,
     EditFailedError: 500, ArtifactMismatchError: 409, GenRecEditError: 422,
 }
 

@@ -1,5 +1,6 @@
-"""The edit registry: every item batch the service was given, its items (text, embedding, SID), its status and
-timings, and which saved edit artifact holds the active stack — in one SQLite file, ``<state dir>/registry.sqlite``,
+"""The edit registry: every batch the service was given (new items, or feedback that re-edits added items), its
+items (text, embedding, SID) or interactions, its status and timings, and which saved edit artifact holds the active
+stack — in one SQLite file, ``<state dir>/registry.sqlite``,
 or in a PostgreSQL database (``registry_db``).
 
 Schema (``SCHEMA``):
@@ -12,6 +13,9 @@ Schema (``SCHEMA``):
   artifact (checked on restart).
 - ``items(batch_id, position, item_id, text, embedding, sid)``: the batch's items in order; ``embedding`` is the
   float32 text embedding (little-endian bytes), ``sid`` the JSON list of codes.
+- ``feedback(batch_id, position, item_id, history)``: a feedback batch's interactions in order: a user whose history
+  (JSON list of item ids, oldest first) was followed by the added item ``item_id``. A feedback batch adds no item
+  (no ``items`` rows; ``n_items`` counts the items it re-edits); ``kind`` in ``BatchRecord`` tells the two apart.
 - ``jobs(job_id, idempotency_key, request_sha256, state, created_at, started_at, finished_at, batch_id, item_ids,
   result, error)``: one asynchronous add (``POST /items``); ``state`` is ``queued``, ``running``, ``succeeded`` or
   ``failed``; ``result`` is the add's JSON answer, ``error`` ``{status_code, error, detail}``. An idempotency key
@@ -68,6 +72,13 @@ CREATE TABLE IF NOT EXISTS items (
     PRIMARY KEY (batch_id, position)
 );
 CREATE INDEX IF NOT EXISTS items_by_id ON items(item_id);
+CREATE TABLE IF NOT EXISTS feedback (
+    batch_id TEXT NOT NULL REFERENCES batches(batch_id),
+    position INTEGER NOT NULL,
+    item_id TEXT NOT NULL,
+    history TEXT NOT NULL,
+    PRIMARY KEY (batch_id, position)
+);
 CREATE TABLE IF NOT EXISTS jobs (
     job_id TEXT PRIMARY KEY,
     idempotency_key TEXT NOT NULL UNIQUE,
@@ -98,8 +109,24 @@ class BatchItems:
 
 
 @dataclass(frozen=True)
+class BatchFeedback:
+    """A feedback batch as the registry keeps it: per interaction, the added item a user went on to
+    (``item_ids`` [r]) and that user's history before it (``histories`` [r], item ids, oldest first)."""
+
+    batch_id: str
+    item_ids: list[str]
+    histories: list[list[str]]
+
+    @property
+    def items(self) -> list[str]:
+        """The items it re-edits, each once, in order of first interaction."""
+        return list(dict.fromkeys(self.item_ids))
+
+
+@dataclass(frozen=True)
 class BatchRecord:
-    """One row of ``batches`` plus its item ids, JSON-ready through ``to_dict``."""
+    """One row of ``batches`` plus its item ids (a feedback batch: the items it re-edits) and its ``kind``
+    (``items`` or ``feedback``), JSON-ready through ``to_dict``."""
 
     batch_id: str
     seq: int
@@ -114,6 +141,7 @@ class BatchRecord:
     report: dict | None
     error: str | None
     item_ids: list[str]
+    kind: str = "items"
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "delta_sha256"}
@@ -229,11 +257,26 @@ class Registry:
                 for i, (item, text, emb, sid) in enumerate(zip(batch.item_ids, batch.texts, batch.embeddings,
                                                                batch.sids))])
 
-    def activate(self, batch_id: str, artifact_dir: str, delta_sha256: str, n_requests: int, timings: dict,
-                 report: dict, model_version: int) -> None:
-        """The batch's artifact is on disk: make it active, point at the new artifact and record the new model
-        version, atomically."""
+    def add_pending_feedback(self, seq: int, batch: BatchFeedback) -> None:
+        """Record a validated feedback batch whose re-edit is about to run, with its interactions."""
         with self._transaction() as cur:
+            cur.execute("INSERT INTO batches (batch_id, seq, status, created_at, n_items) "
+                        "VALUES (?, ?, 'pending', ?, ?)", (batch.batch_id, seq, time.time(), len(batch.items)))
+            cur.executemany("INSERT INTO feedback VALUES (?, ?, ?, ?)", [
+                (batch.batch_id, i, item, json.dumps(list(history)))
+                for i, (item, history) in enumerate(zip(batch.item_ids, batch.histories))])
+
+    def activate(self, batch_id: str, artifact_dir: str, delta_sha256: str, n_requests: int, timings: dict,
+                 report: dict, model_version: int, recomputed: dict[str, str] | None = None) -> None:
+        """The batch's artifact is on disk: make it active, store the new ΔW fingerprints of the earlier batches it
+        solved again (``recomputed``: ``{batch_id: delta_sha256}``, a re-edit's), point at the new artifact and
+        record the new model version, atomically."""
+        with self._transaction() as cur:
+            for other, digest in (recomputed or {}).items():
+                cur.execute("UPDATE batches SET delta_sha256 = ? WHERE batch_id = ? AND status = 'active'",
+                            (digest, other))
+                if cur.rowcount != 1:
+                    raise ArtifactMismatchError(f"batch {other} is not active in {self.path}")
             cur.execute("UPDATE batches SET status = 'active', applied_at = ?, delta_sha256 = ?, n_requests = ?, "
                         "timings = ?, report = ? WHERE batch_id = ? AND status = 'pending'",
                         (time.time(), delta_sha256, n_requests, json.dumps(timings), json.dumps(report), batch_id))
@@ -259,8 +302,9 @@ class Registry:
                 raise ArtifactMismatchError(f"batch {batch_id} is not active in {self.path}")
             for later, (sids, digest) in recomputed.items():
                 cur.execute("UPDATE batches SET delta_sha256 = ? WHERE batch_id = ?", (digest, later))
-                cur.executemany("UPDATE items SET sid = ? WHERE batch_id = ? AND position = ?",
-                                [(json.dumps([int(c) for c in sid]), later, i) for i, sid in enumerate(sids)])
+                if len(sids):  # a feedback batch holds no items
+                    cur.executemany("UPDATE items SET sid = ? WHERE batch_id = ? AND position = ?",
+                                    [(json.dumps([int(c) for c in sid]), later, i) for i, sid in enumerate(sids)])
             _set_meta(cur, "artifact_dir", artifact_dir)
             _raise_version(cur, model_version)
 
@@ -317,10 +361,23 @@ class Registry:
         return _job(rows[0]) if rows else None
 
     # -- reads -----------------------------------------------------------------------------------------------
-    def active_batches(self) -> list[tuple[BatchItems, str]]:
-        """Active batches in application order, each with its ΔW fingerprint."""
+    def active_batches(self) -> list[tuple[BatchItems | BatchFeedback, str]]:
+        """Active batches in application order (item batches and feedback batches), each with its ΔW fingerprint."""
         rows = self._read("SELECT batch_id, delta_sha256 FROM batches WHERE status = 'active' ORDER BY seq")
-        return [(self.batch_items(batch_id), digest) for batch_id, digest in rows]
+        feedback = {r[0] for r in self._read("SELECT DISTINCT f.batch_id FROM feedback f JOIN batches b "
+                                             "ON b.batch_id = f.batch_id WHERE b.status = 'active'")}
+        return [(self.batch_feedback(batch_id) if batch_id in feedback else self.batch_items(batch_id), digest)
+                for batch_id, digest in rows]
+
+    def active_feedback(self) -> list[BatchFeedback]:
+        """The active feedback batches in application order."""
+        rows = self._read("SELECT DISTINCT b.batch_id, b.seq FROM batches b JOIN feedback f ON f.batch_id = b.batch_id "
+                          "WHERE b.status = 'active' ORDER BY b.seq")
+        return [self.batch_feedback(batch_id) for batch_id, _ in rows]
+
+    def batch_feedback(self, batch_id: str) -> BatchFeedback:
+        rows = self._read("SELECT item_id, history FROM feedback WHERE batch_id = ? ORDER BY position", (batch_id,))
+        return BatchFeedback(batch_id, [r[0] for r in rows], [json.loads(r[1]) for r in rows])
 
     def batch_items(self, batch_id: str) -> BatchItems:
         rows = self._read("SELECT item_id, text, embedding, sid FROM items WHERE batch_id = ? ORDER BY position",
@@ -338,16 +395,22 @@ class Registry:
         for r in rows:
             ids = [x[0] for x in self._read("SELECT item_id FROM items WHERE batch_id = ? ORDER BY position",
                                             (r[0],))]
+            kind = "items"
+            if not ids:
+                re_edited = self.batch_feedback(r[0]).items
+                kind, ids = ("feedback", re_edited) if re_edited else ("items", ids)
             out.append(BatchRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8],
                                    json.loads(r[9]) if r[9] else None, json.loads(r[10]) if r[10] else None,
-                                   r[11], ids))
+                                   r[11], ids, kind))
         return out
 
     def counts(self) -> dict[str, int]:
-        """Batches per status, plus the total number of item rows (a cheap "was anything written?" check)."""
+        """Batches per status, plus the total numbers of item and feedback rows (a cheap "was anything written?"
+        check)."""
         out = {s: 0 for s in STATUSES}
         out.update(dict(self._read("SELECT status, COUNT(*) FROM batches GROUP BY status")))
         out["item_rows"] = int(self._read("SELECT COUNT(*) FROM items")[0][0])
+        out["feedback_rows"] = int(self._read("SELECT COUNT(*) FROM feedback")[0][0])
         return out
 
 

@@ -6,7 +6,8 @@ Two deployments make one application:
   edits, so the registry's changes stay in one order). It has no HTTP route of its own.
 - ``Replica``, N replicas: the HTTP ingress (the same FastAPI app as ``genrecedit serve``, API key included). Each is
   a follower: it answers ``/recommend``, ``/items/{id}``, ``/jobs/{id}``, ``/edits`` from its own snapshot and the
-  shared registry, forwards ``POST /items`` and ``DELETE /edits/{id}`` to the Editor over a Serve handle, and loads
+  shared registry, forwards ``POST /items``, ``POST /feedback`` and ``DELETE /edits/{id}`` to the Editor over a
+  Serve handle, and loads
   every new ``model_version`` from the registry within ``sync_interval_s`` of its commit (``LiveService.sync``).
 
 The replicas share the run directory and the service's state directory (the artifact store): one machine, or a
@@ -24,7 +25,7 @@ from ray.exceptions import RayTaskError
 from ray.serve.handle import DeploymentHandle
 
 from genrecedit.serving.api import create_app
-from genrecedit.serving.service import LiveService, NewItem, ServiceConfig
+from genrecedit.serving.service import Interaction, LiveService, NewItem, ServiceConfig
 
 APP_NAME = "genrecedit"
 
@@ -53,6 +54,9 @@ class RemoteLeader:
 
     def add_items(self, items: list[NewItem]) -> dict:
         return self._call("add_items", items)
+
+    def add_feedback(self, interactions: list[Interaction]) -> dict:
+        return self._call("add_feedback", interactions)
 
     def roll_back(self, batch_id: str) -> dict:
         return self._call("roll_back", batch_id)
@@ -85,6 +89,9 @@ class Editor:
 
     async def add_items(self, items: list[NewItem]) -> dict:
         return await asyncio.to_thread(self.service.add_items, items)
+
+    async def add_feedback(self, interactions: list[Interaction]) -> dict:
+        return await asyncio.to_thread(self.service.add_feedback, interactions)
 
     async def roll_back(self, batch_id: str) -> dict:
         return await asyncio.to_thread(self.service.roll_back, batch_id)

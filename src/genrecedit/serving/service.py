@@ -13,9 +13,20 @@ SIDs come from the frozen tokenizer, pseudo-histories from the most similar warm
 against the current stack (docs/method.md §5.8). Nothing is written for a batch that fails validation (a duplicate
 id, an empty text, an item without pseudo-histories); a batch whose edit fails is recorded as ``failed``.
 
-Rolling back: the newest batch is removed exactly (the stack minus its ΔW, outputs bit-identical to before it was
-added). An older batch: the later batches are recomputed in order on the remaining stack (their SIDs replayed,
-their pseudo-histories and edits solved again) — slower, and the later batches' ΔW change.
+Feedback (``add_feedback``): interactions with added items (a user's history followed by the item) re-edit those
+items from them, replacing their text-only edits with exact replacement semantics (``ColdItemEditor.replace_items``,
+docs/method.md §5.8): the stack is what editing from scratch would give with the items' earlier rows taken out of the
+batches that taught them, and a feedback batch that teaches them on top. Feedback accumulates: an item's re-edit
+uses every interaction the service holds for it (those of its latest active feedback batch plus the new ones). A
+feedback batch adds no catalog item; it is a batch of the stack like any other (listed, restored, rolled back).
+
+Rolling back: the newest item batch is removed exactly (the stack minus its ΔW, outputs bit-identical to before it
+was added). Otherwise the batches from the lowest one whose requests change are solved again, in order, on the
+remaining stack, from what the registry holds (an item batch's pseudo-histories: a pure function of the catalog; a
+feedback batch's interactions, by item id, so they follow the catalog's new indices): an older item batch (the later
+batches' SIDs replayed, their ΔW change), or a feedback batch (the items it re-edited get their earlier rows back:
+their text edit, or the feedback before it). An item batch whose items an active feedback batch re-edits or holds in
+its histories is refused (409) until that feedback batch is rolled back.
 
 Asynchronous adds (``submit_add``): the batch is validated at once (a 4xx writes nothing), recorded as a job in the
 registry under its idempotency key, and run on the edit worker; the job records its state, timings and the add's
@@ -54,7 +65,9 @@ from typing import Protocol
 import numpy as np
 
 from genrecedit.edit.artifact import EditArtifact, EditBatch, TriggerMode
-from genrecedit.errors import ArtifactMismatchError, ConfigError, DuplicateItemError, EmptyInputError
+from genrecedit.edit.knowledge import EditRequests
+from genrecedit.errors import (ArtifactMismatchError, ConfigError, DuplicateItemError, EmptyInputError,
+                               UnknownItemError)
 from genrecedit.model.recommender import DecodeConfig
 from genrecedit.runs.backbone import LoadedRun, load_run
 from genrecedit.runs.coldstart import adopted_insertion
@@ -62,13 +75,13 @@ from genrecedit.runs.edit import make_editor
 from genrecedit.serving.batcher import Ranked, RecommendBatcher
 from genrecedit.serving.catalog import (Catalog, Snapshot, build_snapshot, delta_fingerprint, knowledge_for,
                                         with_batch_id)
-from genrecedit.serving.errors import (BatchNotActiveError, EditFailedError, InvalidRequestError,
+from genrecedit.serving.errors import (BatchInUseError, BatchNotActiveError, EditFailedError, InvalidRequestError,
                                        PayloadTooLargeError, UnknownBatchError)
 from genrecedit.serving.exposure import EXPOSURE_K, added_item_exposure, validation_histories
 from genrecedit.serving.jobs import AddJobs
 from genrecedit.serving.metadata import ItemMetadata
 from genrecedit.serving.metrics import Metrics
-from genrecedit.serving.registry import BatchItems, Registry
+from genrecedit.serving.registry import BatchFeedback, BatchItems, Registry
 from genrecedit.text.embed import embed_items, make_encoder
 
 log = logging.getLogger(__name__)
@@ -86,6 +99,7 @@ class ServiceConfig:
 
     state_dir: Path | None = None  # default: <run dir>/service
     max_items_per_batch: int = 256
+    max_interactions_per_batch: int = 5_000  # per feedback request
     max_text_chars: int = 2_000
     max_history_items: int = 1_000  # per request; the model reads the last split.max_history of them
     batch_window_ms: float = 2.0
@@ -115,6 +129,14 @@ class NewItem:
     text: str
 
 
+@dataclass(frozen=True)
+class Interaction:
+    """Feedback on an added item: a user whose history (item ids, oldest first, not empty) went on to ``item_id``."""
+
+    item_id: str
+    history: tuple[str, ...]
+
+
 class Leader(Protocol):
     """Where a follower sends what changes the model: the leader's ``LiveService`` itself, or a handle to it."""
 
@@ -123,6 +145,8 @@ class Leader(Protocol):
     def wait_job(self, job_id: str, timeout: float | None = None) -> dict: ...
 
     def add_items(self, items: list[NewItem]) -> dict: ...
+
+    def add_feedback(self, interactions: list[Interaction]) -> dict: ...
 
     def roll_back(self, batch_id: str) -> dict: ...
 
@@ -231,7 +255,7 @@ class LiveService:
             pairs = [(i, s) for i, s in pairs if i not in seen][:k]
         return {"items": [{"item_id": snap.catalog.item_ids[i], "score": float(s),
                            **self._metadata(snap, snap.catalog.item_ids[i])} for i, s in pairs],
-                "model_version": snap.version, "active_batches": len(snap.catalog.batches)}
+                "model_version": snap.version, "active_batches": len(snap.active_batches)}
 
     def _metadata(self, snap: Snapshot, item_id: str) -> dict:
         """``{"title", "text", "fields"}`` of a catalog item of ``snap``."""
@@ -337,8 +361,37 @@ class LiveService:
                 raise DuplicateItemError(f"item {it.item_id!r} occurs twice in the batch")
             seen.add(it.item_id)
 
+    def add_feedback(self, interactions: list[Interaction]) -> dict:
+        """Re-edit added items from interactions with them (see the module's docstring); blocks until the feedback
+        batch is serving. Validated first (a 4xx writes nothing): only items added through ``add_items`` are
+        re-edited, every history is non-empty and holds catalog items only."""
+        interactions = [Interaction(it.item_id, tuple(it.history)) for it in interactions]
+        self._validate_feedback(interactions)
+        if self.leader is not None:
+            return self._served(self.leader.add_feedback(interactions))
+        return self._on_worker(self._feedback, interactions)
+
+    def _validate_feedback(self, interactions: list[Interaction]) -> None:
+        """The checks that need no model: count, item ids, history lengths."""
+        if not interactions:
+            raise EmptyInputError("no interactions given; send at least one {item_id, history}")
+        if len(interactions) > self.cfg.max_interactions_per_batch:
+            raise PayloadTooLargeError(f"{len(interactions)} interactions in one batch; at most "
+                                       f"{self.cfg.max_interactions_per_batch}")
+        for it in interactions:
+            if not it.item_id.strip():
+                raise EmptyInputError("an interaction's item id is empty")
+            if not it.history:
+                raise EmptyInputError(f"an interaction with {it.item_id!r} has an empty history: a re-edit learns "
+                                      "what the user had before the item")
+            if len(it.history) > self.cfg.max_history_items:
+                raise PayloadTooLargeError(f"a history of {len(it.history)} items; at most "
+                                           f"{self.cfg.max_history_items} (the model reads the last "
+                                           f"{self.max_history})")
+
     def roll_back(self, batch_id: str) -> dict:
-        """Remove an active batch (exact for the newest; later batches recomputed for an older one); blocks."""
+        """Remove an active batch (exact for the newest item batch; otherwise the batches whose requests change are
+        solved again); blocks."""
         if self.leader is not None:
             return self._served(self.leader.roll_back(batch_id))
         return self._on_worker(self._roll_back, batch_id)
@@ -476,6 +529,89 @@ class LiveService:
                 "timings_s": _rounded(timings), "c0_cached": report.c0_cached, "warnings": reach["warnings"],
                 "exposure_estimate": reach["estimate"]}
 
+    def _feedback(self, interactions: list[Interaction]) -> dict:
+        start = time.perf_counter()
+        snap, timings = self.snapshot, {}
+        catalog = snap.catalog
+        for it in interactions:
+            if it.item_id not in catalog.index:
+                raise UnknownItemError(f"item {it.item_id!r} is not in the catalog")
+            if catalog.index[it.item_id] < catalog.n_base:
+                raise InvalidRequestError(f"item {it.item_id!r} is one of the run's own items: feedback re-edits "
+                                          "items added through POST /items (the model learnt the run's items in "
+                                          "training)")
+        catalog.histories([list(it.history) for it in interactions], self.max_history)  # unknown ids: 422 now
+        items = list(dict.fromkeys(it.item_id for it in interactions))
+        earlier = self._feedback_held(items)
+        seq = self.registry.next_seq()
+        batch_id = f"f{seq:06d}"
+        record = BatchFeedback(batch_id, [i for i, _ in earlier] + [it.item_id for it in interactions],
+                               [h for _, h in earlier] + [list(it.history) for it in interactions])
+        requests = self._feedback_requests(record, catalog)
+        new = np.asarray([catalog.index[i] for i in items], np.int64)
+        self.registry.add_pending_feedback(seq, record)  # validated: from here on the batch is on record
+        version_dir = None
+        try:
+            t0 = time.perf_counter()
+            artifact, reports = self.editor.replace_items(snap.artifact, new, requests, catalog.codes,
+                                                          catalog.item_ids)
+            artifact = with_batch_id(artifact, batch_id)
+            timings["edit"] = time.perf_counter() - t0
+            first = next(j for j, b in enumerate(snap.artifact.batches) if np.isin(b.requests.items, new).any())
+            recomputed = {b.batch_id: delta_fingerprint(b) for b in artifact.batches[first:-1]}
+            t0 = time.perf_counter()
+            nxt = build_snapshot(snap.version + 1, catalog, self.run.recommender, artifact,
+                                 self.trigger, self.run.config.prior, self.insertion)
+            timings["snapshot"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            version_dir = self._save(artifact, f"feedback-{batch_id}")
+            timings["save"] = time.perf_counter() - t0
+            timings["total"] = time.perf_counter() - start
+            self.registry.activate(batch_id, version_dir, delta_fingerprint(artifact.batches[-1]), len(requests),
+                                   _rounded(timings), _report(reports[-1]), nxt.version, recomputed)
+        except Exception as err:
+            self.registry.fail(batch_id, f"{type(err).__name__}: {err}")
+            if version_dir:
+                shutil.rmtree(self.state_dir / version_dir, ignore_errors=True)
+            self.metrics.observe_edit("feedback", batch_id, time.perf_counter() - start, len(items), False)
+            raise EditFailedError(f"re-edit of batch {batch_id} failed ({type(err).__name__}: {err}); "
+                                  "the previous model keeps serving") from err
+        self.snapshot = nxt
+        self._remove_stale_artifacts(version_dir)
+        self.metrics.observe_edit("feedback", batch_id, timings["total"], len(items), True, _rounded(timings))
+        re_edited = self._recommendable(nxt, requests, new)
+        t0 = time.perf_counter()
+        try:
+            reach = self._exposure(nxt, new)
+        except Exception as err:  # noqa: BLE001 - serving already; a failed estimate is a warning
+            reach = {"items": [{"id": a["item_id"], "exposure": None, "status": "active"} for a in re_edited],
+                     "warnings": [f"exposure not estimated ({type(err).__name__}: {err})"], "estimate": None}
+        timings["exposure"] = time.perf_counter() - t0
+        for entry, exposure in zip(re_edited, reach["items"]):
+            entry.update(exposure)
+        return {"batch_id": batch_id, "kind": "feedback", "status": "active", "model_version": nxt.version,
+                "items": re_edited, "n_interactions": len(interactions), "n_requests": len(requests),
+                "solved_again": [b for b in recomputed], "efficacy": reports[-1].efficacy,
+                "timings_s": _rounded(timings), "warnings": reach["warnings"], "exposure_estimate": reach["estimate"]}
+
+    def _feedback_held(self, items: list[str]) -> list[tuple[str, list[str]]]:
+        """The interactions the service holds for ``items``: per item, the rows of the newest active feedback batch
+        that teaches it (each feedback batch holds all of its items' interactions up to it), oldest batch first."""
+        latest: dict[str, list[str]] = {}
+        held = self.registry.active_feedback()
+        for batch in held:
+            for item in batch.items:
+                if item in items:
+                    latest[item] = batch.batch_id
+        return [(item, history) for batch in held for item, history in zip(batch.item_ids, batch.histories)
+                if latest.get(item) == batch.batch_id]
+
+    def _feedback_requests(self, record: BatchFeedback, catalog: Catalog) -> EditRequests:
+        """A feedback batch's interactions as edit requests over ``catalog`` (item ids mapped to its indices)."""
+        return EditRequests(catalog.histories(record.histories, self.max_history),
+                            np.asarray([catalog.index[i] for i in record.item_ids], np.int64),
+                            np.full(len(record.item_ids), -1, np.int64))
+
     def _roll_back(self, batch_id: str) -> dict:
         start = time.perf_counter()
         snap = self.snapshot
@@ -486,18 +622,40 @@ class LiveService:
                 raise UnknownBatchError(f"no batch {batch_id!r}; GET /edits lists them")
             raise BatchNotActiveError(f"batch {batch_id} is {records[0].status}, not active; nothing to roll back")
         i = active.index(batch_id)
-        catalog = snap.catalog.truncated(self.base_catalog, i)
+        feedback = {b.batch_id: b for b in self.registry.active_feedback()}
+        item_batches = {b.batch_id: b for b in snap.catalog.batches}
+        if batch_id in item_batches:
+            gone = set(item_batches[batch_id].item_ids)
+            users = [f.batch_id for f in feedback.values()
+                     if gone & (set(f.item_ids) | {h for history in f.histories for h in history})]
+            if users:
+                raise BatchInUseError(f"the items of batch {batch_id} are re-edited by, or in the histories of, "
+                                      f"feedback batch{'es' if len(users) > 1 else ''} {', '.join(users)}: roll "
+                                      f"{'those' if len(users) > 1 else 'it'} back first")
+            k = [b.batch_id for b in snap.catalog.batches].index(batch_id)
+            catalog = snap.catalog.truncated(self.base_catalog, k).extended_many(snap.catalog.batches[k + 1:])
+        else:
+            catalog = snap.catalog  # a feedback batch adds no item
+        remaining = [b for b in active if b != batch_id]
+        teaches = {b: set(item_batches[b].item_ids) if b in item_batches else set(feedback[b].item_ids)
+                   for b in active}
+        start_at = self._first_changed(active, i, teaches, feedback)
         recomputed, version_dir = {}, None
         try:
-            # ΔW of the batches below i bit-identical; the key statistic minus the removed batches' replayed keys
-            artifact = self.editor.truncated(snap.artifact, i, snap.catalog.codes)
-            for later in snap.catalog.batches[i + 1:]:  # an older batch: solve the later ones again, in order
-                catalog = catalog.extended(later.batch_id, later.item_ids, later.texts, later.embeddings)
-                requests = knowledge_for(self.run.prepared.split.train, catalog,
-                                         catalog.batch_indices(later.batch_id), self.run.config.knowledge)
-                artifact, _ = self.editor.edit(requests, catalog.codes, catalog.item_ids, artifact)
-                artifact = with_batch_id(artifact, later.batch_id)
-                recomputed[later.batch_id] = (catalog.batches[-1].sids, delta_fingerprint(artifact.batches[-1]))
+            # ΔW of the batches below start_at bit-identical; the statistic minus the removed batches' replayed keys
+            artifact = self.editor.truncated(snap.artifact, start_at, snap.catalog.codes)
+            replays = {b.batch_id: b for b in catalog.batches}
+            for j, later in enumerate(remaining):
+                if j < start_at:
+                    continue
+                replaced = set().union(*(teaches[f] for f in remaining[j + 1:] if f in feedback))
+                requests = self._requests_of(later, catalog, feedback)
+                requests = requests.subset(np.flatnonzero(~np.isin(
+                    requests.items, [catalog.index[x] for x in replaced if x in catalog.index])))
+                artifact, _ = self.editor.solved_again(artifact, snap.artifact.batches[active.index(later)],
+                                                       requests, catalog.codes, catalog.item_ids)
+                sids = replays[later].sids if later in replays else np.zeros((0, catalog.codes.shape[1]), np.int64)
+                recomputed[later] = (sids, delta_fingerprint(artifact.batches[-1]))
             nxt = build_snapshot(snap.version + 1, catalog, self.run.recommender, artifact,
                                  self.trigger, self.run.config.prior, self.insertion)
             version_dir = self._save(artifact, f"rollback-{batch_id}")
@@ -511,9 +669,34 @@ class LiveService:
         self.snapshot = nxt
         self._remove_stale_artifacts(version_dir)
         seconds = time.perf_counter() - start
-        self.metrics.observe_edit("rollback", batch_id, seconds, len(snap.catalog.batches[i].item_ids), True)
+        self.metrics.observe_edit("rollback", batch_id, seconds, len(teaches[batch_id]), True)
         return {"batch_id": batch_id, "status": "rolled_back", "exact": not recomputed,
                 "recomputed": list(recomputed), "model_version": nxt.version, "seconds": round(seconds, 4)}
+
+    @staticmethod
+    def _first_changed(active: list[str], i: int, teaches: dict[str, set[str]],
+                       feedback: dict[str, BatchFeedback]) -> int:
+        """The lowest stack position whose requests change when ``active[i]`` is rolled back: ``i`` itself, or, for
+        a feedback batch, the newest batch below it that teaches an item it re-edited (that batch gets the item's
+        rows back) unless a feedback batch above it re-edits the item again."""
+        if active[i] not in feedback:
+            return i
+        later = set().union(*(teaches[b] for b in active[i + 1:] if b in feedback))
+        start = i
+        for item in teaches[active[i]] - later:
+            below = [j for j in range(i) if item in teaches[active[j]]]
+            if below:
+                start = min(start, below[-1])
+        return start
+
+    def _requests_of(self, batch_id: str, catalog: Catalog, feedback: dict[str, BatchFeedback]) -> EditRequests:
+        """All the requests a batch teaches over ``catalog`` as the registry defines them, before any later
+        feedback takes rows out: its items' pseudo-histories (a pure function of the catalog) or its
+        interactions."""
+        if batch_id in feedback:
+            return self._feedback_requests(feedback[batch_id], catalog)
+        return knowledge_for(self.run.prepared.split.train, catalog, catalog.batch_indices(batch_id),
+                             self.run.config.knowledge)
 
     def _recommendable(self, snap: Snapshot, requests, new: np.ndarray) -> list[dict]:
         """Per new item: its SID, its first pseudo-history and its rank in the new model's top-k for that history
@@ -554,7 +737,8 @@ class LiveService:
         stored = self.registry.active_batches()
         served = getattr(self, "snapshot", None) if reuse else None
         digests = self._verified if reuse else {}
-        catalog = self._replayed([items for items, _ in stored], served.catalog if served is not None else None)
+        catalog = self._replayed([items for items, _ in stored if isinstance(items, BatchItems)],
+                                 served.catalog if served is not None else None)
         rel = self.registry.artifact_dir()
         artifact = EditArtifact.load(self.state_dir / rel, self.run.base_hash,
                                      reuse=served.artifact if served is not None else None) if rel else None
@@ -566,7 +750,7 @@ class LiveService:
         for batch, (items, digest) in zip(artifact.batches if artifact else [], stored):
             known = digests.get(id(batch))  # the same batch object, its digest checked by an earlier load
             checked = known is not None and known[0] is batch and known[1] == digest
-            if not np.array_equal(batch.sids, items.sids) or not (checked or delta_fingerprint(batch) == digest):
+            if not _sids_agree(batch, catalog) or not (checked or delta_fingerprint(batch) == digest):
                 raise ArtifactMismatchError(f"batch {batch.batch_id}: the artifact's ΔW or SIDs differ from the "
                                             "registry's record")
             verified[id(batch)] = (batch, digest)
@@ -608,6 +792,17 @@ class LiveService:
                                                          self.run.config.knowledge))
                        for b in artifact.batches]
         return out
+
+
+def _sids_agree(batch: EditBatch, catalog: Catalog) -> bool:
+    """The SIDs a stored batch was edited with are those the replayed catalog gives the items it teaches (a batch
+    teaches its own items, those of them no feedback re-edited since, or, for a feedback batch, the items it
+    re-edits)."""
+    if not all(item in catalog.index for item in batch.item_ids):
+        return False
+    rows = np.asarray([catalog.index[item] for item in batch.item_ids], np.int64)
+    return np.array_equal(np.asarray(batch.sids).reshape(len(rows), -1), catalog.codes[rows]) if len(rows) else \
+        np.asarray(batch.sids).size == 0
 
 
 def _rounded(timings: dict) -> dict:
