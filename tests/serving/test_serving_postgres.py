@@ -99,3 +99,27 @@ def test_a_bad_registry_url_is_a_clear_error_without_the_password(tmp_path):
     with pytest.raises(ConfigError, match="cannot connect") as err:
         Registry(tmp_path, "postgresql://user:s3cret-pw@127.0.0.1:1/db?connect_timeout=2")
     assert "s3cret-pw" not in str(err.value) and "postgresql://user@127.0.0.1:1/db" in str(err.value)
+
+
+def test_feedback_on_postgres_restores_and_rolls_back(open_service, pg_url):
+    first = open_service("state-pg", registry_url=pg_url, exposure_cases=0)
+    with api(first) as c:
+        added = c.post("/items?wait=true", json={"items": new_items("fb", [0, 3])}).json()
+        item = added["items"][0]["item_id"]
+        fed = c.post("/feedback", json={"interactions": [{"item_id": item, "history": ["i30", "i31"]},
+                                                         {"item_id": item, "history": ["i32"]}]})
+        assert fed.status_code == 200, fed.text
+        kinds = [(b["batch_id"], b["kind"], b["item_ids"]) for b in c.get("/edits").json()["batches"]]
+        assert kinds == [(added["batch_id"], "items", [item, added["items"][1]["item_id"]]),
+                         (fed.json()["batch_id"], "feedback", [item])]
+        before = outputs(c, HISTORIES + [["i30", "i31"]])
+    first.close()
+
+    again = open_service("state-pg", registry_url=pg_url, exposure_cases=0)
+    with api(again) as c:
+        assert again.snapshot.active_batches == [added["batch_id"], fed.json()["batch_id"]]
+        assert outputs(c, HISTORIES + [["i30", "i31"]]) == before
+        held = again.registry.active_feedback()
+        assert [b.histories for b in held] == [[["i30", "i31"], ["i32"]]]
+        answer = c.delete(f"/edits/{fed.json()['batch_id']}").json()
+        assert answer["recomputed"] == [added["batch_id"]] and again.registry.active_feedback() == []
