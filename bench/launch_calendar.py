@@ -25,7 +25,7 @@ Each day d, in this order:
       Round d reads nothing at or after day d's morning, so an item is re-edited in the round after its first day,
       from that day's interactions, and its text-only edit serves one morning (the last day's items are never
       re-edited).
-   b. day d's items are edited on top of all earlier batches (``ColdItemEditor.edit(previous=...)``) from the run's
+   b. (unless ``--no-text-edit``) day d's items are edited on top of all earlier batches (``ColdItemEditor.edit(previous=...)``) from the run's
       text-only knowledge source (``pseudo`` or ``successor``: training samples and item text, nothing observed
       after training). Requests are built once for all calendar items in arrival order; the hand-out of a
       neighbour's training samples goes item by item in that order, so day d's requests depend on earlier days'
@@ -177,12 +177,16 @@ def artifact_bytes(artifact) -> tuple[int, float]:
 
 
 def parse_options(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
-    """This bench's own options (``--insertion``, ``--reedit``) and the rest for ``bench_setup``."""
+    """This bench's own options (``--insertion``, ``--reedit``, ``--no-text-edit``) and the rest for
+    ``bench_setup``."""
     ap = argparse.ArgumentParser(add_help=False)
     ap.add_argument("--insertion", type=Path, default=None,
                     help="a fitted calibrated insertion (JSON) merged into each list over the items arrived by then")
     ap.add_argument("--reedit", action="store_true",
                     help="re-edit each item once from its interactions observed before the round's day")
+    ap.add_argument("--no-text-edit", action="store_true",
+                    help="no edit from text on an item's first day (the insertion alone serves it until its "
+                         "feedback edit, with --reedit)")
     return ap.parse_known_args(argv)
 
 
@@ -242,7 +246,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"[{NAME}] {cal['mode']} from {iso(cal['start'])}: {n_days} days, {len(order):,} items "
           f"({len(everything):,} with requests, {len(requests):,} requests, {len(capped_out):,} over the per-day cap), "
           f"{len(calendar_cases):,} day cases, warm panel {len(warm_panel):,}, item panel {len(item_panel):,}; "
-          f"insertion {opts.insertion or 'none'}, re-edit {'on' if opts.reedit else 'off'}", flush=True)
+          f"insertion {opts.insertion or 'none'}, re-edit {'on' if opts.reedit else 'off'}, text edits "
+          f"{'off' if opts.no_text_edit else 'on'}", flush=True)
 
     # the unedited model (plain beams), once: day cases, warm panel, item panel
     base_days, _, base_days_res = evaluate_detailed(run, calendar_cases)
@@ -312,7 +317,7 @@ def main(argv: list[str] | None = None) -> dict:
         # 2b. edit day d's items from text on top of every earlier batch
         items = editable[d]
         edit = None
-        if len(items):
+        if len(items) and not opts.no_text_edit:
             with measure() as m:
                 artifact, report = editor.edit(requests.subset(np.flatnonzero(np.isin(requests.items, items))),
                                                codes, split.item_ids, previous=artifact)
@@ -337,7 +342,7 @@ def main(argv: list[str] | None = None) -> dict:
                                               groups={**panel_groups, "all calendar items": everything},
                                               rerank=after_served)
         rounds.append({"day": d + 1, "start": iso(edges[d]), "end": iso(edges[d + 1]),
-                       "arrived_items": int(len(arrivals[d])), "edited_items": int(len(items)),
+                       "arrived_items": int(len(arrivals[d])), "edited_items": 0 if edit is None else int(len(items)),
                        "items": [split.item_ids[i] for i in items],
                        "batches_in_morning_model": n_batches,
                        "batches_after_edit": len(artifact.batches) if artifact else 0,
@@ -357,7 +362,7 @@ def main(argv: list[str] | None = None) -> dict:
         wd = morning["warm_drop"] if morning else {"drop": None, "ci95": [None, None]}
         after = r["after_edit"]
         rows.append([d + 1, r["start"][:10] if cal["mode"] == "calendar days" else r["start"], len(arrivals[d]),
-                     len(items), None if not reedit else reedit["n_items"], r["day_cases"],
+                     r["edited_items"], None if not reedit else reedit["n_items"], r["day_cases"],
                      None if not morning else morning["metrics"]["warm"]["ndcg@10"],
                      wd["drop"], None if wd["drop"] is None else f"[{wd['ci95'][0]:.3f}, {wd['ci95'][1]:.3f}]",
                      None if not morning else morning["metrics"]["today's items"]["recall@10"],
@@ -366,7 +371,7 @@ def main(argv: list[str] | None = None) -> dict:
                      r["round_update_seconds"], size / 1e6,
                      after["items"][f"day {d + 1}"]["recall@10"], after["items"]["day 1"]["recall@10"],
                      after["warm_panel_drop"]["drop"]])
-        print(f"[{NAME}] day {d + 1}: {len(items)} items edited"
+        print(f"[{NAME}] day {d + 1}: {r['edited_items']} items edited"
               + (f", {reedit['n_items']} re-edited" if reedit else "")
               + (f" in {round_update:.1f} s" if changed else "")
               + f", artifact {size / 1e6:.1f} MB, morning warm drop {wd['drop']}, warm panel drop "
@@ -409,8 +414,10 @@ def main(argv: list[str] | None = None) -> dict:
         f"(n {per_item}), λ {run.config.edit.lam}, λ scale "
         f"{run.config.edit.lam_scale}, positions {run.config.edit.positions}, trigger {trigger}. Calendar: "
         f"{cal['mode']} from {iso(cal['start'])}, {n_days} days; {sum(len(a) for a in arrivals):,} items arrived, "
-        f"{len(everything):,} edited from text ({cap_note}, {len(order) - len(everything):,} without requests); "
-        f"{len(cal['backlog']):,} cold items first seen before the test period and "
+        + (f"{len(everything):,} with text requests, none edited from text (--no-text-edit); " if opts.no_text_edit
+           else f"{len(everything):,} edited from text ({cap_note}, {len(order) - len(everything):,} without "
+                "requests); ")
+        + f"{len(cal['backlog']):,} cold items first seen before the test period and "
         f"{len(cal['after_calendar']):,} arriving after the calendar are never edited. Lists: {recipe}; the "
         "unedited reference is the plain beams. Morning columns: day d's test "
         f"cases ({cfg.get('cases_per_day') or 'all'} a day) scored with the edits of rounds < d; drop and its CI "
@@ -434,7 +441,7 @@ def main(argv: list[str] | None = None) -> dict:
     data = {"size": args.size, "config": cfg, "hardware": hw, "trigger": trigger,
             "knowledge": run.config.knowledge.source, "knowledge_seconds": knowledge_seconds,
             "insertion": None if insertion is None else {"path": str(opts.insertion), **insertion.to_dict()["config"]},
-            "reedit": bool(opts.reedit),
+            "reedit": bool(opts.reedit), "text_edits": not opts.no_text_edit,
             "calendar": {"mode": cal["mode"], "start": iso(cal["start"]), "end": iso(cal["end"]),
                          "edges": cal["edges"].tolist(), "days": n_days,
                          "arrived_items": int(sum(len(a) for a in arrivals)), "edited_items": int(len(everything)),

@@ -280,3 +280,43 @@ def test_reedit_learns_only_from_cases_before_the_day(served_calendar):
     assert all(r["round_update_seconds"] is not None for r in rounds if r["edit"] or r["reedit"])
     sizes = [r["artifact_bytes"] for r in rounds]
     assert sizes[-1] > 0 and data["reedit"] and data["insertion"]["bias"] == 0.0
+
+
+def test_no_text_edit_teaches_items_only_from_feedback(release_run, tmp_path):
+    """``--no-text-edit``: no item is edited from text on its day; re-edit appends each item's feedback batch (there
+    is no text edit to replace)."""
+    run_dir, _ = release_run
+    sys.path.insert(0, str(BENCH))
+    try:
+        import launch_calendar as lc
+
+        cfg = yaml.safe_load((BENCH / "configs" / "smoke.yaml").read_text())["launch_calendar"]
+        cfg["base"] = {"run_dir": str(run_dir), "config": "demo", "load_overrides": ["threads=1"]}
+        cfg["days"] = DAYS
+        (tmp_path / "size.yaml").write_text(yaml.safe_dump({"launch_calendar": cfg}))
+        calls = []
+        make_editor = lc.make_editor
+
+        def spying_editor(run):
+            editor = make_editor(run)
+            edit, replace_items = editor.edit, editor.replace_items
+            editor.edit = lambda requests, *a, **k: calls.append(("edit", requests)) or edit(requests, *a, **k)
+            editor.replace_items = lambda *a, **k: calls.append(("replace", None)) or replace_items(*a, **k)
+            return editor
+
+        mp = pytest.MonkeyPatch()
+        mp.setattr(lc, "make_editor", spying_editor)
+        try:
+            data = lc.main(["--size", str(tmp_path / "size.yaml"), "--out", str(tmp_path / "out"), "--reedit",
+                            "--no-text-edit"])
+        finally:
+            mp.undo()
+    finally:
+        sys.path.remove(str(BENCH))
+        sys.modules.pop("launch_calendar", None)
+    assert data["text_edits"] is False
+    assert all(r["edit"] is None and r["edited_items"] == 0 for r in data["rounds"])
+    appended = [i for r in data["rounds"] if r["reedit"] for i in r["reedit"]["appended"]]
+    assert appended and all(not r["reedit"]["replaced"] for r in data["rounds"] if r["reedit"])
+    assert calls and all(kind == "edit" for kind, _ in calls)
+    assert sum(len(req) for _, req in calls) == sum(r["reedit"]["n_requests"] for r in data["rounds"] if r["reedit"])
