@@ -177,8 +177,8 @@ def artifact_bytes(artifact) -> tuple[int, float]:
 
 
 def parse_options(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
-    """This bench's own options (``--insertion``, ``--reedit``, ``--no-text-edit``) and the rest for
-    ``bench_setup``."""
+    """This bench's own options (``--insertion``, ``--reedit``, ``--no-text-edit``, ``--warm-panel``) and the rest
+    for ``bench_setup``."""
     ap = argparse.ArgumentParser(add_help=False)
     ap.add_argument("--insertion", type=Path, default=None,
                     help="a fitted calibrated insertion (JSON) merged into each list over the items arrived by then")
@@ -187,12 +187,16 @@ def parse_options(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]
     ap.add_argument("--no-text-edit", action="store_true",
                     help="no edit from text on an item's first day (the insertion alone serves it until its "
                          "feedback edit, with --reedit)")
+    ap.add_argument("--warm-panel", type=int, default=None,
+                    help="warm test cases re-scored after every round (default: the size's warm_panel)")
     return ap.parse_known_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict:
     opts, rest = parse_options(argv)
     args, cfg, out_dir, run = bench_setup(NAME, __doc__, rest)
+    if opts.warm_panel is not None:
+        cfg["warm_panel"] = opts.warm_panel
     hw = hardware()
     if run.config.knowledge.source not in TEXT_ONLY:
         raise ConfigError(f"the launch calendar edits an item on its first day from text only: knowledge.source must "

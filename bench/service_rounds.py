@@ -8,8 +8,9 @@ order, ``--items`` a round; each is added under a new id (``<item id>~new``, the
 unedited) with its own text, embedded afresh (the added items' embedding cache is a temp folder). Round r's feedback
 is, for every item of round r − 1, its first test cases (target time order, at most
 ``knowledge.histories_per_item``, non-empty history): the history's item ids (the run's catalog) and the added item.
-The exposure estimate is off (``exposure_cases`` 0): the timings are the edits'. C0 is computed at start and awaited
-before round 1.
+The exposure estimate is off (``exposure_cases`` 0): the timings are the edits'. The warm-up (the layer map located
+on the run's own new items, ``ServiceConfig.probe_at_start``, and C0) runs at start and is awaited before round 1;
+``--no-probe-at-start`` leaves the probe to round 1's add.
 
     PYTHONPATH=bench python bench/service_rounds.py --model runs/game --items 100 --rounds 5 \\
         --out runs/bench/service_rounds
@@ -75,10 +76,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("runs/bench/service_rounds"))
     parser.add_argument("--override", "-o", action="append", default=[], help="run config override")
+    parser.add_argument("--no-probe-at-start", action="store_true",
+                        help="the first add probes the layers on its own batch (ServiceConfig.probe_at_start off)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="service-rounds-") as tmp:
         state = Path(tmp) / "state"
-        cfg = ServiceConfig(state_dir=state, exposure_cases=0, insecure_no_auth=True)
+        cfg = ServiceConfig(state_dir=state, exposure_cases=0, insecure_no_auth=True,
+                            probe_at_start=not args.no_probe_at_start)
         t0 = time.perf_counter()
         service = LiveService.open(args.model, cfg, args.override)
         service.embedding_cache = Path(tmp) / "embeddings"  # every text embedded afresh, as a new item's is
@@ -107,7 +111,8 @@ def main(argv: list[str] | None = None) -> dict:
             t0 = time.perf_counter()
             added = service.add_items([NewItem(split.item_ids[i] + SUFFIX, base_text(service, i)) for i in batch])
             row.update(add_seconds=time.perf_counter() - t0, add_edit_seconds=added["timings_s"]["edit"],
-                       add_requests=added["n_requests"], c0_cached=added["c0_cached"], add_timings=added["timings_s"])
+                       add_requests=added["n_requests"], c0_cached=added["c0_cached"], add_timings=added["timings_s"],
+                       layers=added["layers"])
             last_add = added["batch_id"]
             row["round_seconds"] = row["add_seconds"] + row.get("feedback_seconds", 0.0)
             row["artifact_bytes"] = stored_bytes(state, service)

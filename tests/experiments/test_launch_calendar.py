@@ -320,3 +320,53 @@ def test_no_text_edit_teaches_items_only_from_feedback(release_run, tmp_path):
     assert appended and all(not r["reedit"]["replaced"] for r in data["rounds"] if r["reedit"])
     assert calls and all(kind == "edit" for kind, _ in calls)
     assert sum(len(req) for _, req in calls) == sum(r["reedit"]["n_requests"] for r in data["rounds"] if r["reedit"])
+
+
+def test_a_service_locates_the_layer_map_at_start_on_the_runs_new_items(release_run, tmp_path, monkeypatch):
+    """On a run whose catalog holds new items (this one's releases), a leader with an empty stack probes the layers
+    at start on their text-only requests (pseudo-histories: training histories of warm items; none of the new
+    items' interactions), and the first add stacks on that map without probing. ``probe_at_start=False``: the
+    first add probes its own batch; a fixed layer policy needs no start stack."""
+    from genrecedit.edit.editor import ColdItemEditor
+    from genrecedit.serving import LiveService, NewItem, ServiceConfig
+
+    run_dir, _ = release_run
+    seen = []
+    start_stack = ColdItemEditor.start_stack
+    monkeypatch.setattr(ColdItemEditor, "start_stack",
+                        lambda self, requests, codes: seen.append(requests) or start_stack(self, requests, codes))
+
+    def open_(name: str, policy: str, **kw) -> LiveService:
+        cfg = ServiceConfig(state_dir=tmp_path / name, exposure_cases=0, insecure_no_auth=True, **kw)
+        service = LiveService.open(run_dir, cfg, ["threads=1", f"edit.layer_policy={policy}"])
+        service.warm_up.result(timeout=120)
+        return service
+
+    service = open_("probed", "probe")
+    try:
+        [requests] = seen
+        warm = service.base_catalog.warm
+        assert len(requests) and not warm[requests.items].any() and (requests.sources >= 0).all()
+        assert all(warm[h[h >= 0]].all() for h in requests.histories)  # training histories: warm items only
+        layers = service._start_stack.layers
+        monkeypatch.setattr(service.editor, "probe", lambda *a: pytest.fail("the first add probed again"))
+        text = service.metadata.base(service.base_catalog.item_ids[0])["text"]
+        added = service.add_items([NewItem("start-0", text + " (deluxe edition)")])
+        assert added["layers"] == layers and service.snapshot.artifact.layers == layers
+    finally:
+        service.close()
+    plain = open_("plain", "probe", probe_at_start=False)
+    try:
+        assert plain._start_stack is None and len(seen) == 1
+        probed = []
+        probe = plain.editor.probe
+        monkeypatch.setattr(plain.editor, "probe", lambda *a: probed.append(1) or probe(*a))
+        plain.add_items([NewItem("start-1", text + " (gold edition)")])
+        assert probed == [1]
+    finally:
+        plain.close()
+    fixed = open_("fixed", "fixed")
+    try:
+        assert fixed._start_stack is None and len(seen) == 1
+    finally:
+        fixed.close()

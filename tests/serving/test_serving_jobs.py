@@ -157,3 +157,4 @@ def test_the_leader_computes_c0_at_start_so_the_first_add_finds_it_cached(open_s
     assert follower.warm_up is None
     added = warm.add_items([NewItem("w-0", "a warm first add")])
     assert added["c0_cached"] is True
+

@@ -219,6 +219,12 @@ class ColdItemEditor:
         return locate_layers(self.cfg.layer_policy, self.n_pos, self.n_layers, probe_table, self.cfg.seed,
                              self.cfg.probe_alpha), probe_table
 
+    def start_stack(self, requests: EditRequests, codes: np.ndarray) -> EditArtifact:
+        """An empty artifact holding the layer map located on ``requests`` (the probe, for a probed policy), so
+        that the batches stacked on it keep that map instead of probing on their own first batch."""
+        layers, _ = self._locate(requests, codes, None)
+        return EditArtifact(self.base_hash, layers, [], self.cfg.scheme)
+
     def warm_c0(self, codes: np.ndarray, previous: EditArtifact | None = None) -> bool:
         """Compute (and cache on disk) C0 at every site the next batch can edit, so that its edit finds it cached:
         the sites of ``previous``'s layer map, of a layer policy that needs no probe, or, for a probed policy,

@@ -174,12 +174,17 @@ def build_snapshot(version: int, catalog: Catalog, base: Recommender, artifact: 
     return Snapshot(version, catalog, recommender, artifact, schedule, content, insertion, new_items, unit)
 
 
-def knowledge_for(train: CaseSet, catalog: Catalog, items: np.ndarray, kcfg: KnowledgeConfig) -> EditRequests:
+def text_requests(train: CaseSet, catalog: Catalog, items: np.ndarray, kcfg: KnowledgeConfig) -> EditRequests:
     """Text-only knowledge (docs/method.md §5.2) for new catalog items [m] — an item added now has no observed
-    cases: successor histories when the run's ``knowledge.source`` is ``successor``, else pseudo-histories.
-    ``EmptyInputError`` names the items that get none."""
+    cases: successor histories when the run's ``knowledge.source`` is ``successor``, else pseudo-histories (an
+    item may get none)."""
     build = successor_histories if kcfg.source == "successor" else pseudo_histories
-    requests = build(train, catalog.warm, catalog.embeddings, items, kcfg.histories_per_item, kcfg.neighbours)
+    return build(train, catalog.warm, catalog.embeddings, items, kcfg.histories_per_item, kcfg.neighbours)
+
+
+def knowledge_for(train: CaseSet, catalog: Catalog, items: np.ndarray, kcfg: KnowledgeConfig) -> EditRequests:
+    """``text_requests``, where ``EmptyInputError`` names the items that get none."""
+    requests = text_requests(train, catalog, items, kcfg)
     taught = set(requests.items.tolist())
     missing = [catalog.item_ids[i] for i in items if i not in taught]
     if missing:

@@ -74,7 +74,7 @@ from genrecedit.runs.coldstart import adopted_insertion
 from genrecedit.runs.edit import make_editor
 from genrecedit.serving.batcher import Ranked, RecommendBatcher
 from genrecedit.serving.catalog import (Catalog, Snapshot, build_snapshot, delta_fingerprint, knowledge_for,
-                                        with_batch_id)
+                                        text_requests, with_batch_id)
 from genrecedit.serving.errors import (BatchInUseError, BatchNotActiveError, EditFailedError, InvalidRequestError,
                                        PayloadTooLargeError, UnknownBatchError)
 from genrecedit.serving.exposure import EXPOSURE_K, added_item_exposure, validation_histories
@@ -88,6 +88,7 @@ log = logging.getLogger(__name__)
 
 ARTIFACTS = "artifacts"
 DEFAULT_STATE = "service"
+START_PROBE_ITEMS = 200  # the run's new items whose text-only requests locate the layer map at start
 MAX_ID_CHARS = 200
 # letters, digits and _:@+~=- in runs, joined by single dots: no '/', '..', spaces or control characters
 ITEM_ID_PATTERN = r"^[A-Za-z0-9_:@+~=-]+(?:\.[A-Za-z0-9_:@+~=-]+)*$"
@@ -114,6 +115,9 @@ class ServiceConfig:
     sync_interval_s: float = 0.1  # a follower's poll of the registry for a new model_version
     follow_timeout_s: float = 30.0  # how long a follower waits to serve a change it forwarded before it says so
     warm_c0: bool = True  # the leader computes the edit's C0 on its edit worker at start: the first add finds it cached
+    # with an empty stack and a probed layer policy, the leader also locates the layer map at start, on text-only
+    # requests of a seeded sample of the run's own new items (the first add then skips the probe)
+    probe_at_start: bool = True
 
     def resolved(self, run_dir: Path) -> "ServiceConfig":
         """Relative paths (``state_dir``, ``api_key_file``) taken against the run directory, not the CWD."""
@@ -211,6 +215,7 @@ class LiveService:
             self._follower = threading.Thread(target=self._follow, name="registry-follower", daemon=True)
             self._follower.start()
         # queued first: an add submitted meanwhile waits for it, and then finds C0 cached
+        self._start_stack: EditArtifact | None = None  # the empty stack with the layer map located at start
         self.warm_up: Future | None = (self._queue(self._warm_c0) if self.editor is not None and self.cfg.warm_c0
                                        else None)
 
@@ -434,16 +439,40 @@ class LiveService:
         return answer
 
     def _warm_c0(self) -> bool:
-        """``ColdItemEditor.warm_c0`` on the served stack; a failure is logged (the first add computes C0 then)."""
+        """The layer map (``_located_start``, with an empty stack) and ``ColdItemEditor.warm_c0`` on the served
+        stack; a failure is logged (the first add probes and computes C0 then)."""
         try:
             start = time.perf_counter()
-            computed = self.editor.warm_c0(self.snapshot.catalog.codes, self.snapshot.artifact)
+            if self.snapshot.artifact is None and self.cfg.probe_at_start:
+                self._start_stack = self._located_start()
+                if self._start_stack is not None:
+                    log.info("%s: layer map %s located in %.1f s", self.name, self._start_stack.layers,
+                             time.perf_counter() - start)
+            computed = self.editor.warm_c0(self.snapshot.catalog.codes, self.snapshot.artifact or self._start_stack)
             if computed:
                 log.info("%s: C0 computed and cached in %.1f s", self.name, time.perf_counter() - start)
             return computed
         except Exception:  # noqa: BLE001 - serving goes on; the first add computes C0 itself
             log.exception("%s: computing C0 at start failed", self.name)
             return False
+
+    def _located_start(self) -> EditArtifact | None:
+        """The empty stack holding the layer map, located by the editor's probe on the text-only requests (the
+        run's knowledge source, as ``POST /items`` builds them) of a seeded sample of up to ``START_PROBE_ITEMS`` of
+        the run's own new items (catalog items absent from training; none of their interactions is read): what
+        the first add would otherwise probe on its own batch. None when the layer policy needs no probe or no new
+        item of the run's catalog has pseudo-histories."""
+        if self.editor.cfg.layer_policy not in ("probe", "worst"):
+            return None
+        cold = np.flatnonzero(~self.base_catalog.warm)
+        if len(cold) == 0:
+            return None
+        rng = np.random.default_rng(self.editor.cfg.seed + 7)
+        sample = np.sort(rng.choice(cold, min(len(cold), START_PROBE_ITEMS), replace=False))
+        requests = text_requests(self.run.prepared.split.train, self.base_catalog, sample, self.run.config.knowledge)
+        if len(requests) == 0:
+            return None
+        return self.editor.start_stack(requests, self.base_catalog.codes)
 
     def _on_worker(self, fn, *args):
         return self._queue(lambda: fn(*args)).result()
@@ -491,7 +520,8 @@ class LiveService:
         version_dir = None
         try:
             t0 = time.perf_counter()
-            artifact, report = self.editor.edit(requests, catalog.codes, catalog.item_ids, snap.artifact)
+            artifact, report = self.editor.edit(requests, catalog.codes, catalog.item_ids,
+                                                snap.artifact if snap.artifact is not None else self._start_stack)
             artifact = with_batch_id(artifact, batch_id)
             timings["edit"] = time.perf_counter() - t0
             t0 = time.perf_counter()
@@ -515,15 +545,7 @@ class LiveService:
         self._remove_stale_artifacts(version_dir)
         self.metrics.observe_edit("add", batch_id, timings["total"], len(items), True, _rounded(timings))
         added = self._recommendable(nxt, requests, new)
-        t0 = time.perf_counter()
-        try:  # the batch is serving already: a failed estimate is a warning, not a failed add
-            reach = self._exposure(nxt, new)
-        except Exception as err:  # noqa: BLE001
-            reach = {"items": [{"id": a["item_id"], "exposure": None, "status": "active"} for a in added],
-                     "warnings": [f"exposure not estimated ({type(err).__name__}: {err})"], "estimate": None}
-        timings["exposure"] = time.perf_counter() - t0  # after the swap: not part of the add's total
-        for entry, exposure in zip(added, reach["items"]):
-            entry.update(exposure)
+        reach = self._reach(nxt, added, new, timings)
         return {"batch_id": batch_id, "status": "active", "model_version": nxt.version, "items": added,
                 "n_requests": len(requests), "layers": report.layers, "efficacy": report.efficacy,
                 "timings_s": _rounded(timings), "c0_cached": report.c0_cached, "warnings": reach["warnings"],
@@ -580,24 +602,16 @@ class LiveService:
         self._remove_stale_artifacts(version_dir)
         self.metrics.observe_edit("feedback", batch_id, timings["total"], len(items), True, _rounded(timings))
         re_edited = self._recommendable(nxt, requests, new)
-        t0 = time.perf_counter()
-        try:
-            reach = self._exposure(nxt, new)
-        except Exception as err:  # noqa: BLE001 - serving already; a failed estimate is a warning
-            reach = {"items": [{"id": a["item_id"], "exposure": None, "status": "active"} for a in re_edited],
-                     "warnings": [f"exposure not estimated ({type(err).__name__}: {err})"], "estimate": None}
-        timings["exposure"] = time.perf_counter() - t0
-        for entry, exposure in zip(re_edited, reach["items"]):
-            entry.update(exposure)
+        reach = self._reach(nxt, re_edited, new, timings)
         return {"batch_id": batch_id, "kind": "feedback", "status": "active", "model_version": nxt.version,
                 "items": re_edited, "n_interactions": len(interactions), "n_requests": len(requests),
-                "solved_again": [b for b in recomputed], "efficacy": reports[-1].efficacy,
+                "solved_again": list(recomputed), "efficacy": reports[-1].efficacy,
                 "timings_s": _rounded(timings), "warnings": reach["warnings"], "exposure_estimate": reach["estimate"]}
 
     def _feedback_held(self, items: list[str]) -> list[tuple[str, list[str]]]:
         """The interactions the service holds for ``items``: per item, the rows of the newest active feedback batch
         that teaches it (each feedback batch holds all of its items' interactions up to it), oldest batch first."""
-        latest: dict[str, list[str]] = {}
+        latest: dict[str, str] = {}  # item -> its newest feedback batch
         held = self.registry.active_feedback()
         for batch in held:
             for item in batch.items:
@@ -697,6 +711,22 @@ class LiveService:
             return self._feedback_requests(feedback[batch_id], catalog)
         return knowledge_for(self.run.prepared.split.train, catalog, catalog.batch_indices(batch_id),
                              self.run.config.knowledge)
+
+    def _reach(self, snap: Snapshot, entries: list[dict], new: np.ndarray, timings: dict) -> dict:
+        """Each entry (one per item of ``new``) updated with its exposure on the validation sample (``_exposure``);
+        returns the estimate (``warnings``, ``estimate``) and records its seconds in ``timings``. Run after the swap:
+        the change is serving already, so a failed estimate is a warning, not a failed change, and its time is not
+        part of the change's total."""
+        t0 = time.perf_counter()
+        try:
+            reach = self._exposure(snap, new)
+        except Exception as err:  # noqa: BLE001
+            reach = {"items": [{"id": a["item_id"], "exposure": None, "status": "active"} for a in entries],
+                     "warnings": [f"exposure not estimated ({type(err).__name__}: {err})"], "estimate": None}
+        timings["exposure"] = time.perf_counter() - t0
+        for entry, exposure in zip(entries, reach["items"]):
+            entry.update(exposure)
+        return reach
 
     def _recommendable(self, snap: Snapshot, requests, new: np.ndarray) -> list[dict]:
         """Per new item: its SID, its first pseudo-history and its rank in the new model's top-k for that history
