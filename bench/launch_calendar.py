@@ -25,11 +25,11 @@ Each day d, in this order:
       Round d reads nothing at or after day d's morning, so an item is re-edited in the round after its first day,
       from that day's interactions, and its text-only edit serves one morning (the last day's items are never
       re-edited).
-   b. (unless ``--no-text-edit``) day d's items are edited on top of all earlier batches (``ColdItemEditor.edit(previous=...)``) from the run's
-      text-only knowledge source (``pseudo`` or ``successor``: training samples and item text, nothing observed
-      after training). Requests are built once for all calendar items in arrival order; the hand-out of a
-      neighbour's training samples goes item by item in that order, so day d's requests depend on earlier days'
-      items only.
+   b. (unless ``--no-text-edit``) day d's items are edited on top of all earlier batches
+      (``ColdItemEditor.edit(previous=...)``) from the run's text-only knowledge source (``pseudo`` or
+      ``successor``: training samples and item text, nothing observed after training). Requests are built once for
+      all calendar items in arrival order; the hand-out of a neighbour's training samples goes item by item in that
+      order, so day d's requests depend on earlier days' items only.
    The round's edit seconds (update time of every solve, and wall time of the calls) are recorded; the artifact is
    saved by ``EditArtifact.save`` into a temp folder and its bytes counted.
 3. *After the round* (the next morning's model, with the insertion over the items arrived by day d + 1's morning):

@@ -407,9 +407,8 @@ class ColdItemEditor:
         out = self.truncated(artifact, first, codes)
         reports = []
         for old in artifact.batches[first:]:
-            out, report = self.solved_again(out, old, old.requests.subset(np.flatnonzero(~np.isin(old.requests.items,
-                                                                                                 items))),
-                                            codes, item_ids)
+            keep = np.flatnonzero(~np.isin(old.requests.items, items))
+            out, report = self.solved_again(out, old, old.requests.subset(keep), codes, item_ids)
             reports += [report] if report is not None else []
         out, report = self.edit(feedback, codes, item_ids, out)
         return out, reports + [report]

@@ -1,7 +1,6 @@
 """The edit registry: every batch the service was given (new items, or feedback that re-edits added items), its
 items (text, embedding, SID) or interactions, its status and timings, and which saved edit artifact holds the active
-stack — in one SQLite file, ``<state dir>/registry.sqlite``,
-or in a PostgreSQL database (``registry_db``).
+stack — in one SQLite file, ``<state dir>/registry.sqlite``, or in a PostgreSQL database (``registry_db``).
 
 Schema (``SCHEMA``):
 
@@ -371,8 +370,8 @@ class Registry:
 
     def active_feedback(self) -> list[BatchFeedback]:
         """The active feedback batches in application order."""
-        rows = self._read("SELECT DISTINCT b.batch_id, b.seq FROM batches b JOIN feedback f ON f.batch_id = b.batch_id "
-                          "WHERE b.status = 'active' ORDER BY b.seq")
+        rows = self._read("SELECT DISTINCT b.batch_id, b.seq FROM batches b "
+                          "JOIN feedback f ON f.batch_id = b.batch_id WHERE b.status = 'active' ORDER BY b.seq")
         return [self.batch_feedback(batch_id) for batch_id, _ in rows]
 
     def batch_feedback(self, batch_id: str) -> BatchFeedback:
