@@ -57,16 +57,22 @@ def release_run(tmp_path_factory, tiny_overrides):
     return root / "run", first
 
 
+def smoke_size(run_dir: Path, folder: Path) -> Path:
+    """The smoke sizing of the launch calendar on the tiny run, with fewer days (six items), as a --size file."""
+    cfg = yaml.safe_load((BENCH / "configs" / "smoke.yaml").read_text())["launch_calendar"]
+    cfg["base"] = {"run_dir": str(run_dir), "config": "demo", "load_overrides": ["threads=1"]}
+    cfg["days"] = DAYS
+    path = Path(folder) / "size.yaml"
+    path.write_text(yaml.safe_dump({"launch_calendar": cfg}))
+    return path
+
+
 def test_launch_calendar_scores_each_day_before_its_edit(release_run, tmp_path, monkeypatch):
     run_dir, first = release_run
     monkeypatch.syspath_prepend(str(BENCH))
     import launch_calendar as lc
 
-    # the smoke sizing, on the tiny run, with fewer days (six items)
-    cfg = yaml.safe_load((BENCH / "configs" / "smoke.yaml").read_text())["launch_calendar"]
-    cfg["base"] = {"run_dir": str(run_dir), "config": "demo", "load_overrides": ["threads=1"]}
-    cfg["days"] = DAYS
-    (tmp_path / "size.yaml").write_text(yaml.safe_dump({"launch_calendar": cfg}))
+    smoke_size(run_dir, tmp_path)
 
     # spies: every edit (which items, on how many batches) and every evaluation (which cases, with how many batches)
     events = []
@@ -171,10 +177,7 @@ def served_calendar(release_run, tmp_path_factory):
     try:
         import launch_calendar as lc
 
-        cfg = yaml.safe_load((BENCH / "configs" / "smoke.yaml").read_text())["launch_calendar"]
-        cfg["base"] = {"run_dir": str(run_dir), "config": "demo", "load_overrides": ["threads=1"]}
-        cfg["days"] = DAYS
-        (tmp / "size.yaml").write_text(yaml.safe_dump({"launch_calendar": cfg}))
+        smoke_size(run_dir, tmp)
         insertion = hand_set_insertion(tmp / "insertion.json")
         events = []
         make_editor, evaluate = lc.make_editor, lc.evaluate_detailed
@@ -282,38 +285,26 @@ def test_reedit_learns_only_from_cases_before_the_day(served_calendar):
     assert sizes[-1] > 0 and data["reedit"] and data["insertion"]["bias"] == 0.0
 
 
-def test_no_text_edit_teaches_items_only_from_feedback(release_run, tmp_path):
+def test_no_text_edit_teaches_items_only_from_feedback(release_run, tmp_path, monkeypatch):
     """``--no-text-edit``: no item is edited from text on its day; re-edit appends each item's feedback batch (there
     is no text edit to replace)."""
     run_dir, _ = release_run
-    sys.path.insert(0, str(BENCH))
-    try:
-        import launch_calendar as lc
+    monkeypatch.syspath_prepend(str(BENCH))
+    import launch_calendar as lc
 
-        cfg = yaml.safe_load((BENCH / "configs" / "smoke.yaml").read_text())["launch_calendar"]
-        cfg["base"] = {"run_dir": str(run_dir), "config": "demo", "load_overrides": ["threads=1"]}
-        cfg["days"] = DAYS
-        (tmp_path / "size.yaml").write_text(yaml.safe_dump({"launch_calendar": cfg}))
-        calls = []
-        make_editor = lc.make_editor
+    calls = []
+    make_editor = lc.make_editor
 
-        def spying_editor(run):
-            editor = make_editor(run)
-            edit, replace_items = editor.edit, editor.replace_items
-            editor.edit = lambda requests, *a, **k: calls.append(("edit", requests)) or edit(requests, *a, **k)
-            editor.replace_items = lambda *a, **k: calls.append(("replace", None)) or replace_items(*a, **k)
-            return editor
+    def spying_editor(run):
+        editor = make_editor(run)
+        edit, replace_items = editor.edit, editor.replace_items
+        editor.edit = lambda requests, *a, **k: calls.append(("edit", requests)) or edit(requests, *a, **k)
+        editor.replace_items = lambda *a, **k: calls.append(("replace", None)) or replace_items(*a, **k)
+        return editor
 
-        mp = pytest.MonkeyPatch()
-        mp.setattr(lc, "make_editor", spying_editor)
-        try:
-            data = lc.main(["--size", str(tmp_path / "size.yaml"), "--out", str(tmp_path / "out"), "--reedit",
-                            "--no-text-edit"])
-        finally:
-            mp.undo()
-    finally:
-        sys.path.remove(str(BENCH))
-        sys.modules.pop("launch_calendar", None)
+    monkeypatch.setattr(lc, "make_editor", spying_editor)
+    data = lc.main(["--size", str(smoke_size(run_dir, tmp_path)), "--out", str(tmp_path / "out"), "--reedit",
+                    "--no-text-edit"])
     assert data["text_edits"] is False
     assert all(r["edit"] is None and r["edited_items"] == 0 for r in data["rounds"])
     appended = [i for r in data["rounds"] if r["reedit"] for i in r["reedit"]["appended"]]

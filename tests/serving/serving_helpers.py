@@ -37,6 +37,16 @@ def outputs(client, histories: list[list[str]]) -> list[tuple[list[str], list[fl
     return out
 
 
+def service_outputs(service, histories: list[list[str]]) -> list[tuple[list[str], list[float]]]:
+    """(item ids, scores) per history from ``LiveService.recommend``, one history at a time (comparable bit for
+    bit)."""
+    out = []
+    for history in histories:
+        body = service.recommend(history)
+        out.append(([x["item_id"] for x in body["items"]], [x["score"] for x in body["items"]]))
+    return out
+
+
 def new_items(tag: str, topics: range | list[int] = range(3)) -> list[dict]:
     return [{"item_id": f"{tag}-{t}", "text": new_item_title(t, f"{tag}{t}")} for t in topics]
 

@@ -7,17 +7,13 @@ import numpy as np
 import pytest
 
 from genrecedit.serving.service import Interaction, NewItem
-from serving_helpers import HISTORIES, api, new_items, registry_state
+from serving_helpers import HISTORIES, api, new_items, registry_state, service_outputs
 
 FEEDBACK_HISTORIES = [["i30", "i31"], ["i32", "i33", "i34"], ["i35"]]
 
 
 def _outputs(service, extra: list[list[str]] = ()) -> list[tuple[list[str], list[float]]]:
-    out = []
-    for history in HISTORIES + FEEDBACK_HISTORIES + list(extra):
-        body = service.recommend(history)
-        out.append(([x["item_id"] for x in body["items"]], [x["score"] for x in body["items"]]))
-    return out
+    return service_outputs(service, HISTORIES + FEEDBACK_HISTORIES + list(extra))
 
 
 def _close(a, b) -> None:

@@ -13,7 +13,7 @@ import torch
 
 from genrecedit.serving import LiveService, ServiceConfig
 from genrecedit.serving.service import NewItem
-from serving_helpers import HISTORIES, key_file
+from serving_helpers import HISTORIES, key_file, service_outputs
 from serving_run import SERVICE_OVERRIDES
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
@@ -28,11 +28,7 @@ def _open(run, state: Path, tmp_path: Path) -> LiveService:
 
 
 def _outputs(service: LiveService) -> list[tuple[list[str], list[float]]]:
-    out = []
-    for history in HISTORIES:
-        body = service.recommend(history)
-        out.append(([x["item_id"] for x in body["items"]], [x["score"] for x in body["items"]]))
-    return out
+    return service_outputs(service, HISTORIES)
 
 
 def test_thousand_batches_restore_and_roll_back_exactly(serving_run, tmp_path):

@@ -65,6 +65,7 @@ from typing import Protocol
 import numpy as np
 
 from genrecedit.edit.artifact import EditArtifact, EditBatch, TriggerMode
+from genrecedit.edit.editor import EditReport
 from genrecedit.edit.knowledge import EditRequests
 from genrecedit.errors import (ArtifactMismatchError, ConfigError, DuplicateItemError, EmptyInputError,
                                UnknownItemError)
@@ -260,7 +261,8 @@ class LiveService:
             pairs = [(i, s) for i, s in pairs if i not in seen][:k]
         return {"items": [{"item_id": snap.catalog.item_ids[i], "score": float(s),
                            **self._metadata(snap, snap.catalog.item_ids[i])} for i, s in pairs],
-                "model_version": snap.version, "active_batches": len(snap.active_batches)}
+                "model_version": snap.version,
+                "active_batches": len(snap.artifact.batches) if snap.artifact is not None else 0}
 
     def _metadata(self, snap: Snapshot, item_id: str) -> dict:
         """``{"title", "text", "fields"}`` of a catalog item of ``snap``."""
@@ -517,33 +519,13 @@ class LiveService:
         requests = knowledge_for(self.run.prepared.split.train, catalog, new, self.run.config.knowledge)
         timings["knowledge"] = time.perf_counter() - t0
         self.registry.add_pending(seq, catalog.batches[-1], job_id)  # validated: from here on the batch is on record
-        version_dir = None
-        try:
-            t0 = time.perf_counter()
+
+        def solve():
             artifact, report = self.editor.edit(requests, catalog.codes, catalog.item_ids,
                                                 snap.artifact if snap.artifact is not None else self._start_stack)
-            artifact = with_batch_id(artifact, batch_id)
-            timings["edit"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            nxt = build_snapshot(snap.version + 1, catalog, self.run.recommender, artifact,
-                                 self.trigger, self.run.config.prior, self.insertion)
-            timings["snapshot"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            version_dir = self._save(artifact, f"add-{batch_id}")
-            timings["save"] = time.perf_counter() - t0
-            timings["total"] = time.perf_counter() - start
-            self.registry.activate(batch_id, version_dir, delta_fingerprint(artifact.batches[-1]), len(requests),
-                                   _rounded(timings), _report(report), nxt.version)
-        except Exception as err:
-            self.registry.fail(batch_id, f"{type(err).__name__}: {err}")
-            if version_dir:
-                shutil.rmtree(self.state_dir / version_dir, ignore_errors=True)
-            self.metrics.observe_edit("add", batch_id, time.perf_counter() - start, len(items), False)
-            raise EditFailedError(f"edit of batch {batch_id} failed ({type(err).__name__}: {err}); "
-                                  "the previous model keeps serving") from err
-        self.snapshot = nxt  # the swap: one reference assignment
-        self._remove_stale_artifacts(version_dir)
-        self.metrics.observe_edit("add", batch_id, timings["total"], len(items), True, _rounded(timings))
+            return artifact, report, {}
+
+        nxt, report = self._apply("add", batch_id, catalog, len(requests), len(items), solve, start, timings)
         added = self._recommendable(nxt, requests, new)
         reach = self._reach(nxt, added, new, timings)
         return {"batch_id": batch_id, "status": "active", "model_version": nxt.version, "items": added,
@@ -572,41 +554,56 @@ class LiveService:
         requests = self._feedback_requests(record, catalog)
         new = np.asarray([catalog.index[i] for i in items], np.int64)
         self.registry.add_pending_feedback(seq, record)  # validated: from here on the batch is on record
-        version_dir = None
-        try:
-            t0 = time.perf_counter()
+        first = next(j for j, b in enumerate(snap.artifact.batches) if np.isin(b.requests.items, new).any())
+        solved_again = [b.batch_id for b in snap.artifact.batches[first:]]  # replace_items keeps their ids
+
+        def solve():
             artifact, reports = self.editor.replace_items(snap.artifact, new, requests, catalog.codes,
                                                           catalog.item_ids)
-            artifact = with_batch_id(artifact, batch_id)
-            timings["edit"] = time.perf_counter() - t0
-            first = next(j for j, b in enumerate(snap.artifact.batches) if np.isin(b.requests.items, new).any())
-            recomputed = {b.batch_id: delta_fingerprint(b) for b in artifact.batches[first:-1]}
-            t0 = time.perf_counter()
-            nxt = build_snapshot(snap.version + 1, catalog, self.run.recommender, artifact,
-                                 self.trigger, self.run.config.prior, self.insertion)
-            timings["snapshot"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            version_dir = self._save(artifact, f"feedback-{batch_id}")
-            timings["save"] = time.perf_counter() - t0
-            timings["total"] = time.perf_counter() - start
-            self.registry.activate(batch_id, version_dir, delta_fingerprint(artifact.batches[-1]), len(requests),
-                                   _rounded(timings), _report(reports[-1]), nxt.version, recomputed)
-        except Exception as err:
-            self.registry.fail(batch_id, f"{type(err).__name__}: {err}")
-            if version_dir:
-                shutil.rmtree(self.state_dir / version_dir, ignore_errors=True)
-            self.metrics.observe_edit("feedback", batch_id, time.perf_counter() - start, len(items), False)
-            raise EditFailedError(f"re-edit of batch {batch_id} failed ({type(err).__name__}: {err}); "
-                                  "the previous model keeps serving") from err
-        self.snapshot = nxt
-        self._remove_stale_artifacts(version_dir)
-        self.metrics.observe_edit("feedback", batch_id, timings["total"], len(items), True, _rounded(timings))
+            return artifact, reports[-1], {b.batch_id: delta_fingerprint(b) for b in artifact.batches[first:-1]}
+
+        nxt, report = self._apply("feedback", batch_id, catalog, len(requests), len(items), solve, start, timings)
         re_edited = self._recommendable(nxt, requests, new)
         reach = self._reach(nxt, re_edited, new, timings)
         return {"batch_id": batch_id, "kind": "feedback", "status": "active", "model_version": nxt.version,
                 "items": re_edited, "n_interactions": len(interactions), "n_requests": len(requests),
-                "solved_again": list(recomputed), "efficacy": reports[-1].efficacy,
+                "solved_again": solved_again, "efficacy": report.efficacy,
                 "timings_s": _rounded(timings), "warnings": reach["warnings"], "exposure_estimate": reach["estimate"]}
+
+    def _apply(self, kind: str, batch_id: str, catalog: Catalog, n_requests: int, n_items: int, solve, start: float,
+               timings: dict) -> tuple[Snapshot, EditReport]:
+        """Commit a pending batch: ``solve()`` -> (the stack with the batch on top, its report, the new ΔW
+        fingerprints of the earlier batches it solved again), then the batch renamed to ``batch_id``, the next
+        snapshot, the artifact saved (``<kind>-<batch id>``), the registry activated, and the swap. A failure at any
+        step marks the batch failed, removes what was written and leaves the old snapshot serving."""
+        version_dir = None
+        try:
+            t0 = time.perf_counter()
+            artifact, report, recomputed = solve()
+            artifact = with_batch_id(artifact, batch_id)
+            timings["edit"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            nxt = build_snapshot(self.snapshot.version + 1, catalog, self.run.recommender, artifact,
+                                 self.trigger, self.run.config.prior, self.insertion)
+            timings["snapshot"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            version_dir = self._save(artifact, f"{kind}-{batch_id}")
+            timings["save"] = time.perf_counter() - t0
+            timings["total"] = time.perf_counter() - start
+            self.registry.activate(batch_id, version_dir, delta_fingerprint(artifact.batches[-1]), n_requests,
+                                   _rounded(timings), _report(report), nxt.version, recomputed)
+        except Exception as err:
+            self.registry.fail(batch_id, f"{type(err).__name__}: {err}")
+            if version_dir:
+                shutil.rmtree(self.state_dir / version_dir, ignore_errors=True)
+            self.metrics.observe_edit(kind, batch_id, time.perf_counter() - start, n_items, False)
+            what = "edit" if kind == "add" else "re-edit"
+            raise EditFailedError(f"{what} of batch {batch_id} failed ({type(err).__name__}: {err}); "
+                                  "the previous model keeps serving") from err
+        self.snapshot = nxt  # the swap: one reference assignment
+        self._remove_stale_artifacts(version_dir)
+        self.metrics.observe_edit(kind, batch_id, timings["total"], n_items, True, _rounded(timings))
+        return nxt, report
 
     def _feedback_held(self, items: list[str]) -> list[tuple[str, list[str]]]:
         """The interactions the service holds for ``items``: per item, the rows of the newest active feedback batch
