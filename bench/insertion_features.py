@@ -9,6 +9,10 @@ proposals (the digits: ``candidates``):
 
 - ``bs``: the proposal's largest cosine to the beam's items, that item's beam score (relative to the beam's mass),
   and the beam-probability-weighted mean cosine (is the new item like what the backbone predicts?);
+- ``hx``: the whole history and catalogue (``history_features``): the history's share of new items, the
+  proposal's best cosine to the history's last five items, its rank among every catalogue item by cosine to the last
+  item and its margin over the last item's best warm neighbour;
+- ``gb``: both log-odds models gradient-boosted trees (scikit-learn) instead of logistic fits;
 - ``tf``: the backbone's teacher-forced log-probability of the proposal's SID prefix at depth 1, 2 and in full
   (unconstrained by the trie): what the backbone expects beyond the prefixes its beam kept.
 
@@ -20,6 +24,7 @@ models fitted on it, scored on the second half. Writes ``<out>/insertion_feature
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from pathlib import Path
 
@@ -29,6 +34,7 @@ import torch
 from common import hardware, md_table, write_result
 from genrecedit.coldstart.insertion import CalibratedInsertion, InsertionConfig, Proposals, cross_fitted, propose
 from genrecedit.coldstart.prior import normalized
+from genrecedit.data.dataset import PAD_ITEM
 from genrecedit.model.beam import sid_log_probs
 from genrecedit.runs.backbone import load_run
 from genrecedit.runs.coldstart import decode, new_items, selection_cases
@@ -70,8 +76,68 @@ def beam_similarity(unit: np.ndarray, props: Proposals, chunk: int = 2048) -> np
     return np.concatenate(out).astype(np.float64)
 
 
-def with_features(props: Proposals, extra: np.ndarray) -> Proposals:
-    return Proposals(props.items, np.concatenate([props.features, extra], -1), props.beam_items, props.beam_features)
+def history_features(unit: np.ndarray, histories: np.ndarray, new: np.ndarray, props: Proposals, window: int = 5,
+                     chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """What the whole history and the whole catalogue say, beyond the last item: per proposal [n, J, 4] the share
+    of new items in the history (an early adopter?), the proposal's largest cosine to the history's last ``window``
+    items (a sequel of an earlier item?), the log of its rank among *every* catalogue item by cosine to the last item
+    (is it the last item's nearest neighbour, warm ones included?) and its cosine less the last item's best warm
+    neighbour's; per beam item [n, K, 1] the share of new items in the history."""
+    valid = histories != PAD_ITEM
+    share = (np.isin(histories, new) & valid).sum(1) / np.maximum(valid.sum(1), 1)
+    warm = np.ones(len(unit), bool)
+    warm[new] = False
+    out = []
+    for s in range(0, len(histories), chunk):
+        h, c = histories[s:s + chunk], np.clip(props.items[s:s + chunk], 0, None)
+        rec = h[:, -window:]
+        sim_h = np.einsum("njd,nwd->njw", unit[c], unit[np.clip(rec, 0, None)])
+        sim_h = np.where((rec != PAD_ITEM)[:, None, :], sim_h, -1.0).max(-1)
+        last = np.clip(h[:, -1], 0, None)
+        all_sims = unit[last] @ unit.T  # [n, N]
+        all_sims[np.arange(len(h)), last] = -np.inf  # the last item itself is no neighbour
+        sim_c = np.take_along_axis(all_sims, c, 1)
+        rank = (all_sims[:, None, :] > sim_c[:, :, None]).sum(-1)
+        best_warm = np.where(warm[None], all_sims, -np.inf).max(1)
+        empty = (h[:, -1] == PAD_ITEM)[:, None]
+        out.append(np.stack([np.broadcast_to(share[s:s + chunk, None], c.shape), sim_h,
+                             np.where(empty, np.log1p(len(unit)), np.log1p(rank)),
+                             np.where(empty, 0.0, sim_c - best_warm[:, None])], -1))
+    beam_extra = np.broadcast_to(share[:, None, None], (*props.beam_items.shape, 1))
+    return np.concatenate(out).astype(np.float64), beam_extra.astype(np.float64)
+
+
+class BoostedOdds:
+    """A gradient-boosted stand-in for ``LogOdds`` (same call: [..., f] -> [...] log-odds)."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray):
+        from sklearn.ensemble import HistGradientBoostingClassifier
+
+        self.model = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.05, max_leaf_nodes=15,
+                                                    min_samples_leaf=100, random_state=0).fit(x, y)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.model.decision_function(x.reshape(-1, x.shape[-1])).reshape(x.shape[:-1])
+
+
+class boosted:
+    """Within it, the insertion's two log-odds models are gradient-boosted trees instead of logistic fits."""
+
+    def __enter__(self):
+        import genrecedit.coldstart.insertion as ins
+
+        self.saved = ins.LogOdds.fit
+        ins.LogOdds.fit = staticmethod(lambda x, y, c: BoostedOdds(x, y))
+
+    def __exit__(self, *exc):
+        import genrecedit.coldstart.insertion as ins
+
+        ins.LogOdds.fit = self.saved
+
+
+def with_features(props: Proposals, extra: np.ndarray, beam_extra: np.ndarray | None = None) -> Proposals:
+    beam = props.beam_features if beam_extra is None else np.concatenate([props.beam_features, beam_extra], -1)
+    return Proposals(props.items, np.concatenate([props.features, extra], -1), props.beam_items, beam)
 
 
 def curve(run, cases, props, base, new, width, bounds) -> list[dict]:
@@ -130,17 +196,20 @@ def main() -> None:
         props = propose(run.prepared.embeddings, run.prepared.codes, new, cases.histories, beams, 1, j)
         if "bs" in v:
             props = with_features(props, beam_similarity(unit, props))
+        if "hx" in v:
+            props = with_features(props, *history_features(unit, cases.histories, new, props))
         if "tf" in v:
             cum = np.cumsum(proposal_log_probs(run.recommender, cases.histories, props.items), -1)
             props = with_features(props, cum[..., [0, 1, cum.shape[-1] - 1]].astype(np.float64))
         feature_s = time.perf_counter() - t0
-        cells = curve(run, cases, props, base, new, width, bounds)
-        pick = chosen(curve(run, E, props.rows(early), base_e, new, width, bounds), base_e, bounds)
-        later = None
-        if pick is not None:
-            cfg = InsertionConfig(candidates=j, width=width, bias=pick["bias"])
-            topk = CalibratedInsertion.fit(props.rows(early), E.targets, cfg).rank(props.rows(~early), width)[0]
-            later = summary({"bias": pick["bias"], "metrics": _row(score_topk(run, topk, L), topk, new, base_l)})
+        with (boosted() if "gb" in v else contextlib.nullcontext()):
+            cells = curve(run, cases, props, base, new, width, bounds)
+            pick = chosen(curve(run, E, props.rows(early), base_e, new, width, bounds), base_e, bounds)
+            later = None
+            if pick is not None:
+                cfg = InsertionConfig(candidates=j, width=width, bias=pick["bias"])
+                topk = CalibratedInsertion.fit(props.rows(early), E.targets, cfg).rank(props.rows(~early), width)[0]
+                later = summary({"bias": pick["bias"], "metrics": _row(score_topk(run, topk, L), topk, new, base_l)})
         results[v] = {"features": int(props.features.shape[-1]), "feature_seconds": feature_s,
                       "curve": [summary(c) for c in cells], "chosen": summary(chosen(cells, base, bounds)),
                       "later": later}
