@@ -25,7 +25,9 @@ def test_stepped_decoder_matches_hf_forward(tiny_model, tiny_layout, tiny_codes,
         cache = DecoderCache()
         for t in range(tiny_layout.n_positions):
             out, cache = dec.step(dec_in[:, t], cache, enc)
-            torch.testing.assert_close(out.logits, ref[:, t], rtol=1e-5, atol=1e-5)
+            # two float32 summation orders (cached steps against one full pass) differ by up to ~3e-5; a wrong
+            # cache or position is off by orders of magnitude more
+            torch.testing.assert_close(out.logits, ref[:, t], rtol=1e-4, atol=1e-4)
     assert cache.length == tiny_layout.n_positions
 
 
