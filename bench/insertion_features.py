@@ -27,12 +27,14 @@ import argparse
 import contextlib
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
 
 from common import hardware, md_table, write_result
-from genrecedit.coldstart.insertion import CalibratedInsertion, InsertionConfig, Proposals, cross_fitted, propose
+from genrecedit.coldstart.insertion import (CalibratedInsertion, InsertionConfig, LogOdds, Proposals, cross_fitted,
+                                           propose)
 from genrecedit.coldstart.prior import normalized
 from genrecedit.data.dataset import PAD_ITEM
 from genrecedit.model.beam import sid_log_probs
@@ -120,19 +122,9 @@ class BoostedOdds:
         return self.model.decision_function(x.reshape(-1, x.shape[-1])).reshape(x.shape[:-1])
 
 
-class boosted:
+def boosted():
     """Within it, the insertion's two log-odds models are gradient-boosted trees instead of logistic fits."""
-
-    def __enter__(self):
-        import genrecedit.coldstart.insertion as ins
-
-        self.saved = ins.LogOdds.fit
-        ins.LogOdds.fit = staticmethod(lambda x, y, c: BoostedOdds(x, y))
-
-    def __exit__(self, *exc):
-        import genrecedit.coldstart.insertion as ins
-
-        ins.LogOdds.fit = self.saved
+    return mock.patch.object(LogOdds, "fit", staticmethod(lambda x, y, c: BoostedOdds(x, y)))
 
 
 def with_features(props: Proposals, extra: np.ndarray, beam_extra: np.ndarray | None = None) -> Proposals:
