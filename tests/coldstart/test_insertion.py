@@ -11,7 +11,7 @@ import torch
 
 from genrecedit.coldstart import insertion as ins
 from genrecedit.coldstart.insertion import (CalibratedInsertion, InsertionConfig, LogOdds, NEW_FEATURES, Proposals,
-                                            WARM_FEATURES, cross_fitted, propose)
+                                            RERANK_FEATURES, WARM_FEATURES, cross_fitted, propose)
 from genrecedit.errors import ConfigError
 from genrecedit.model.beam import Beams
 from genrecedit.runs.backbone import load_run
@@ -34,6 +34,7 @@ def test_proposals_follow_the_text_and_never_repeat_the_history():
     p = propose(EMB, CODES, NEW, histories, beams, recent=1, candidates=2)
     assert p.items.tolist() == [[4, 5], [5, 4], [5, -1]]
     assert p.features.shape == (3, 2, len(NEW_FEATURES)) and p.beam_features.shape == (3, 3, len(WARM_FEATURES))
+    assert p.beam_content.shape == (3, 3, len(RERANK_FEATURES))
     f = dict(zip(NEW_FEATURES, np.moveaxis(p.features, -1, 0)))
     assert f["sim"][0, 0] == pytest.approx(1 / np.sqrt(1 + 0.05 ** 2), abs=1e-5)
     assert f["first"][:, 0].tolist() == [1, 1, 1] and f["novel_last"][:, 0].tolist() == [0, 0, 1]
@@ -41,24 +42,37 @@ def test_proposals_follow_the_text_and_never_repeat_the_history():
     mass = np.logaddexp.reduce([-1.0, -2.0, -3.0])
     assert f["subtree_mass_1"][0, 0] == pytest.approx(np.logaddexp(-1.0, -2.0) - mass)
     assert f["subtree_mass_2"][0, 0] == pytest.approx(ins.FLOOR - mass)  # no beam item under (0, 2)
-    w = dict(zip(WARM_FEATURES, np.moveaxis(p.beam_features, -1, 0)))
+    w = dict(zip(WARM_FEATURES + RERANK_FEATURES, np.moveaxis(p.warm_x(InsertionConfig(rerank=True)), -1, 0)))
     assert w["score"][2, 2] == ins.FLOOR and w["log_rank"][0].tolist() == pytest.approx(np.log1p([0, 1, 2]))
+    # the beam items' own similarity to the history's content: row 0's content is item 0, row 2's is new item 4
+    assert w["sim"][0].tolist() == pytest.approx([1.0, 0.0, 0.0], abs=1e-6)
+    assert w["sim"][2, 0] == pytest.approx(1 / np.sqrt(1 + 0.05 ** 2), abs=1e-5) and w["sim"][2, 2] == -1.0
+    assert w["sim_gap"][0].tolist() == pytest.approx([0.0, -1.0, -1.0], abs=1e-6)
+    assert w["novel_last_sim"][0].tolist() == [0, 0, 0] and w["novel_last_sim"][2, 0] == pytest.approx(w["sim"][2, 0])
+    assert w["seen"].tolist() == [[1, 0, 0], [1, 0, 0], [1, 0, 0]]  # each beam leads with a history item; row 2 slot 3 empty
 
 
-def _model(new_coef: float, bias: float = 0.0) -> CalibratedInsertion:
-    """Log-odds: a proposal's = new_coef · similarity; a beam item's = its log-probability."""
-    n_new, n_warm = len(NEW_FEATURES), len(WARM_FEATURES)
+def _model(new_coef: float, bias: float = 0.0, rerank: bool = False, sim_coef: float = 0.0) -> CalibratedInsertion:
+    """Log-odds: a proposal's = new_coef · similarity; a beam item's = its log-probability (+ sim_coef · its own
+    similarity when ``rerank``)."""
+    n_new, n_warm = len(NEW_FEATURES), len(ins.warm_features(InsertionConfig(rerank=rerank)))
     new = LogOdds([0.0] * n_new, [1.0] * n_new, [new_coef] + [0.0] * (n_new - 1), 0.0)
-    warm = LogOdds([0.0] * n_warm, [1.0] * n_warm, [1.0] + [0.0] * (n_warm - 1), 0.0)
-    return CalibratedInsertion(InsertionConfig(bias=bias), new, warm)
+    coef = [1.0] + [0.0] * (n_warm - 1)
+    if rerank:
+        coef[len(WARM_FEATURES)] = sim_coef
+    warm = LogOdds([0.0] * n_warm, [1.0] * n_warm, coef, 0.0)
+    return CalibratedInsertion(InsertionConfig(bias=bias, rerank=rerank), new, warm)
 
 
-def _proposals(items, sims, beam_items, beam_scores) -> Proposals:
+def _proposals(items, sims, beam_items, beam_scores, beam_sims=None) -> Proposals:
     f = np.zeros(np.shape(items) + (len(NEW_FEATURES),))
     f[..., 0] = sims
     w = np.zeros(np.shape(beam_items) + (len(WARM_FEATURES),))
     w[..., 0] = beam_scores
-    return Proposals(np.array(items), f, np.array(beam_items), w)
+    content = np.zeros(np.shape(beam_items) + (len(RERANK_FEATURES),))
+    if beam_sims is not None:
+        content[..., 0] = beam_sims
+    return Proposals(np.array(items), f, np.array(beam_items), w, content)
 
 
 def test_a_proposal_goes_above_the_first_beam_item_it_beats_by_the_margin_and_the_beam_keeps_its_order():
@@ -69,6 +83,20 @@ def test_a_proposal_goes_above_the_first_beam_item_it_beats_by_the_margin_and_th
     assert _model(1.0).rank(p, 4, bias=2.0)[0].tolist() == [[1, 2, 3, 7]]  # -3.5 beats no beam item (-1, -3, -3)
     assert _model(1.0).rank(p, 3, bias=10.0)[0].tolist() == [[1, 2, 3]]  # a wide margin: the beam's list
     assert _model(1.0).rank(p, 5, bias=-20.0)[0].tolist() == [[7, 8, 1, 2, 3]]
+
+
+def test_a_reranking_warm_model_reorders_the_beam_by_its_log_odds_and_reads_its_own_features_only():
+    # log-odds = score + 4 · sim: item 3 (score -2, sim 1) overtakes items 1 and 2; proposal 7 (1.8 - 3) goes between
+    p = _proposals([[7]], [[1.8]], [[1, 2, 3]], [[-1.0, -1.5, -2.0]], beam_sims=[[0.0, 0.0, 1.0]])
+    assert _model(1.0, bias=3.0, rerank=True, sim_coef=4.0).rank(p, 4)[0].tolist() == [[3, 1, 7, 2]]
+    # the keep-order model reads no content feature: item 3's similarity leaves it last
+    assert _model(1.0, bias=3.0).rank(p, 4)[0].tolist() == [[1, 7, 2, 3]]
+    model = _model(1.0, bias=3.0, rerank=True, sim_coef=4.0)
+    data = json.loads(json.dumps(model.to_dict()))
+    assert data["warm_features"] == list(WARM_FEATURES + RERANK_FEATURES)
+    np.testing.assert_array_equal(CalibratedInsertion.of(data).rank(p, 4)[0], [[3, 1, 7, 2]])
+    with pytest.raises(ConfigError, match="other features"):  # a re-ranking model saved with the old feature list
+        CalibratedInsertion.of({**data, "warm_features": list(WARM_FEATURES)})
 
 
 def test_a_proposal_already_in_the_beam_is_counted_once_and_empty_slots_stay_empty():
@@ -138,23 +166,33 @@ def test_coldstart_chooses_a_margin_on_validation_and_scores_it_on_test(sequel_r
     report = coldstart(run, tmp_path, spec, echo=lambda *_: None)
     selection = json.loads((tmp_path / "coldstart_selection.json").read_text())["insertion"]
     assert selection["chosen"] is not None, selection.get("unavailable")
-    assert [c["insertion"]["bias"] for c in selection["cells"]] == [0.0, 0.5, 1.0, 1.5, 50.0]
-    wide = selection["cells"][-1]["metrics"]
+    cells = selection["cells"]  # the beam's order kept, then re-ordered by the warm model
+    assert [(c["insertion"]["rerank"], c["insertion"]["bias"]) for c in cells] == \
+        [(r, b) for r in (False, True) for b in (0.0, 0.5, 1.0, 1.5, 50.0)]
+    wide = cells[4]["metrics"]
     assert wide["exposure"]["new_item_slot_share"] == 0.0 and wide["warm_drop"] == pytest.approx(0.0)
+    assert cells[-1]["metrics"]["exposure"]["new_item_slot_share"] == 0.0  # re-ordered beam items only
     assert report["chosen_insertion"] == selection["chosen"]["config"]
     row = report["systems"]["calibrated insertion (chosen)"]
     assert row["overall"]["n_cases"] == len(run.prepared.split.test) and "cold_recall@10" in row["vs_base"]
     assert (tmp_path / "coldstart_insertion.json").exists()
     assert report["best_baseline"] != "calibrated insertion (chosen)"
+    from genrecedit.runs.coldstart import RERANK_ONLY
+
+    assert (RERANK_ONLY in report["systems"]) == report["chosen_insertion"]["rerank"]
+    if RERANK_ONLY in report["systems"]:  # the warm model's order alone: no new item in any list
+        assert report["systems"][RERANK_ONLY]["exposure"]["new_item_slot_share"] == 0.0
+        assert report["best_baseline"] != RERANK_ONLY
 
 
 def test_an_adopted_insertion_is_what_evaluate_scores(sequel_run, tmp_path):
     """`coldstart --adopt` with the insertion as the recipe copies it into the run and names it in the config;
-    `genrecedit evaluate` then scores TIGER + insertion, and no prior."""
+    `genrecedit evaluate` then scores TIGER + insertion, and no prior. A re-ranking insertion (the only kind tried
+    here) is reported with its warm re-rank alone beside it."""
     import shutil
 
     from genrecedit.config import load_config
-    from genrecedit.runs.coldstart import INSERTION, adopt
+    from genrecedit.runs.coldstart import INSERTION, RERANK_ONLY, adopt
     from genrecedit.runs.evaluate_report import evaluate_report
 
     run_dir = tmp_path / "run"
@@ -162,8 +200,12 @@ def test_an_adopted_insertion_is_what_evaluate_scores(sequel_run, tmp_path):
     spec = ColdstartSpec(grid=PriorGrid(scope=(0,), recent=(1,), threshold=(0.5,), temperature=(0.1,), budget=(0.1,),
                                         novel_budget=(None,), head=(0,)),
                          bounds=Bounds(max_warm_drop=1.0, max_item_share=1.0), slots=(1,), recent=(1,),
-                         insertion=InsertionGrid(recent=(1,), bias=(0.0, 0.5, 1.0, 1.5, 50.0), candidates=3))
+                         insertion=InsertionGrid(recent=(1,), bias=(0.0, 0.5, 1.0, 1.5, 50.0), candidates=3,
+                                                 rerank=(True,)))
     report = coldstart(load_run(run_dir), tmp_path / "cs", spec, echo=lambda *_: None)
+    assert report["chosen_insertion"]["rerank"] and RERANK_ONLY in report["systems"]
+    only = report["systems"][RERANK_ONLY]
+    assert only["exposure"]["new_item_slot_share"] == 0.0 and only["cold"]["recall@10"] == 0.0
     report = {**report, "recipe": INSERTION}  # whichever validation preferred: adopt the insertion here
     cfg = adopt(run_dir, report, tmp_path / "cs")
     assert cfg.insertion == "insertion.json" and not cfg.prior.enabled
@@ -204,4 +246,4 @@ def test_choosing_the_insertion_never_reads_the_test_split(sequel_run):
                          bounds=Bounds(max_warm_drop=1.0, max_item_share=1.0), slots=(1,), recent=(1,),
                          insertion=InsertionGrid(recent=(1, 2), bias=(0.0, 1.0, 50.0), candidates=3))
     selection = select_coldstart(guarded, spec, progress=False)["insertion"]
-    assert len(selection["cells"]) == 6 and selection["chosen"] is not None
+    assert len(selection["cells"]) == 12 and selection["chosen"] is not None

@@ -13,9 +13,11 @@ validation cases, turn what the backbone and the text say into log-odds that an 
   whether h ends with a new item (alone and times the log-probability), the best proposal's similarity and the
   beam's top score.
 
-The beam's items keep their order (their log-odds are made non-increasing down the list). A proposal is placed
-above the first beam item whose log-odds is below its own minus a margin (``bias``): the larger the margin, the
-surer the text must be before a warm item gives up its place. The margin is chosen on validation within the warm
+The beam's items keep their order (their log-odds are made non-increasing down the list), or, with ``rerank``, the
+warm model also reads each beam item's own similarity to h's content and whether h holds it already
+(``RERANK_FEATURES``) and the beam's items are ordered by their log-odds: a warm item the text supports rises from
+the beam's lower ranks. A proposal is placed above the first beam item whose log-odds is below its own minus a
+margin (``bias``): the larger the margin, the surer the text must be before a warm item gives up its place. The margin is chosen on validation within the warm
 bound (``genrecedit coldstart``). The features name no item, so nothing is learnt about any particular new item;
 the new items' own interactions are never read.
 
@@ -40,6 +42,10 @@ from genrecedit.model.beam import Beams
 NEW_FEATURES = ("sim", "sim_gap", "log_rank", "first", "novel_last", "novel_last_sim", "subtree_mass_1",
                 "subtree_mass_2", "beam_top", "beam_mass", "best_sim")
 WARM_FEATURES = ("score", "score_rel", "log_rank", "first", "novel_last", "novel_last_score", "best_sim", "beam_top")
+# what a re-ranking warm model reads besides (``InsertionConfig.rerank``): the beam item's own similarity to the
+# history's content, its gap to the beam's most similar item's, that similarity where h ends with a new item, and
+# whether the item is in h already
+RERANK_FEATURES = ("sim", "sim_gap", "novel_last_sim", "seen")
 CHUNK_ROWS = 1024  # histories whose similarities to every new item are computed at once
 FLOOR = -50.0  # the log-probability feature of an empty beam slot (which is never ranked)
 
@@ -53,6 +59,7 @@ class InsertionConfig:
     bias: float = 2.5  # the margin (in log-odds) a proposal must clear above the beam item it displaces
     c: float = 1.0  # inverse L2 strength of the logistic fits
     width: int | None = None  # the beam lists' length the models were fitted on (their features depend on it)
+    rerank: bool = False  # the beam's items are re-ordered by their log-odds, which then read RERANK_FEATURES too
 
     def __post_init__(self) -> None:
         if self.recent < 1:
@@ -63,6 +70,11 @@ class InsertionConfig:
             raise ConfigError(f"insertion.c must be > 0, got {self.c}")
         if self.width is not None and self.width < 1:
             raise ConfigError(f"insertion.width must be ≥ 1, got {self.width}")
+
+
+def warm_features(cfg: InsertionConfig) -> tuple[str, ...]:
+    """The features the warm model of ``cfg`` reads (``Proposals.warm_x``)."""
+    return WARM_FEATURES + RERANK_FEATURES if cfg.rerank else WARM_FEATURES
 
 
 @dataclass
@@ -93,18 +105,29 @@ class LogOdds:
 @dataclass
 class Proposals:
     """Per history: the proposed new items [n, J] (-1: none), their features [n, J, len(NEW_FEATURES)], the beam's
-    items [n, K] (-1: empty slot) and their features [n, K, len(WARM_FEATURES)]."""
+    items [n, K] (-1: empty slot), their features [n, K, len(WARM_FEATURES)] and what a re-ranking warm model reads
+    besides, [n, K, len(RERANK_FEATURES)] (None: not computed)."""
 
     items: np.ndarray
     features: np.ndarray
     beam_items: np.ndarray
     beam_features: np.ndarray
+    beam_content: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.items)
 
     def rows(self, mask: np.ndarray) -> "Proposals":
-        return Proposals(self.items[mask], self.features[mask], self.beam_items[mask], self.beam_features[mask])
+        return Proposals(self.items[mask], self.features[mask], self.beam_items[mask], self.beam_features[mask],
+                         None if self.beam_content is None else self.beam_content[mask])
+
+    def warm_x(self, cfg: InsertionConfig) -> np.ndarray:
+        """[n, K, f] what the warm model of ``cfg`` reads."""
+        if not cfg.rerank:
+            return self.beam_features
+        if self.beam_content is None:
+            raise ConfigError("a re-ranking insertion needs the beam items' content features (propose computes them)")
+        return np.concatenate([self.beam_features, self.beam_content], -1)
 
     def labels(self, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """[n, J], [n, K] bool: which proposal / beam item is the case's next item."""
@@ -123,12 +146,13 @@ def propose(embeddings: np.ndarray, codes: np.ndarray, new_items: np.ndarray, hi
                            beams.items[s:s + CHUNK_ROWS].numpy(), beams.scores[s:s + CHUNK_ROWS].double().numpy(),
                            recent, min(candidates, len(new_items)))
              for s in range(0, len(histories), CHUNK_ROWS)]
-    return Proposals(*(np.concatenate([p[i] for p in parts]) for i in range(4)))
+    return Proposals(*(np.concatenate([p[i] for p in parts]) for i in range(5)))
 
 
 def _propose_rows(unit: torch.Tensor, codes: np.ndarray, new_items: np.ndarray, histories: np.ndarray,
                   items: np.ndarray, scores: np.ndarray, recent: int, j: int) -> tuple:
-    sims = (content_vectors(unit, histories, recent) @ unit[new_items].T).numpy()  # [n, m]
+    content = content_vectors(unit, histories, recent)
+    sims = (content @ unit[new_items].T).numpy()  # [n, m]
     col = np.searchsorted(new_items, np.clip(histories, 0, None))
     seen = (histories != PAD_ITEM) & (new_items[np.clip(col, 0, len(new_items) - 1)] == histories)
     rows = np.broadcast_to(np.arange(len(histories))[:, None], histories.shape)
@@ -156,11 +180,16 @@ def _propose_rows(unit: torch.Tensor, codes: np.ndarray, new_items: np.ndarray, 
                       np.broadcast_to(best, sim.shape)], -1).astype(np.float64)
     k = items.shape[1]
     beam_rank = np.arange(k, dtype=np.float64)[None].repeat(len(items), 0)
+    beam_sim = torch.einsum("nkd,nd->nk", unit[torch.as_tensor(np.clip(items, 0, None))], content).double().numpy()
+    beam_sim = np.where(present, beam_sim, -1.0)
+    in_history = (items[:, :, None] == histories[:, None, :]).any(2) & present
     warm_f = np.stack([score, score - mass[:, None], np.log1p(beam_rank), beam_rank == 0,
                        np.broadcast_to(novel_last[:, None], score.shape), novel_last[:, None] * score,
                        np.broadcast_to(best, score.shape), np.broadcast_to(top1[:, None], score.shape)],
                       -1).astype(np.float64)
-    return cand, new_f, items, warm_f
+    content_f = np.stack([beam_sim, beam_sim - beam_sim.max(1, keepdims=True), novel_last[:, None] * beam_sim, in_history],
+                         -1).astype(np.float64)
+    return cand, new_f, items, warm_f, content_f
 
 
 def _subtree_mass(codes: np.ndarray, items: np.ndarray, score: np.ndarray, cand: np.ndarray, depth: int) -> np.ndarray:
@@ -189,15 +218,16 @@ class CalibratedInsertion:
         present = proposals.beam_items >= 0
         return CalibratedInsertion(
             cfg, LogOdds.fit(proposals.features[have], is_new[have].astype(int), cfg.c),
-            LogOdds.fit(proposals.beam_features[present], is_warm[present].astype(int), cfg.c))
+            LogOdds.fit(proposals.warm_x(cfg)[present], is_warm[present].astype(int), cfg.c))
 
     def rank(self, proposals: Proposals, k: int, bias: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The merged top ``k``: items [n, k] (-1: empty) and their ranking keys [n, k] (log-odds; a proposal's
         less the margin), best first; ``bias`` overrides the configured margin."""
         bias = self.cfg.bias if bias is None else bias
-        warm = np.where(proposals.beam_items >= 0, self.warm_odds(proposals.beam_features), -np.inf)
-        warm = np.minimum.accumulate(warm, axis=1)  # the beam's order is kept
-        warm = warm - 1e-9 * np.arange(warm.shape[1])[None]  # ties keep it too
+        warm = np.where(proposals.beam_items >= 0, self.warm_odds(proposals.warm_x(self.cfg)), -np.inf)
+        if not self.cfg.rerank:
+            warm = np.minimum.accumulate(warm, axis=1)  # the beam's order is kept
+            warm = warm - 1e-9 * np.arange(warm.shape[1])[None]  # ties keep it too
         new = self.new_odds(proposals.features) - bias
         in_beam = (proposals.items[:, :, None] == proposals.beam_items[:, None, :]).any(2)
         new = np.where((proposals.items >= 0) & ~in_beam, new, -np.inf)
@@ -236,16 +266,16 @@ class CalibratedInsertion:
 
     def to_dict(self) -> dict:
         return {"config": asdict(self.cfg), "new_odds": asdict(self.new_odds), "warm_odds": asdict(self.warm_odds),
-                "new_features": list(NEW_FEATURES), "warm_features": list(WARM_FEATURES)}
+                "new_features": list(NEW_FEATURES), "warm_features": list(warm_features(self.cfg))}
 
     @staticmethod
     def of(data: dict) -> "CalibratedInsertion":
+        cfg = InsertionConfig(**data["config"])
         if data.get("new_features", list(NEW_FEATURES)) != list(NEW_FEATURES) or \
-                data.get("warm_features", list(WARM_FEATURES)) != list(WARM_FEATURES):
+                data.get("warm_features", list(warm_features(cfg))) != list(warm_features(cfg)):
             raise ConfigError("this calibrated insertion was fitted on other features; run `genrecedit coldstart` "
                               "again")
-        return CalibratedInsertion(InsertionConfig(**data["config"]), LogOdds(**data["new_odds"]),
-                                   LogOdds(**data["warm_odds"]))
+        return CalibratedInsertion(cfg, LogOdds(**data["new_odds"]), LogOdds(**data["warm_odds"]))
 
 
 def half_models(proposals: Proposals, targets: np.ndarray, times: np.ndarray,

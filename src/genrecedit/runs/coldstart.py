@@ -32,6 +32,8 @@ from genrecedit.runs.coldstart_bounds import (CUT, Bounds, WarmPlan, _admissible
 from genrecedit.runs.evaluate import score_topk
 
 PRIOR, INSERTION = "content prior (chosen)", "calibrated insertion (chosen)"  # the report's rows of the recipes
+# with a re-ranking insertion: its warm model's order of the beam and no new item, to tell the two gains apart
+RERANK_ONLY = "calibrated insertion, beam re-rank only (chosen)"
 INSERTION_FILE = "insertion.json"  # a run's adopted calibrated insertion (config.insertion names it)
 
 
@@ -64,6 +66,7 @@ class InsertionGrid:
     recent: tuple[int, ...] = (1, 3)
     bias: tuple[float, ...] = tuple(0.25 * i for i in range(25))  # 0 … 6 log-odds
     candidates: int = 10
+    rerank: tuple[bool, ...] = (False, True)  # the beam's order kept, or re-ordered by the warm model
 
 
 @dataclass
@@ -201,10 +204,12 @@ def select_insertion(run: LoadedRun, cases: CaseSet, beams: Beams, base: EvalRes
     new, width = new_items(run), beams.items.shape[1]
     base_ndcg = base.summary()["overall"][f"ndcg@{CUT}"]
     cells, proposals = [], {}
-    for recent in tqdm(grid.recent, desc="coldstart: calibrated insertion", disable=not progress):
-        cfg = InsertionConfig(recent=recent, candidates=grid.candidates, width=width)
-        proposals[recent] = propose(run.prepared.embeddings, run.prepared.codes, new, cases.histories, beams,
-                                    recent, grid.candidates)
+    for recent, rerank in tqdm(list(itertools.product(grid.recent, grid.rerank)),
+                               desc="coldstart: calibrated insertion", disable=not progress):
+        cfg = InsertionConfig(recent=recent, candidates=grid.candidates, width=width, rerank=rerank)
+        if recent not in proposals:
+            proposals[recent] = propose(run.prepared.embeddings, run.prepared.codes, new, cases.histories, beams,
+                                        recent, grid.candidates)
         try:
             lists = cross_fitted(proposals[recent], cases.targets, cases.timestamps, cfg, grid.bias, width)
         except ConfigError as err:  # e.g. no validation case's next item among one half's proposals
@@ -253,8 +258,13 @@ def coldstart(run: LoadedRun, out_dir: Path, spec: ColdstartSpec | None = None,
     insertion = (selection.get("insertion") or {}).get("chosen")
     if insertion is not None:
         write_json(out_dir / f"{name}_insertion.json", insertion)
-        lists[INSERTION] = CalibratedInsertion.of(insertion).apply(
-            run.prepared.embeddings, run.prepared.codes, new, cases.histories, beams).items.numpy()
+        fitted = CalibratedInsertion.of(insertion)
+        lists[INSERTION] = fitted.apply(run.prepared.embeddings, run.prepared.codes, new, cases.histories,
+                                        beams).items.numpy()
+        if fitted.cfg.rerank:
+            warm_only = replace(fitted, cfg=replace(fitted.cfg, bias=float("inf")))
+            lists[RERANK_ONLY] = warm_only.apply(run.prepared.embeddings, run.prepared.codes, new, cases.histories,
+                                                 beams).items.numpy()
     picks = selection["baselines"]
     for r in spec.recent:
         lists[f"retriever (recent {r})"] = retrieve(run.prepared.embeddings, cases.histories, new, width, r)
