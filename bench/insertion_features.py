@@ -14,7 +14,10 @@ proposals (the digits: ``candidates``):
   item and its margin over the last item's best warm neighbour;
 - ``gb``: both log-odds models gradient-boosted trees (scikit-learn) instead of logistic fits;
 - ``tf``: the backbone's teacher-forced log-probability of the proposal's SID prefix at depth 1, 2 and in full
-  (unconstrained by the trie): what the backbone expects beyond the prefixes its beam kept.
+  (unconstrained by the trie): what the backbone expects beyond the prefixes its beam kept;
+- ``rr``: the beam's items re-ordered by the warm model, which also reads their own content similarity to the
+  history (``InsertionConfig.rerank``): warm NDCG gained there is warm drop the insertion may spend;
+- ``r3``: the history's content is the mean of its last 3 items instead of its last one.
 
 Per variant: the margin curve on cross-fitted lists of the whole validation period (overall NDCG@10, warm drop,
 the planned drop's upper end, cold Recall@10, exposure), the margin ``genrecedit coldstart``'s rule would choose
@@ -129,13 +132,14 @@ def boosted():
 
 def with_features(props: Proposals, extra: np.ndarray, beam_extra: np.ndarray | None = None) -> Proposals:
     beam = props.beam_features if beam_extra is None else np.concatenate([props.beam_features, beam_extra], -1)
-    return Proposals(props.items, np.concatenate([props.features, extra], -1), props.beam_items, beam)
+    return Proposals(props.items, np.concatenate([props.features, extra], -1), props.beam_items, beam,
+                     props.beam_content)
 
 
-def curve(run, cases, props, base, new, width, bounds) -> list[dict]:
+def curve(run, cases, props, base, new, width, bounds, rerank: bool = False) -> list[dict]:
     """Cells as ``select_insertion`` makes them: per margin the cross-fitted lists scored, with the planned drop."""
     plan = WarmPlan.of(cases, new, base.cold_mask, bounds.plan_window, trend=True)
-    cfg = InsertionConfig(candidates=props.items.shape[1], width=width)
+    cfg = InsertionConfig(candidates=props.items.shape[1], width=width, rerank=rerank)
     cells = []
     for bias, topk in cross_fitted(props, cases.targets, cases.timestamps, cfg, BIASES, width).items():
         res = score_topk(run, topk, cases)
@@ -185,7 +189,8 @@ def main() -> None:
     for v in (s.strip() for s in args.variants.split(",") if s.strip()):
         j = int("".join(ch for ch in v if ch.isdigit()) or 10)
         t0 = time.perf_counter()
-        props = propose(run.prepared.embeddings, run.prepared.codes, new, cases.histories, beams, 1, j)
+        recent = 3 if "r3" in v else 1
+        props = propose(run.prepared.embeddings, run.prepared.codes, new, cases.histories, beams, recent, j)
         if "bs" in v:
             props = with_features(props, beam_similarity(unit, props))
         if "hx" in v:
@@ -195,11 +200,12 @@ def main() -> None:
             props = with_features(props, cum[..., [0, 1, cum.shape[-1] - 1]].astype(np.float64))
         feature_s = time.perf_counter() - t0
         with (boosted() if "gb" in v else contextlib.nullcontext()):
-            cells = curve(run, cases, props, base, new, width, bounds)
-            pick = chosen(curve(run, E, props.rows(early), base_e, new, width, bounds), base_e, bounds)
+            rr = "rr" in v
+            cells = curve(run, cases, props, base, new, width, bounds, rr)
+            pick = chosen(curve(run, E, props.rows(early), base_e, new, width, bounds, rr), base_e, bounds)
             later = None
             if pick is not None:
-                cfg = InsertionConfig(candidates=j, width=width, bias=pick["bias"])
+                cfg = InsertionConfig(recent=recent, candidates=j, width=width, bias=pick["bias"], rerank=rr)
                 topk = CalibratedInsertion.fit(props.rows(early), E.targets, cfg).rank(props.rows(~early), width)[0]
                 later = summary({"bias": pick["bias"], "metrics": _row(score_topk(run, topk, L), topk, new, base_l)})
         results[v] = {"features": int(props.features.shape[-1]), "feature_seconds": feature_s,
