@@ -49,6 +49,9 @@ def test_proposals_follow_the_text_and_never_repeat_the_history():
     assert w["sim"][2, 0] == pytest.approx(1 / np.sqrt(1 + 0.05 ** 2), abs=1e-5) and w["sim"][2, 2] == -1.0
     assert w["sim_gap"][0].tolist() == pytest.approx([0.0, -1.0, -1.0], abs=1e-6)
     assert w["novel_last_sim"][0].tolist() == [0, 0, 0] and w["novel_last_sim"][2, 0] == pytest.approx(w["sim"][2, 0])
+    none = propose(EMB, CODES, np.array([], int), histories, beams, recent=1, candidates=2)  # no new item at all
+    assert none.items.shape == (3, 0) and none.beam_content.shape == p.beam_content.shape
+    np.testing.assert_array_equal(none.beam_content[..., 0], p.beam_content[..., 0])
     assert w["seen"].tolist() == [[1, 0, 0], [1, 0, 0], [1, 0, 0]]  # each beam leads with a history item; row 2 slot 3 empty
 
 

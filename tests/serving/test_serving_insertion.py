@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from genrecedit.coldstart.insertion import NEW_FEATURES, WARM_FEATURES, CalibratedInsertion, InsertionConfig, LogOdds
+from genrecedit.coldstart.insertion import (NEW_FEATURES, RERANK_FEATURES, WARM_FEATURES, CalibratedInsertion,
+                                            InsertionConfig, LogOdds)
+from genrecedit.coldstart.prior import content_vectors, normalized
 from genrecedit.errors import ConfigError
 from serving_helpers import api, new_items
 from serving_run import TOPICS
@@ -62,3 +64,32 @@ def test_a_missing_or_mismatched_insertion_is_refused_at_start(open_service, ser
     with pytest.raises(ConfigError, match="decode.beam"):
         open_service("s-wide", ["insertion=insertion-too-wide.json"])
 
+
+
+def test_a_reranking_insertion_orders_every_served_list_by_its_warm_model(open_service, serving_run):
+    """Warm log-odds = 10 · the item's cosine to the history's last item: each served list is the beam's items in
+    the order of that cosine, exactly as the offline recipe ranks them — also with no new item in the catalog."""
+    n_new, n_warm = len(NEW_FEATURES), len(WARM_FEATURES) + len(RERANK_FEATURES)
+    new = LogOdds([0.0] * n_new, [1.0] * n_new, [0.0] * n_new, 0.0)
+    coef = [0.0] * n_warm
+    coef[len(WARM_FEATURES)] = 10.0  # "sim"
+    warm = LogOdds([0.0] * n_warm, [1.0] * n_warm, coef, 0.0)
+    CalibratedInsertion(InsertionConfig(recent=1, candidates=3, bias=1e6, width=10, rerank=True), new,
+                        warm).save(serving_run / "insertion-rerank.json")
+    service = open_service("s-rerank", ["insertion=insertion-rerank.json"], exposure_cases=0)
+    snap = service.snapshot
+    unit = normalized(snap.catalog.embeddings)
+    with api(service) as c:
+        for t in range(len(TOPICS)):
+            r = c.post("/recommend", json={"history": _history(t), "k": 5})
+            assert r.status_code == 200, r.text
+            served = [x["item_id"] for x in r.json()["items"]]
+            hist = snap.catalog.histories([_history(t)], service.max_history)
+            beams = snap.recommender.recommend(hist, service.decode, snap.schedule)
+            offline = service.insertion.apply(snap.catalog.embeddings, snap.catalog.codes,
+                                              np.flatnonzero(~snap.catalog.warm), hist, beams, 5)
+            assert [snap.catalog.item_ids[i] for i in offline.items[0].tolist()] == served
+            beam = [i for i in beams.items[0].tolist() if i >= 0]
+            sims = (unit[beam] @ content_vectors(unit, hist, 1)[0]).numpy()
+            best = [beam[j] for j in np.argsort(-sims, kind="stable")[:5]]
+            assert served == [snap.catalog.item_ids[i] for i in best]

@@ -136,11 +136,10 @@ class Proposals:
 
 def propose(embeddings: np.ndarray, codes: np.ndarray, new_items: np.ndarray, histories: np.ndarray, beams: Beams,
             recent: int, candidates: int, unit: torch.Tensor | None = None) -> Proposals:
-    """The proposals and both feature sets for [n, L] left-padded ``histories`` and their unedited ``beams``.
+    """The proposals and both feature sets for [n, L] left-padded ``histories`` and their unedited ``beams``
+    (no new item: no proposal, J = 0; the beam's features still matter to a re-ranking model).
     ``unit``: ``normalized(embeddings)`` when the caller holds it already (a service snapshot binds it once)."""
     new_items = np.unique(np.asarray(new_items, np.int64))
-    if len(new_items) == 0:
-        raise ConfigError("calibrated insertion needs at least one new item")
     unit = normalized(embeddings) if unit is None else unit
     parts = [_propose_rows(unit, np.asarray(codes), new_items, np.asarray(histories)[s:s + CHUNK_ROWS],
                            beams.items[s:s + CHUNK_ROWS].numpy(), beams.scores[s:s + CHUNK_ROWS].double().numpy(),
@@ -153,11 +152,12 @@ def _propose_rows(unit: torch.Tensor, codes: np.ndarray, new_items: np.ndarray, 
                   items: np.ndarray, scores: np.ndarray, recent: int, j: int) -> tuple:
     content = content_vectors(unit, histories, recent)
     sims = (content @ unit[new_items].T).numpy()  # [n, m]
-    col = np.searchsorted(new_items, np.clip(histories, 0, None))
-    seen = (histories != PAD_ITEM) & (new_items[np.clip(col, 0, len(new_items) - 1)] == histories)
-    rows = np.broadcast_to(np.arange(len(histories))[:, None], histories.shape)
-    sims[rows[seen], col[seen]] = -np.inf  # a history's own items are not proposed again
-    top = np.argpartition(-sims, j - 1, axis=1)[:, :j]
+    if len(new_items):
+        col = np.searchsorted(new_items, np.clip(histories, 0, None))
+        seen = (histories != PAD_ITEM) & (new_items[np.clip(col, 0, len(new_items) - 1)] == histories)
+        rows = np.broadcast_to(np.arange(len(histories))[:, None], histories.shape)
+        sims[rows[seen], col[seen]] = -np.inf  # a history's own items are not proposed again
+    top = np.argpartition(-sims, j - 1, axis=1)[:, :j] if j else np.zeros((len(histories), 0), np.int64)
     sim = np.take_along_axis(sims, top, 1)
     order = np.argsort(-sim, axis=1, kind="stable")
     sim, cand = np.take_along_axis(sim, order, 1), new_items[np.take_along_axis(top, order, 1)]
@@ -170,7 +170,7 @@ def _propose_rows(unit: torch.Tensor, codes: np.ndarray, new_items: np.ndarray, 
     mass = np.where(np.isfinite(mass), mass, FLOOR)
     top1 = score[:, 0]
     novel_last = ends_with(histories, new_items).astype(np.float64)
-    best = sim[:, :1]
+    best = sim[:, :1] if j else np.full((len(histories), 1), -1.0)  # no proposal: as an empty slot's
     rank = np.arange(j, dtype=np.float64)[None].repeat(len(cand), 0)
     new_f = np.stack([sim, sim - best, np.log1p(rank), rank == 0, np.broadcast_to(novel_last[:, None], sim.shape),
                       novel_last[:, None] * sim,
@@ -245,7 +245,7 @@ class CalibratedInsertion:
         if self.cfg.width is not None and beams.items.shape[1] != self.cfg.width:
             raise ConfigError(f"calibrated insertion was fitted on lists of {self.cfg.width} beam items, got "
                               f"{beams.items.shape[1]}: decode with k={self.cfg.width}")
-        if len(histories) == 0 or len(new_items) == 0:
+        if len(histories) == 0 or (len(new_items) == 0 and not self.cfg.rerank):
             return Beams(beams.items[:, :k], beams.scores[:, :k], beams.sids[:, :k])
         items, keys = self.rank(propose(embeddings, codes, new_items, histories, beams, self.cfg.recent,
                                         self.cfg.candidates, unit), k)
