@@ -27,6 +27,7 @@ models fitted on it, scored on the second half. Writes ``<out>/insertion_feature
 from __future__ import annotations
 
 import argparse
+import re
 import contextlib
 import time
 from pathlib import Path
@@ -187,7 +188,7 @@ def main() -> None:
     unit = normalized(run.prepared.embeddings).numpy()
     results = {}
     for v in (s.strip() for s in args.variants.split(",") if s.strip()):
-        j = int("".join(ch for ch in v if ch.isdigit()) or 10)
+        j = int(re.search(r"(\d*)$", v).group(1) or 10)  # the trailing digits (``r3_10``: 10 proposals)
         t0 = time.perf_counter()
         recent = 3 if "r3" in v else 1
         props = propose(run.prepared.embeddings, run.prepared.codes, new, cases.histories, beams, recent, j)
