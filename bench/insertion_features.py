@@ -27,8 +27,8 @@ models fitted on it, scored on the second half. Writes ``<out>/insertion_feature
 from __future__ import annotations
 
 import argparse
-import re
 import contextlib
+import re
 import time
 from pathlib import Path
 from unittest import mock

@@ -52,7 +52,8 @@ def test_proposals_follow_the_text_and_never_repeat_the_history():
     none = propose(EMB, CODES, np.array([], int), histories, beams, recent=1, candidates=2)  # no new item at all
     assert none.items.shape == (3, 0) and none.beam_content.shape == p.beam_content.shape
     np.testing.assert_array_equal(none.beam_content[..., 0], p.beam_content[..., 0])
-    assert w["seen"].tolist() == [[1, 0, 0], [1, 0, 0], [1, 0, 0]]  # each beam leads with a history item; row 2 slot 3 empty
+    # each beam leads with an item of its history; row 2's third slot is empty
+    assert w["seen"].tolist() == [[1, 0, 0], [1, 0, 0], [1, 0, 0]]
 
 
 def _model(new_coef: float, bias: float = 0.0, rerank: bool = False, sim_coef: float = 0.0) -> CalibratedInsertion:

@@ -17,8 +17,8 @@ The beam's items keep their order (their log-odds are made non-increasing down t
 warm model also reads each beam item's own similarity to h's content and whether h holds it already
 (``RERANK_FEATURES``) and the beam's items are ordered by their log-odds: a warm item the text supports rises from
 the beam's lower ranks. A proposal is placed above the first beam item whose log-odds is below its own minus a
-margin (``bias``): the larger the margin, the surer the text must be before a warm item gives up its place. The margin is chosen on validation within the warm
-bound (``genrecedit coldstart``). The features name no item, so nothing is learnt about any particular new item;
+margin (``bias``): the larger the margin, the surer the text must be before a warm item gives up its place. The
+margin is chosen on validation within the warm bound (``genrecedit coldstart``). The features name no item, so nothing is learnt about any particular new item;
 the new items' own interactions are never read.
 
 Where it helps most: a history that ends with a new item. The backbone never learnt that item, so its beam is
@@ -187,8 +187,8 @@ def _propose_rows(unit: torch.Tensor, codes: np.ndarray, new_items: np.ndarray, 
                        np.broadcast_to(novel_last[:, None], score.shape), novel_last[:, None] * score,
                        np.broadcast_to(best, score.shape), np.broadcast_to(top1[:, None], score.shape)],
                       -1).astype(np.float64)
-    content_f = np.stack([beam_sim, beam_sim - beam_sim.max(1, keepdims=True), novel_last[:, None] * beam_sim, in_history],
-                         -1).astype(np.float64)
+    content_f = np.stack([beam_sim, beam_sim - beam_sim.max(1, keepdims=True), novel_last[:, None] * beam_sim,
+                          in_history], -1).astype(np.float64)
     return cand, new_f, items, warm_f, content_f
 
 

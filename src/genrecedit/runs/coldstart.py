@@ -259,12 +259,11 @@ def coldstart(run: LoadedRun, out_dir: Path, spec: ColdstartSpec | None = None,
     if insertion is not None:
         write_json(out_dir / f"{name}_insertion.json", insertion)
         fitted = CalibratedInsertion.of(insertion)
-        lists[INSERTION] = fitted.apply(run.prepared.embeddings, run.prepared.codes, new, cases.histories,
-                                        beams).items.numpy()
-        if fitted.cfg.rerank:
-            warm_only = replace(fitted, cfg=replace(fitted.cfg, bias=float("inf")))
-            lists[RERANK_ONLY] = warm_only.apply(run.prepared.embeddings, run.prepared.codes, new, cases.histories,
-                                                 beams).items.numpy()
+        proposals = propose(run.prepared.embeddings, run.prepared.codes, new, cases.histories, beams,
+                            fitted.cfg.recent, fitted.cfg.candidates)  # once, for both rows
+        lists[INSERTION] = fitted.rank(proposals, width)[0]
+        if fitted.cfg.rerank:  # an infinite margin: no proposal enters
+            lists[RERANK_ONLY] = fitted.rank(proposals, width, float("inf"))[0]
     picks = selection["baselines"]
     for r in spec.recent:
         lists[f"retriever (recent {r})"] = retrieve(run.prepared.embeddings, cases.histories, new, width, r)
