@@ -2,7 +2,7 @@
 knows, or with more proposals? Validation only (no test case is read).
 
     PYTHONPATH=bench python bench/insertion_features.py --run runs/game \
-        [--variants base10,bs10,tf10,bstf10,base20,bstf20]
+        [--variants base10,bs10,tf10,bstf10,base20,bstf20] [--objective cold|overall]
 
 Variants add features to the proposal model (``coldstart/insertion.py``'s ``NEW_FEATURES``) or change the number of
 proposals (the digits: ``candidates``):
@@ -21,8 +21,9 @@ proposals (the digits: ``candidates``):
 
 Per variant: the margin curve on cross-fitted lists of the whole validation period (overall NDCG@10, warm drop,
 the planned drop's upper end, cold Recall@10, exposure), the margin ``genrecedit coldstart``'s rule would choose
-there, and the rule check of ``bench/coldstart_rules.py``: the margin chosen on the period's first half (by time),
-models fitted on it, scored on the second half. Writes ``<out>/insertion_features.json`` and ``.md``.
+there (``--objective``, as ``genrecedit coldstart --objective``; the floor of the cold objective is the baselines'
+best overall NDCG@10 within the bounds on the same cases), and the rule check of ``bench/coldstart_rules.py``: the
+margin chosen on the period's first half (by time), models fitted on it, scored on the second half. Writes ``<out>/insertion_features.json`` and ``.md``.
 """
 from __future__ import annotations
 
@@ -43,13 +44,14 @@ from genrecedit.coldstart.prior import normalized
 from genrecedit.data.dataset import PAD_ITEM
 from genrecedit.model.beam import sid_log_probs
 from genrecedit.runs.backbone import load_run
-from genrecedit.runs.coldstart import decode, new_items, selection_cases
-from genrecedit.runs.coldstart_bounds import CUT, Bounds, WarmPlan, _admissible, _best, _row
+from genrecedit.runs.coldstart import (ColdstartSpec, InsertionGrid, baseline_cells, baseline_floor, decode,
+                                       new_items, pick_insertion, selection_cases)
+from genrecedit.runs.coldstart_bounds import CUT, Bounds, WarmPlan, _row
 from genrecedit.evaluation.report import EvalResult
 from genrecedit.runs.evaluate import score_topk
 
 NAME = "insertion_features"
-BIASES = tuple(float(b) for b in np.arange(0, 6.01, 0.25))
+BIASES = tuple(float(b) for b in InsertionGrid().bias)
 
 
 @torch.no_grad()
@@ -150,11 +152,9 @@ def curve(run, cases, props, base, new, width, bounds, rerank: bool = False) -> 
     return cells
 
 
-def chosen(cells: list[dict], base: EvalResult, bounds: Bounds) -> dict | None:
-    """The cell ``select_insertion``'s rule picks: within the bounds, beating the beams, best overall NDCG@10."""
-    base_ndcg = base.summary()["overall"][f"ndcg@{CUT}"]
-    return _best([c for c in cells if _admissible(c["metrics"], bounds)
-                  and c["metrics"]["overall"][f"ndcg@{CUT}"] > base_ndcg])
+def chosen(cells: list[dict], base: EvalResult, bounds: Bounds, objective: str, floor: float) -> dict | None:
+    """The cell ``select_insertion``'s rule picks (``pick_insertion``)."""
+    return pick_insertion(cells, base.summary()["overall"][f"ndcg@{CUT}"], bounds, objective, floor)
 
 
 def summary(cell: dict | None) -> dict | None:
@@ -172,6 +172,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run", type=Path, required=True)
     ap.add_argument("--variants", default="base10,bs10,tf10,bstf10,base20,bstf20")
+    ap.add_argument("--objective", default="cold", choices=("cold", "overall"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
     args = ap.parse_args()
@@ -185,6 +186,9 @@ def main() -> None:
     early = cases.timestamps < np.median(cases.timestamps)
     E, L = cases.subset(early), cases.subset(~early)
     base_e, base_l = score_topk(run, items[early], E), score_topk(run, items[~early], L)
+    spec = ColdstartSpec()
+    floor = baseline_floor(baseline_cells(run, cases, items, base, spec), bounds)
+    floor_e = baseline_floor(baseline_cells(run, E, items[early], base_e, spec), bounds)
     unit = normalized(run.prepared.embeddings).numpy()
     results = {}
     for v in (s.strip() for s in args.variants.split(",") if s.strip()):
@@ -203,14 +207,16 @@ def main() -> None:
         with (boosted() if "gb" in v else contextlib.nullcontext()):
             rr = "rr" in v
             cells = curve(run, cases, props, base, new, width, bounds, rr)
-            pick = chosen(curve(run, E, props.rows(early), base_e, new, width, bounds, rr), base_e, bounds)
+            pick = chosen(curve(run, E, props.rows(early), base_e, new, width, bounds, rr), base_e, bounds,
+                          args.objective, floor_e)
             later = None
             if pick is not None:
                 cfg = InsertionConfig(recent=recent, candidates=j, width=width, bias=pick["bias"], rerank=rr)
                 topk = CalibratedInsertion.fit(props.rows(early), E.targets, cfg).rank(props.rows(~early), width)[0]
                 later = summary({"bias": pick["bias"], "metrics": _row(score_topk(run, topk, L), topk, new, base_l)})
         results[v] = {"features": int(props.features.shape[-1]), "feature_seconds": feature_s,
-                      "curve": [summary(c) for c in cells], "chosen": summary(chosen(cells, base, bounds)),
+                      "curve": [summary(c) for c in cells],
+                       "chosen": summary(chosen(cells, base, bounds, args.objective, floor)),
                       "later": later}
         print(v, "chosen", results[v]["chosen"], "later", later, flush=True)
 
@@ -224,6 +230,7 @@ def main() -> None:
                      + [line(v, "later half, margin from the first", r["later"]) for v, r in results.items()])
     write_result(args.out, NAME, {"run": str(args.run), "n_cases": len(cases), "n_cold": int(base.cold_mask.sum()),
                                   "base_overall_ndcg@10": base.summary()["overall"][f"ndcg@{CUT}"],
+                                  "objective": args.objective, "baseline_floor": floor,
                                   "results": results, "hardware": hardware()},
                  table, f"Calibrated insertion: more features / proposals ({args.run})")
     print(table)

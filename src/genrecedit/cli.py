@@ -149,6 +149,10 @@ def coldstart(run_dir: RunDir, overrides: Overrides = None,
               plan_trend: Annotated[bool, typer.Option(
                   help="--one-setting: plan at the share's straight-line trend read at the middle of a next "
                        "period as long as validation's (never below --plan-window's)")] = False,
+              objective: Annotated[str, typer.Option(
+                  help="what selection maximises within the bounds: 'cold' (cold Recall@10 among settings that "
+                       "also beat every baseline kept to the bounds on overall NDCG@10) or 'overall' "
+                       "(overall NDCG@10)")] = "cold",
               adopt: Annotated[bool, typer.Option(help="write the recipe (the prior or the calibrated insertion, "
                                                        "the better on validation) into the run (the service then "
                                                        "serves it)")] = False,
@@ -157,7 +161,7 @@ def coldstart(run_dir: RunDir, overrides: Overrides = None,
     validation, then score them side by side on test (paired intervals, exposure)."""
     from genrecedit.edit.artifact import EditArtifact
     from genrecedit.runs.backbone import load_run
-    from genrecedit.runs.coldstart import Bounds, ColdstartSpec, coldstart as run_coldstart
+    from genrecedit.runs.coldstart import Bounds, ColdstartSpec, InsertionGrid, coldstart as run_coldstart
 
     try:
         run = load_run(run_dir, list(overrides or []) + ([f"device={device}"] if device else []))
@@ -165,7 +169,7 @@ def coldstart(run_dir: RunDir, overrides: Overrides = None,
         spec = ColdstartSpec(bounds=Bounds(max_warm_drop=max_warm_drop, max_item_share=max_item_share, upper=upper,
                                            plan_window=plan_window, stratified=stratified,
                                            plan_trend=plan_trend, allocate=allocate),
-                             valid_max_cases=valid_max_cases)
+                             insertion=InsertionGrid(objective=objective), valid_max_cases=valid_max_cases)
         report = run_coldstart(run, out or run_dir, spec, artifact, name, echo=typer.echo)
         if adopt and report["recipe"] is not None:
             from genrecedit.runs.coldstart import adopt

@@ -291,3 +291,66 @@ def test_the_trend_plan_reads_the_shares_line_at_the_middle_of_the_next_period()
     assert WarmPlan.of(CaseSet(np.arange(n), histories[::-1], np.ones(n, int), times), new, cold, 0.2,
                        trend=True).share == pytest.approx(WarmPlan.of(
                            CaseSet(np.arange(n), histories[::-1], np.ones(n, int), times), new, cold, 0.2).share)
+
+
+def _cell(bias, overall, cold, upper=0.0, share=0.01, warm_drop=0.0):
+    return {"insertion": {"bias": bias}, "metrics": {
+        "overall": {"ndcg@10": overall}, "cold": {"recall@10": cold}, "warm_drop": warm_drop,
+        "warm_drop_planned": [upper, upper], "exposure": {"max_item_share": share}}}
+
+
+def test_the_cold_objective_takes_the_most_cold_recall_within_the_bounds_above_the_baselines():
+    """Among cells that keep the warm bound (the planned drop's upper end) and the exposure bound and that beat the
+    beams, the cold objective takes the most cold recall whose overall NDCG@10 also beats the baselines' floor
+    (ties by overall); the overall objective the best overall; with nothing above the floor, the best overall."""
+    from genrecedit.errors import ConfigError
+    from genrecedit.runs.coldstart import pick_insertion
+
+    cells = [_cell(3.0, 0.030, 0.010),
+             _cell(1.0, 0.027, 0.030),
+             _cell(0.5, 0.026, 0.030),  # ties on cold: the better overall (1.0) wins
+             _cell(0.0, 0.024, 0.035),  # the most cold recall, but not above the floor 0.025
+             _cell(-1.0, 0.029, 0.060, upper=0.04),  # breaks the warm bound
+             _cell(-2.0, 0.029, 0.070, share=0.2),  # one new item in a fifth of the lists
+             _cell(-3.0, 0.019, 0.080)]  # below the beams
+    bounds = Bounds(max_warm_drop=0.03, max_item_share=0.05)
+    assert pick_insertion(cells, 0.020, bounds, "cold", 0.025)["insertion"]["bias"] == 1.0
+    assert pick_insertion(cells, 0.020, bounds, "cold")["insertion"]["bias"] == 0.0  # no floor
+    assert pick_insertion(cells, 0.020, bounds, "overall", 0.025)["insertion"]["bias"] == 3.0
+    assert pick_insertion(cells, 0.020, bounds, "cold", 0.031)["insertion"]["bias"] == 3.0  # none above the floor
+    assert pick_insertion(cells, 0.031, bounds, "cold") is None  # none beats the beams
+    with pytest.raises(ConfigError, match="objective"):
+        pick_insertion(cells, 0.020, bounds, "recall")
+
+
+def test_the_baselines_floor_counts_only_baselines_within_the_bounds():
+    from genrecedit.runs.coldstart import baseline_floor
+
+    baselines = {"reserved_slots": [{"s": 1, **_cell(0, 0.026, 0.01, warm_drop=0.02)},
+                                    {"s": 4, **_cell(0, 0.040, 0.05, warm_drop=0.17)}],
+                 "dense_rerank": [_cell(0, 0.050, 0.07, warm_drop=0.01, share=0.3)]}
+    assert baseline_floor(baselines, Bounds(max_warm_drop=0.03, max_item_share=0.05)) == 0.026
+    assert baseline_floor(baselines, Bounds(max_warm_drop=0.2, max_item_share=0.05)) == 0.040
+    assert baseline_floor(baselines, Bounds(max_warm_drop=0.01, max_item_share=0.05)) == -float("inf")
+
+
+def test_the_recipe_follows_the_objective():
+    from genrecedit.runs.coldstart import INSERTION, PRIOR, pick_recipe
+
+    rows = {PRIOR: _cell(0, 0.030, 0.01)["metrics"], INSERTION: _cell(0, 0.028, 0.04)["metrics"]}
+    assert pick_recipe(rows, "overall", 0.025) == PRIOR
+    assert pick_recipe(rows, "cold", 0.025) == INSERTION
+    assert pick_recipe(rows, "cold", 0.029) == PRIOR  # only the prior beats the floor
+    assert pick_recipe(rows, "cold", 0.031) == PRIOR  # neither: the better overall
+    assert pick_recipe({}, "cold", 0.0) is None
+
+
+def test_an_unknown_objective_is_refused_before_anything_is_written(tiny_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from genrecedit.cli import app
+
+    result = CliRunner().invoke(app, ["coldstart", "-r", str(tiny_run), "--objective", "recall",
+                                      "--out", str(tmp_path / "cs")])
+    assert result.exit_code != 0 and "objective" in result.output
+    assert not (tmp_path / "cs").exists()

@@ -177,6 +177,18 @@ def test_coldstart_chooses_a_margin_on_validation_and_scores_it_on_test(sequel_r
     assert wide["exposure"]["new_item_slot_share"] == 0.0 and wide["warm_drop"] == pytest.approx(0.0)
     assert cells[-1]["metrics"]["exposure"]["new_item_slot_share"] == 0.0  # re-ordered beam items only
     assert report["chosen_insertion"] == selection["chosen"]["config"]
+    from genrecedit.runs.coldstart import OTHER_OBJECTIVE, pick_insertion
+
+    whole = json.loads((tmp_path / "coldstart_selection.json").read_text())
+    assert selection["objective"] == "cold" and selection["floor"] == whole["baseline_floor"]
+    picked = pick_insertion(cells, whole["base"]["overall"]["ndcg@10"], spec.bounds, "cold", selection["floor"])
+    assert selection["chosen"]["config"] == picked["insertion"]  # the chosen cell is the cold objective's
+    other = OTHER_OBJECTIVE.format(objective="overall")
+    assert (other in report["systems"]) == (selection["other"] is not None)
+    if selection["other"] is not None:  # the overall objective's cell, fitted and scored beside it
+        best = pick_insertion(cells, whole["base"]["overall"]["ndcg@10"], spec.bounds, "overall")
+        assert selection["other"]["chosen"]["config"] == best["insertion"] != picked["insertion"]
+        assert report["best_baseline"] != other
     row = report["systems"]["calibrated insertion (chosen)"]
     assert row["overall"]["n_cases"] == len(run.prepared.split.test) and "cold_recall@10" in row["vs_base"]
     assert (tmp_path / "coldstart_insertion.json").exists()

@@ -34,6 +34,9 @@ from genrecedit.runs.evaluate import score_topk
 PRIOR, INSERTION = "content prior (chosen)", "calibrated insertion (chosen)"  # the report's rows of the recipes
 # with a re-ranking insertion: its warm model's order of the beam and no new item, to tell the two gains apart
 RERANK_ONLY = "calibrated insertion, beam re-rank only (chosen)"
+# the insertion the other objective chooses, fitted on the same validation cases (the trade-off, side by side)
+OTHER_OBJECTIVE = "calibrated insertion, {objective} objective (chosen)"
+OBJECTIVES = ("cold", "overall")  # what selection maximises within the bounds (InsertionGrid.objective)
 INSERTION_FILE = "insertion.json"  # a run's adopted calibrated insertion (config.insertion names it)
 
 
@@ -61,12 +64,25 @@ class PriorGrid:
 
 @dataclass
 class InsertionGrid:
-    """Calibrated insertion's settings tried on validation: the history's content and the margin."""
+    """Calibrated insertion's settings tried on validation (the history's content, the margin, the beam's order)
+    and what selection maximises among the cells within the bounds that beat the beams overall:
+
+    - ``"cold"``: the new items' reach, cold Recall@10, among the cells whose overall NDCG@10 also beats every
+      baseline held to the same bounds (``baseline_floor``); ties by overall NDCG@10. The warm NDCG a re-ranked beam
+      gains is then spent on new items up to the warm bound, which is held against the unedited beams. No cell above
+      that floor: the best overall;
+    - ``"overall"``: overall NDCG@10.
+    """
 
     recent: tuple[int, ...] = (1, 3)
-    bias: tuple[float, ...] = tuple(0.25 * i for i in range(25))  # 0 … 6 log-odds
+    bias: tuple[float, ...] = tuple(0.25 * i for i in range(-8, 25))  # −2 … 6 log-odds
     candidates: int = 10
     rerank: tuple[bool, ...] = (False, True)  # the beam's order kept, or re-ordered by the warm model
+    objective: str = "cold"
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"insertion objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
 
 
 @dataclass
@@ -109,7 +125,9 @@ def select_coldstart(run: LoadedRun, spec: ColdstartSpec, artifact: EditArtifact
                      progress: bool = True, cases: CaseSet | None = None) -> dict:
     """Choose on validation: the content prior (best overall NDCG@10 among the grid's cells within ``spec.bounds``
     that beat the unedited beams), the reserved-slot hybrid's s and recent, the dense re-rank's and the retriever's
-    recent (each by overall NDCG@10: the strongest version of each baseline). Decodes validation only (``cases``:
+    recent (each by overall NDCG@10: the strongest version of each baseline), and the calibrated insertion by
+    ``spec.insertion.objective`` (``select_insertion``; ``baseline_floor`` the overall NDCG@10 the ``"cold"``
+    objective must beat). Decodes validation only (``cases``:
     a subset of it chosen by the caller, e.g. an early window to check a rule on the later one)."""
     if cases is None:
         cases = selection_cases(run, spec.valid_max_cases, whole=artifact is None)
@@ -126,9 +144,6 @@ def select_coldstart(run: LoadedRun, spec: ColdstartSpec, artifact: EditArtifact
     if artifact is not None:  # the prior then mixes into the edited beams
         beams = decode(run, cases, artifact, "coldstart: validation beams, edited" if progress else False)
         edited_row = _row(score_topk(run, beams.items.numpy(), cases), beams.items.numpy(), new, base)
-
-    def scored(topk: np.ndarray, **what) -> dict:
-        return {**what, "metrics": _row(score_topk(run, topk, cases), topk, new, base)}
 
     cells = []
     mixtures = spec.grid.mixtures(run.prepared.codes.shape[1])
@@ -168,18 +183,11 @@ def select_coldstart(run: LoadedRun, spec: ColdstartSpec, artifact: EditArtifact
         ok = [c for c in cells if _admissible(c["metrics"], spec.bounds)
               and c["metrics"]["overall"][f"ndcg@{CUT}"] > base_row["overall"][f"ndcg@{CUT}"]]
         chosen = _best(ok)
-    width = items.shape[1]
+    baselines = baseline_cells(run, cases, items, base, spec)
+    floor = baseline_floor(baselines, spec.bounds)
     insertion = None if spec.insertion is None else select_insertion(
         run, cases, beams, base, WarmPlan.of(cases, new, base.cold_mask, spec.bounds.plan_window, trend=True),
-        spec.bounds, spec.insertion, progress)
-    retrieved = {r: retrieve(run.prepared.embeddings, cases.histories, new, width, r) for r in spec.recent}
-    baselines = {
-        "retriever": [scored(retrieved[r], recent=r) for r in spec.recent],
-        "reserved_slots": [scored(reserved_slots(items, retrieved[r], s, CUT), recent=r, s=s)
-                           for r in spec.recent for s in spec.slots],
-        "dense_rerank": [scored(dense_rerank(run.prepared.embeddings, cases.histories, items, new, r), recent=r)
-                         for r in spec.recent],
-    }
+        spec.bounds, spec.insertion, progress, floor)
     return {"cases": "valid", "n_cases": len(cases), "decode_seconds": decode_s, "bounds": asdict(spec.bounds),
             "plan": {"novel_share_planned": plan.share, "novel_share_valid": float(plan.novel.mean())
                      if len(plan.novel) else 0.0},
@@ -187,18 +195,65 @@ def select_coldstart(run: LoadedRun, spec: ColdstartSpec, artifact: EditArtifact
             "chosen": None if chosen is None else chosen["prior"],
             "chosen_metrics": None if chosen is None else chosen["metrics"],
             "chosen_strata": None if chosen is None else chosen.get("strata"),
-            "insertion": insertion,
+            "insertion": insertion, "baseline_floor": floor,
             "baselines": {name: {"cells": c, "chosen": {k: v for k, v in _best(c).items() if k != "metrics"}}
                           for name, c in baselines.items()}}
 
 
+def baseline_cells(run: LoadedRun, cases: CaseSet, items: np.ndarray, base: EvalResult,
+                   spec: ColdstartSpec) -> dict[str, list[dict]]:
+    """Every baseline's settings scored on ``cases`` (``items``: their unedited beams, ``base`` scored): the
+    retriever and the dense re-rank per ``spec.recent``, the reserved-slot hybrid per recent and s."""
+    new, width = new_items(run), items.shape[1]
+
+    def scored(topk: np.ndarray, **what) -> dict:
+        return {**what, "metrics": _row(score_topk(run, topk, cases), topk, new, base)}
+
+    retrieved = {r: retrieve(run.prepared.embeddings, cases.histories, new, width, r) for r in spec.recent}
+    return {
+        "retriever": [scored(retrieved[r], recent=r) for r in spec.recent],
+        "reserved_slots": [scored(reserved_slots(items, retrieved[r], s, CUT), recent=r, s=s)
+                           for r in spec.recent for s in spec.slots],
+        "dense_rerank": [scored(dense_rerank(run.prepared.embeddings, cases.histories, items, new, r), recent=r)
+                         for r in spec.recent],
+    }
+
+
+def baseline_floor(baselines: dict[str, list[dict]], bounds: Bounds) -> float:
+    """The best overall NDCG@10 of the baselines' cells that keep ``bounds`` (warm drop, estimate, and max item
+    share): what the ``"cold"`` objective's insertion must beat at an equal or smaller warm drop (−inf: none)."""
+    return max((c["metrics"]["overall"][f"ndcg@{CUT}"] for cells in baselines.values() for c in cells
+                if (c["metrics"].get("warm_drop") or 0.0) <= bounds.max_warm_drop
+                and c["metrics"]["exposure"]["max_item_share"] <= bounds.max_item_share), default=-float("inf"))
+
+
+def pick_insertion(cells: list[dict], base_ndcg: float, bounds: Bounds, objective: str,
+                   floor: float = -float("inf")) -> dict | None:
+    """The cell ``objective`` chooses (``InsertionGrid``) among ``cells`` within ``bounds`` whose overall
+    NDCG@10 beats the beams' ``base_ndcg``; None: no such cell."""
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"insertion objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+
+    def overall(c: dict) -> float:
+        return c["metrics"]["overall"][f"ndcg@{CUT}"]
+
+    ok = [c for c in cells if _admissible(c["metrics"], bounds) and overall(c) > base_ndcg]
+    above = [c for c in ok if overall(c) > floor]
+    if objective == "overall" or not above:
+        return _best(ok)
+    return max(above, key=lambda c: (c["metrics"]["cold"][f"recall@{CUT}"] or 0.0, overall(c)))
+
+
 def select_insertion(run: LoadedRun, cases: CaseSet, beams: Beams, base: EvalResult, plan: WarmPlan,
-                     bounds: Bounds, grid: InsertionGrid, progress: bool = True) -> dict:
-    """Calibrated insertion on validation: per (recent, margin) the cross-fitted lists (``cross_fitted``) scored,
-    the best overall NDCG@10 among those within ``bounds`` that beat the beams chosen — the warm drop held at the
-    upper end (``bounds.upper``) at the share of histories ending with a new item where its trend is heading (the
-    insertion spends its warm drop there) — and the models refitted on every validation case. ``chosen``: the
-    fitted ``CalibratedInsertion.to_dict()`` (None: no cell within the bounds)."""
+                     bounds: Bounds, grid: InsertionGrid, progress: bool = True,
+                     floor: float = -float("inf")) -> dict:
+    """Calibrated insertion on validation: per (recent, rerank, margin) the cross-fitted lists (``cross_fitted``)
+    scored, the cell ``grid.objective`` picks (``pick_insertion``: among those within ``bounds`` that beat the
+    beams — the warm drop held at the upper end (``bounds.upper``) at the share of histories ending with a new item
+    where its trend is heading (the insertion spends its warm drop there) — the most cold recall above ``floor``,
+    the baselines' best overall NDCG@10 within the bounds, or the best overall NDCG@10) and the models refitted on
+    every validation case. ``chosen``: the fitted ``CalibratedInsertion.to_dict()`` (None: no cell within the
+    bounds); ``other``: the other objective's, where it picks another cell."""
     if run.config.decode.k < CUT:
         raise ConfigError(f"calibrated insertion ranks {CUT} items: decode.k must be ≥ {CUT}")
     new, width = new_items(run), beams.items.shape[1]
@@ -213,21 +268,26 @@ def select_insertion(run: LoadedRun, cases: CaseSet, beams: Beams, base: EvalRes
         try:
             lists = cross_fitted(proposals[recent], cases.targets, cases.timestamps, cfg, grid.bias, width)
         except ConfigError as err:  # e.g. no validation case's next item among one half's proposals
-            return {"plan_share": plan.share, "cells": cells, "chosen": None, "chosen_metrics": None,
-                    "unavailable": str(err)}
+            return {"plan_share": plan.share, "objective": grid.objective, "floor": floor, "cells": cells,
+                    "chosen": None, "chosen_metrics": None, "other": None, "unavailable": str(err)}
         for bias, topk in lists.items():
             result = score_topk(run, topk, cases)
             row = _row(result, topk, new, base)
             row["warm_drop_planned"] = plan.drop(result, base, below=bounds.max_warm_drop)
             cells.append({"insertion": asdict(replace(cfg, bias=float(bias))), "metrics": row})
-    ok = [c for c in cells if _admissible(c["metrics"], bounds) and c["metrics"]["overall"][f"ndcg@{CUT}"] > base_ndcg]
-    best = _best(ok)
-    chosen = None
-    if best is not None:
-        cfg = InsertionConfig(**best["insertion"])
-        chosen = CalibratedInsertion.fit(proposals[cfg.recent], cases.targets, cfg).to_dict()
-    return {"plan_share": plan.share, "cells": cells, "chosen": chosen,
-            "chosen_metrics": None if best is None else best["metrics"]}
+    def fitted(cell: dict | None) -> dict | None:
+        if cell is None:
+            return None
+        cfg = InsertionConfig(**cell["insertion"])
+        return CalibratedInsertion.fit(proposals[cfg.recent], cases.targets, cfg).to_dict()
+
+    best = pick_insertion(cells, base_ndcg, bounds, grid.objective, floor)
+    other_objective = next(o for o in OBJECTIVES if o != grid.objective)
+    other = pick_insertion(cells, base_ndcg, bounds, other_objective, floor)
+    return {"plan_share": plan.share, "objective": grid.objective, "floor": floor, "cells": cells,
+            "chosen": fitted(best), "chosen_metrics": None if best is None else best["metrics"],
+            "other": None if other is None or other is best else {
+                "objective": other_objective, "chosen": fitted(other), "chosen_metrics": other["metrics"]}}
 
 
 def coldstart(run: LoadedRun, out_dir: Path, spec: ColdstartSpec | None = None,
@@ -264,6 +324,13 @@ def coldstart(run: LoadedRun, out_dir: Path, spec: ColdstartSpec | None = None,
         lists[INSERTION] = fitted.rank(proposals, width)[0]
         if fitted.cfg.rerank:  # an infinite margin: no proposal enters
             lists[RERANK_ONLY] = fitted.rank(proposals, width, float("inf"))[0]
+        other = selection["insertion"].get("other")
+        if other is not None:
+            alt = CalibratedInsertion.of(other["chosen"])
+            if alt.cfg.recent != fitted.cfg.recent:
+                proposals = propose(run.prepared.embeddings, run.prepared.codes, new, cases.histories, beams,
+                                    alt.cfg.recent, alt.cfg.candidates)
+            lists[OTHER_OBJECTIVE.format(objective=other["objective"])] = alt.rank(proposals, width)[0]
     picks = selection["baselines"]
     for r in spec.recent:
         lists[f"retriever (recent {r})"] = retrieve(run.prepared.embeddings, cases.histories, new, width, r)
@@ -293,14 +360,17 @@ def coldstart(run: LoadedRun, out_dir: Path, spec: ColdstartSpec | None = None,
     if PRIOR in results:
         report["prior_vs_best_baseline"] = _paired(results[PRIOR], results[best_baseline])
     # the recipe to serve: of the two text-only recipes chosen within the bounds, the better on validation (the
-    # insertion's cross-fitted lists, the prior's own selection cases)
+    # insertion's cross-fitted lists, the prior's own selection cases) by the insertion's objective
     on_valid = {}
     if selection["chosen"] is not None:
-        on_valid[PRIOR] = selection["chosen_metrics"]["overall"][f"ndcg@{CUT}"]
+        on_valid[PRIOR] = selection["chosen_metrics"]
     if insertion is not None:
-        on_valid[INSERTION] = selection["insertion"]["chosen_metrics"]["overall"][f"ndcg@{CUT}"]
-    report["recipe"] = max(on_valid, key=on_valid.get) if on_valid else None
-    report["recipe_valid_ndcg@10"] = on_valid
+        on_valid[INSERTION] = selection["insertion"]["chosen_metrics"]
+    objective = spec.insertion.objective if spec.insertion is not None else "overall"
+    report["recipe"] = pick_recipe(on_valid, objective, selection.get("baseline_floor", -float("inf")))
+    report["objective"] = objective
+    report["recipe_valid_ndcg@10"] = {k: m["overall"][f"ndcg@{CUT}"] for k, m in on_valid.items()}
+    report["recipe_valid_cold_recall@10"] = {k: m["cold"][f"recall@{CUT}"] for k, m in on_valid.items()}
     if INSERTION in results:
         ins = results[INSERTION]
         report["insertion_vs_best_baseline"] = _paired(ins, results[best_baseline])
@@ -311,6 +381,19 @@ def coldstart(run: LoadedRun, out_dir: Path, spec: ColdstartSpec | None = None,
     echo(format_table({n: r.summary() for n, r in results.items()}))
     echo(format_coldstart(report))
     return report
+
+
+def pick_recipe(on_valid: dict[str, dict], objective: str, floor: float) -> str | None:
+    """Of the recipes' validation rows (name -> metrics row), the one ``objective`` prefers: ``"overall"``, the
+    best overall NDCG@10; ``"cold"``, the most cold recall@10 among those whose overall NDCG@10 beats ``floor``
+    (the baselines' best within the bounds), else the best overall."""
+    def overall(name: str) -> float:
+        return on_valid[name]["overall"][f"ndcg@{CUT}"]
+
+    above = [n for n in on_valid if overall(n) > floor]
+    if objective == "overall" or not above:
+        return max(on_valid, key=overall, default=None)
+    return max(above, key=lambda n: (on_valid[n]["cold"][f"recall@{CUT}"] or 0.0, overall(n)))
 
 
 def _paired(a: EvalResult, b: EvalResult) -> dict:
@@ -359,15 +442,16 @@ def adopted_insertion(run: LoadedRun) -> CalibratedInsertion | None:
 
 
 def format_coldstart(report: dict) -> str:
-    lines = [f"{'system':<44} {'overall N@10':>12} {'warm drop':>9} {'cold R@10':>9} {'new slots':>9} "
+    lines = [f"{'system':<52} {'overall N@10':>12} {'warm drop':>9} {'cold R@10':>9} {'new slots':>9} "
              f"{'max item':>8} {'unreached':>9}"]
     for sys_name, r in report["systems"].items():
         e = r["exposure"]
-        lines.append(f"{sys_name:<44} {r['overall'][f'ndcg@{CUT}']:>12.4f} {100 * r['warm_drop']:>8.1f}% "
+        lines.append(f"{sys_name:<52} {r['overall'][f'ndcg@{CUT}']:>12.4f} {100 * r['warm_drop']:>8.1f}% "
                      f"{(r['cold'][f'recall@{CUT}'] or 0):>9.4f} {100 * e['new_item_slot_share']:>8.1f}% "
                      f"{100 * e['max_item_share']:>7.1f}% {e['unreached_items']:>9}")
     lines.append(f"chosen prior (validation): {report['chosen_prior']}; best baseline: {report['best_baseline']}")
     if report.get("chosen_insertion") is not None:
         lines.append(f"chosen calibrated insertion (validation): {report['chosen_insertion']}")
-    lines.append(f"recipe (the better on validation): {report.get('recipe')}")
+    lines.append(f"recipe (the better on validation, objective {report.get('objective', 'overall')}): "
+                 f"{report.get('recipe')}")
     return "\n".join(lines)
