@@ -173,6 +173,7 @@ def main() -> None:
     ap.add_argument("--run", type=Path, required=True)
     ap.add_argument("--variants", default="base10,bs10,tf10,bstf10,base20,bstf20")
     ap.add_argument("--objective", default="cold", choices=("cold", "overall"))
+    ap.add_argument("--point", action="store_true", help="hold the warm bound at the estimate, not its upper end")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
     args = ap.parse_args()
@@ -182,7 +183,7 @@ def main() -> None:
     beams = decode(run, cases, None, "validation beams")
     items, width = beams.items.numpy(), beams.items.shape[1]
     base = score_topk(run, items, cases)
-    bounds = Bounds()
+    bounds = Bounds(upper=not args.point)
     early = cases.timestamps < np.median(cases.timestamps)
     E, L = cases.subset(early), cases.subset(~early)
     base_e, base_l = score_topk(run, items[early], E), score_topk(run, items[~early], L)
@@ -230,7 +231,7 @@ def main() -> None:
                      + [line(v, "later half, margin from the first", r["later"]) for v, r in results.items()])
     write_result(args.out, NAME, {"run": str(args.run), "n_cases": len(cases), "n_cold": int(base.cold_mask.sum()),
                                   "base_overall_ndcg@10": base.summary()["overall"][f"ndcg@{CUT}"],
-                                  "objective": args.objective, "baseline_floor": floor,
+                                  "objective": args.objective, "baseline_floor": floor, "upper": bounds.upper,
                                   "results": results, "hardware": hardware()},
                  table, f"Calibrated insertion: more features / proposals ({args.run})")
     print(table)
