@@ -22,8 +22,10 @@ proposals (the digits: ``candidates``):
 Per variant: the margin curve on cross-fitted lists of the whole validation period (overall NDCG@10, warm drop,
 the planned drop's upper end, cold Recall@10, exposure), the margin ``genrecedit coldstart``'s rule would choose
 there (``--objective``, as ``genrecedit coldstart --objective``; the floor of the cold objective is the baselines'
-best overall NDCG@10 within the bounds on the same cases), and the rule check of ``bench/coldstart_rules.py``: the
-margin chosen on the period's first half (by time), models fitted on it, scored on the second half. Writes ``<out>/insertion_features.json`` and ``.md``.
+best overall NDCG@10 within the bounds on the same cases; ``--point``: the warm bound held at the estimate instead
+of its interval's upper end), and the rule check of ``bench/coldstart_rules.py``: the margin chosen on the
+period's first half (by time), models fitted on it, scored on the second half. Writes
+``<out>/insertion_features.json`` and ``.md``.
 """
 from __future__ import annotations
 

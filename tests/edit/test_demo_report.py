@@ -57,6 +57,10 @@ def test_demo_writes_the_report(tmp_path, synthetic_dir, tiny_overrides):
     else:  # the fitted insertion is copied into the run, named by its config, and the prior is off
         assert adopted.insertion == "insertion.json" and not adopted.prior.enabled
         assert json.loads((tmp_path / "demo" / "insertion.json").read_text()) == selection["insertion"]["chosen"]
-    # the recipe served is the one with the better validation NDCG@10
-    valid = coldstart["recipe_valid_ndcg@10"]
-    assert coldstart["recipe"] == (max(valid, key=valid.get) if valid else None)
+    # the recipe served is the one the objective (cold, the default) prefers on validation: the most cold recall
+    # among those above the baselines' floor, else the better NDCG@10
+    valid, cold = coldstart["recipe_valid_ndcg@10"], coldstart["recipe_valid_cold_recall@10"]
+    above = [k for k in valid if valid[k] > selection["baseline_floor"]]
+    expected = max(above, key=lambda k: (cold[k] or 0.0, valid[k])) if above else max(valid, key=valid.get,
+                                                                                     default=None)
+    assert coldstart["objective"] == text["recipe"]["objective"] == "cold" and coldstart["recipe"] == expected

@@ -275,6 +275,7 @@ def select_insertion(run: LoadedRun, cases: CaseSet, beams: Beams, base: EvalRes
             row = _row(result, topk, new, base)
             row["warm_drop_planned"] = plan.drop(result, base, below=bounds.max_warm_drop)
             cells.append({"insertion": asdict(replace(cfg, bias=float(bias))), "metrics": row})
+
     def fitted(cell: dict | None) -> dict | None:
         if cell is None:
             return None

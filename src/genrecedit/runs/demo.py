@@ -76,7 +76,7 @@ def run_demo(cfg: RunConfig, run_dir: Path, echo=print, upper_bound: bool = True
     text = {"base": _setting_row(text_only["systems"]["TIGER"]),
             "edited": None if shipped is None else _setting_row(shipped),
             "exposure": None if shipped is None else {k: shipped["exposure"][k] for k in EXPOSURE_KEYS},
-            "recipe": {"served": recipe, "prior": text_only["chosen_prior"],
+            "recipe": {"served": recipe, "objective": text_only["objective"], "prior": text_only["chosen_prior"],
                        "insertion": text_only["chosen_insertion"]},
             "intervals": None if shipped is None else shipped["vs_base"],
             "best_baseline": text_only["best_baseline"],
