@@ -46,8 +46,8 @@ from genrecedit.coldstart.prior import normalized
 from genrecedit.data.dataset import PAD_ITEM
 from genrecedit.model.beam import sid_log_probs
 from genrecedit.runs.backbone import load_run
-from genrecedit.runs.coldstart import (ColdstartSpec, InsertionGrid, baseline_cells, baseline_floor, decode,
-                                       new_items, pick_insertion, selection_cases)
+from genrecedit.runs.coldstart import (OBJECTIVES, ColdstartSpec, InsertionGrid, baseline_cells, baseline_floor,
+                                       decode, new_items, pick_insertion, selection_cases)
 from genrecedit.runs.coldstart_bounds import CUT, Bounds, WarmPlan, _row
 from genrecedit.evaluation.report import EvalResult
 from genrecedit.runs.evaluate import score_topk
@@ -174,7 +174,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run", type=Path, required=True)
     ap.add_argument("--variants", default="base10,bs10,tf10,bstf10,base20,bstf20")
-    ap.add_argument("--objective", default="cold", choices=("cold", "overall"))
+    ap.add_argument("--objective", default="cold", choices=OBJECTIVES)
     ap.add_argument("--point", action="store_true", help="hold the warm bound at the estimate, not its upper end")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
@@ -219,7 +219,7 @@ def main() -> None:
                 later = summary({"bias": pick["bias"], "metrics": _row(score_topk(run, topk, L), topk, new, base_l)})
         results[v] = {"features": int(props.features.shape[-1]), "feature_seconds": feature_s,
                       "curve": [summary(c) for c in cells],
-                       "chosen": summary(chosen(cells, base, bounds, args.objective, floor)),
+                      "chosen": summary(chosen(cells, base, bounds, args.objective, floor)),
                       "later": later}
         print(v, "chosen", results[v]["chosen"], "later", later, flush=True)
 

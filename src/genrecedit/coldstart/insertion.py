@@ -18,8 +18,8 @@ warm model also reads each beam item's own similarity to h's content and whether
 (``RERANK_FEATURES``) and the beam's items are ordered by their log-odds: a warm item the text supports rises from
 the beam's lower ranks. A proposal is placed above the first beam item whose log-odds is below its own minus a
 margin (``bias``): the larger the margin, the surer the text must be before a warm item gives up its place. The
-margin is chosen on validation within the warm bound (``genrecedit coldstart``). The features name no item, so nothing is learnt about any particular new item;
-the new items' own interactions are never read.
+margin is chosen on validation within the warm bound (``genrecedit coldstart``). The features name no item, so
+nothing is learnt about any particular new item; the new items' own interactions are never read.
 
 Where it helps most: a history that ends with a new item. The backbone never learnt that item, so its beam is
 unsure there, and such users move on to another new item often (a sequel, an edition, a variant of the last one).
@@ -135,21 +135,23 @@ class Proposals:
 
 
 def propose(embeddings: np.ndarray, codes: np.ndarray, new_items: np.ndarray, histories: np.ndarray, beams: Beams,
-            recent: int, candidates: int, unit: torch.Tensor | None = None) -> Proposals:
+            recent: int, candidates: int, unit: torch.Tensor | None = None, content: bool = True) -> Proposals:
     """The proposals and both feature sets for [n, L] left-padded ``histories`` and their unedited ``beams``
     (no new item: no proposal, J = 0; the beam's features still matter to a re-ranking model).
-    ``unit``: ``normalized(embeddings)`` when the caller holds it already (a service snapshot binds it once)."""
+    ``unit``: ``normalized(embeddings)`` when the caller holds it already (a service snapshot binds it once);
+    ``content``: compute what a re-ranking warm model reads besides (``Proposals.beam_content``; False: None)."""
     new_items = np.unique(np.asarray(new_items, np.int64))
     unit = normalized(embeddings) if unit is None else unit
     parts = [_propose_rows(unit, np.asarray(codes), new_items, np.asarray(histories)[s:s + CHUNK_ROWS],
                            beams.items[s:s + CHUNK_ROWS].numpy(), beams.scores[s:s + CHUNK_ROWS].double().numpy(),
-                           recent, min(candidates, len(new_items)))
+                           recent, min(candidates, len(new_items)), content)
              for s in range(0, len(histories), CHUNK_ROWS)]
-    return Proposals(*(np.concatenate([p[i] for p in parts]) for i in range(5)))
+    return Proposals(*(np.concatenate([p[i] for p in parts]) for i in range(4)),
+                     np.concatenate([p[4] for p in parts]) if content else None)
 
 
 def _propose_rows(unit: torch.Tensor, codes: np.ndarray, new_items: np.ndarray, histories: np.ndarray,
-                  items: np.ndarray, scores: np.ndarray, recent: int, j: int) -> tuple:
+                  items: np.ndarray, scores: np.ndarray, recent: int, j: int, content_features: bool) -> tuple:
     content = content_vectors(unit, histories, recent)
     sims = (content @ unit[new_items].T).numpy()  # [n, m]
     if len(new_items):
@@ -180,13 +182,15 @@ def _propose_rows(unit: torch.Tensor, codes: np.ndarray, new_items: np.ndarray, 
                       np.broadcast_to(best, sim.shape)], -1).astype(np.float64)
     k = items.shape[1]
     beam_rank = np.arange(k, dtype=np.float64)[None].repeat(len(items), 0)
-    beam_sim = torch.einsum("nkd,nd->nk", unit[torch.as_tensor(np.clip(items, 0, None))], content).double().numpy()
-    beam_sim = np.where(present, beam_sim, -1.0)
-    in_history = (items[:, :, None] == histories[:, None, :]).any(2) & present
     warm_f = np.stack([score, score - mass[:, None], np.log1p(beam_rank), beam_rank == 0,
                        np.broadcast_to(novel_last[:, None], score.shape), novel_last[:, None] * score,
                        np.broadcast_to(best, score.shape), np.broadcast_to(top1[:, None], score.shape)],
                       -1).astype(np.float64)
+    if not content_features:
+        return cand, new_f, items, warm_f, None
+    beam_sim = torch.einsum("nkd,nd->nk", unit[torch.as_tensor(np.clip(items, 0, None))], content).double().numpy()
+    beam_sim = np.where(present, beam_sim, -1.0)
+    in_history = (items[:, :, None] == histories[:, None, :]).any(2) & present
     content_f = np.stack([beam_sim, beam_sim - beam_sim.max(1, keepdims=True), novel_last[:, None] * beam_sim,
                           in_history], -1).astype(np.float64)
     return cand, new_f, items, warm_f, content_f
@@ -248,7 +252,7 @@ class CalibratedInsertion:
         if len(histories) == 0 or (len(new_items) == 0 and not self.cfg.rerank):
             return Beams(beams.items[:, :k], beams.scores[:, :k], beams.sids[:, :k])
         items, keys = self.rank(propose(embeddings, codes, new_items, histories, beams, self.cfg.recent,
-                                        self.cfg.candidates, unit), k)
+                                        self.cfg.candidates, unit, content=self.cfg.rerank), k)
         scores = np.where(items >= 0, -np.logaddexp(0.0, -keys), -np.inf)  # log σ(key)
         sids = torch.as_tensor(np.asarray(codes, np.int64))[torch.as_tensor(np.clip(items, 0, None))]
         sids = torch.where(torch.as_tensor(items)[:, :, None] >= 0, sids, -1)

@@ -81,8 +81,12 @@ class InsertionGrid:
     objective: str = "cold"
 
     def __post_init__(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise ConfigError(f"insertion objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        check_objective(self.objective)
+
+
+def check_objective(objective: str) -> None:
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"insertion objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
 
 
 @dataclass
@@ -229,19 +233,25 @@ def baseline_floor(baselines: dict[str, list[dict]], bounds: Bounds) -> float:
 
 def pick_insertion(cells: list[dict], base_ndcg: float, bounds: Bounds, objective: str,
                    floor: float = -float("inf")) -> dict | None:
-    """The cell ``objective`` chooses (``InsertionGrid``) among ``cells`` within ``bounds`` whose overall
-    NDCG@10 beats the beams' ``base_ndcg``; None: no such cell."""
-    if objective not in OBJECTIVES:
-        raise ConfigError(f"insertion objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    """The cell ``objective`` chooses (``InsertionGrid``, ``prefer``) among ``cells`` within ``bounds`` whose
+    overall NDCG@10 beats the beams' ``base_ndcg``; None: no such cell."""
+    ok = [c for c in cells if _admissible(c["metrics"], bounds) and c["metrics"]["overall"][f"ndcg@{CUT}"] > base_ndcg]
+    return prefer(ok, lambda c: c["metrics"], objective, floor)
 
-    def overall(c: dict) -> float:
-        return c["metrics"]["overall"][f"ndcg@{CUT}"]
 
-    ok = [c for c in cells if _admissible(c["metrics"], bounds) and overall(c) > base_ndcg]
-    above = [c for c in ok if overall(c) > floor]
+def prefer(options: list, metrics, objective: str, floor: float):
+    """The option ``objective`` prefers by its validation row ``metrics(option)``: ``"overall"``, the best overall
+    NDCG@10; ``"cold"``, the most cold recall@10 among those whose overall NDCG@10 beats ``floor`` (ties by
+    overall), else the best overall. None: no option."""
+    check_objective(objective)
+
+    def overall(o) -> float:
+        return metrics(o)["overall"][f"ndcg@{CUT}"]
+
+    above = [o for o in options if overall(o) > floor]
     if objective == "overall" or not above:
-        return _best(ok)
-    return max(above, key=lambda c: (c["metrics"]["cold"][f"recall@{CUT}"] or 0.0, overall(c)))
+        return max(options, key=overall, default=None)
+    return max(above, key=lambda o: (metrics(o)["cold"][f"recall@{CUT}"] or 0.0, overall(o)))
 
 
 def select_insertion(run: LoadedRun, cases: CaseSet, beams: Beams, base: EvalResult, plan: WarmPlan,
@@ -385,16 +395,9 @@ def coldstart(run: LoadedRun, out_dir: Path, spec: ColdstartSpec | None = None,
 
 
 def pick_recipe(on_valid: dict[str, dict], objective: str, floor: float) -> str | None:
-    """Of the recipes' validation rows (name -> metrics row), the one ``objective`` prefers: ``"overall"``, the
-    best overall NDCG@10; ``"cold"``, the most cold recall@10 among those whose overall NDCG@10 beats ``floor``
-    (the baselines' best within the bounds), else the best overall."""
-    def overall(name: str) -> float:
-        return on_valid[name]["overall"][f"ndcg@{CUT}"]
-
-    above = [n for n in on_valid if overall(n) > floor]
-    if objective == "overall" or not above:
-        return max(on_valid, key=overall, default=None)
-    return max(above, key=lambda n: (on_valid[n]["cold"][f"recall@{CUT}"] or 0.0, overall(n)))
+    """Of the recipes' validation rows (name -> metrics row), the one ``objective`` prefers (``prefer``; ``floor``:
+    the baselines' best overall NDCG@10 within the bounds)."""
+    return prefer(list(on_valid), on_valid.get, objective, floor)
 
 
 def _paired(a: EvalResult, b: EvalResult) -> dict:
