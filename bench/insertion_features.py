@@ -17,7 +17,13 @@ proposals (the digits: ``candidates``):
   (unconstrained by the trie): what the backbone expects beyond the prefixes its beam kept;
 - ``rr``: the beam's items re-ordered by the warm model, which also reads their own content similarity to the
   history (``InsertionConfig.rerank``): warm NDCG gained there is warm drop the insertion may spend;
-- ``r3``: the history's content is the mean of its last 3 items instead of its last one.
+- ``r3``: the history's content is the mean of its last 3 items instead of its last one;
+- ``pp``: the proposal's popularity as its text predicts it (``text_popularity``: a ridge regression from the
+  embedding to the log-count of training interactions, fitted on warm items);
+- ``wp``: each beam item's log-count of training interactions, whole period and its last quarter
+  (``warm_popularity``; read by a re-ranking warm model);
+- ``lm``: a learnt successor score (``successor_score``: a low-rank map fitted on the training split's warm
+  transitions, last item → next item, then read from the new items' text).
 
 Per variant: the margin curve on cross-fitted lists of the whole validation period (overall NDCG@10, warm drop,
 the planned drop's upper end, cold Recall@10, exposure), the margin ``genrecedit coldstart``'s rule would choose
@@ -42,7 +48,7 @@ import torch
 from common import hardware, md_table, write_result
 from genrecedit.coldstart.insertion import (CalibratedInsertion, InsertionConfig, LogOdds, Proposals, cross_fitted,
                                            propose)
-from genrecedit.coldstart.prior import normalized
+from genrecedit.coldstart.prior import content_vectors, normalized
 from genrecedit.data.dataset import PAD_ITEM
 from genrecedit.model.beam import sid_log_probs
 from genrecedit.runs.backbone import load_run
@@ -115,6 +121,66 @@ def history_features(unit: np.ndarray, histories: np.ndarray, new: np.ndarray, p
                              np.where(empty, 0.0, sim_c - best_warm[:, None])], -1))
     beam_extra = np.broadcast_to(share[:, None, None], (*props.beam_items.shape, 1))
     return np.concatenate(out).astype(np.float64), beam_extra.astype(np.float64)
+
+
+def text_popularity(run, unit: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    """[n, J, 1]: each proposal's log-count of training interactions as its text predicts it (a ridge regression
+    from the normalised embeddings, fitted on the warm items' training counts; alpha by cross-validation)."""
+    from sklearn.linear_model import RidgeCV
+
+    split = run.prepared.split
+    warm = np.flatnonzero(split.warm)
+    y = np.log1p(np.bincount(np.concatenate(split.train_sequences), minlength=split.n_items)[warm])
+    model = RidgeCV(alphas=np.logspace(-2, 3, 12)).fit(unit[warm], y)
+    pred = model.predict(unit)
+    z = (pred - pred[warm].mean()) / pred[warm].std()
+    return np.where(cand >= 0, z[np.clip(cand, 0, None)], 0.0)[..., None].astype(np.float64)
+
+
+def successor_score(run, unit: np.ndarray, histories: np.ndarray, cand: np.ndarray, recent: int, rank: int = 64,
+                    epochs: int = 8, seed: int = 0) -> np.ndarray:
+    """[n, J, 1]: a learnt successor score of each proposal, h's content · A Bᵀ · the proposal's embedding, with the
+    low-rank map A Bᵀ fitted (softmax over warm items, added to the cosine) on the training split's transitions from
+    a warm last item to a warm next item: what follows what, learnt on warm items and read from new items' text."""
+    torch.manual_seed(seed)
+    split = run.prepared.split
+    tr = split.train
+    last = tr.histories[:, -1]
+    ok = (last != PAD_ITEM) & split.warm[np.clip(last, 0, None)] & split.warm[tr.targets]
+    warm = np.flatnonzero(split.warm)
+    pos = np.full(split.n_items, -1)
+    pos[warm] = np.arange(len(warm))
+    x, y = torch.tensor(unit[last[ok]], dtype=torch.float32), torch.tensor(pos[tr.targets[ok]])
+    uw = torch.tensor(unit[warm], dtype=torch.float32)
+    a = torch.nn.Parameter(torch.zeros(unit.shape[1], rank))
+    b = torch.nn.Parameter(torch.randn(unit.shape[1], rank) * 0.01)
+    log_t = torch.nn.Parameter(torch.tensor(np.log(20.0), dtype=torch.float32))
+    opt = torch.optim.Adam([a, b, log_t], lr=3e-3)
+    with torch.enable_grad():
+        for _ in range(epochs):
+            for i in torch.randperm(len(x)).split(512):
+                logits = log_t.exp() * (x[i] @ uw.T + (x[i] @ a) @ (uw @ b).T)
+                loss = torch.nn.functional.cross_entropy(logits, y[i]) + 1e-4 * (a.pow(2).sum() + b.pow(2).sum())
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    with torch.no_grad():
+        h = content_vectors(torch.tensor(unit), histories, recent).float() @ a  # [n, r]
+        c = torch.tensor(unit[np.clip(cand, 0, None)], dtype=torch.float32) @ b  # [n, J, r]
+        out = torch.einsum("nr,njr->nj", h, c).double().numpy()
+    return np.where(cand >= 0, out, 0.0)[..., None]
+
+
+def warm_popularity(run, beam_items: np.ndarray, recent: float = 0.25) -> np.ndarray:
+    """[n, K, 2]: each beam item's log-count of training interactions, over the whole training period and over its
+    last ``recent`` share (by time): is the warm item popular, and lately?"""
+    split = run.prepared.split
+    times = split.train.timestamps
+    late = times >= np.quantile(times, 1 - recent)
+    every = np.log1p(np.bincount(np.concatenate(split.train_sequences), minlength=split.n_items))
+    lately = np.log1p(np.bincount(split.train.targets[late], minlength=split.n_items))
+    c = np.clip(beam_items, 0, None)
+    return np.stack([np.where(beam_items >= 0, f[c], 0.0) for f in (every, lately)], -1).astype(np.float64)
 
 
 class BoostedOdds:
@@ -203,6 +269,12 @@ def main() -> None:
             props = with_features(props, beam_similarity(unit, props))
         if "hx" in v:
             props = with_features(props, *history_features(unit, cases.histories, new, props))
+        if "pp" in v:
+            props = with_features(props, text_popularity(run, unit, props.items))
+        if "lm" in v:
+            props = with_features(props, successor_score(run, unit, cases.histories, props.items, recent))
+        if "wp" in v:
+            props = with_features(props, np.zeros((*props.items.shape, 0)), warm_popularity(run, props.beam_items))
         if "tf" in v:
             cum = np.cumsum(proposal_log_probs(run.recommender, cases.histories, props.items), -1)
             props = with_features(props, cum[..., [0, 1, cum.shape[-1] - 1]].astype(np.float64))
