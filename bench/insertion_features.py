@@ -50,6 +50,7 @@ from genrecedit.coldstart.insertion import (CalibratedInsertion, InsertionConfig
                                            propose)
 from genrecedit.coldstart.prior import content_vectors, normalized
 from genrecedit.data.dataset import PAD_ITEM
+from genrecedit.evaluation.baselines import train_counts
 from genrecedit.model.beam import sid_log_probs
 from genrecedit.runs.backbone import load_run
 from genrecedit.runs.coldstart import (OBJECTIVES, ColdstartSpec, InsertionGrid, baseline_cells, baseline_floor,
@@ -130,7 +131,7 @@ def text_popularity(run, unit: np.ndarray, cand: np.ndarray) -> np.ndarray:
 
     split = run.prepared.split
     warm = np.flatnonzero(split.warm)
-    y = np.log1p(np.bincount(np.concatenate(split.train_sequences), minlength=split.n_items)[warm])
+    y = np.log1p(train_counts(split)[warm])
     model = RidgeCV(alphas=np.logspace(-2, 3, 12)).fit(unit[warm], y)
     pred = model.predict(unit)
     z = (pred - pred[warm].mean()) / pred[warm].std()
@@ -177,7 +178,7 @@ def warm_popularity(run, beam_items: np.ndarray, recent: float = 0.25) -> np.nda
     split = run.prepared.split
     times = split.train.timestamps
     late = times >= np.quantile(times, 1 - recent)
-    every = np.log1p(np.bincount(np.concatenate(split.train_sequences), minlength=split.n_items))
+    every = np.log1p(train_counts(split))
     lately = np.log1p(np.bincount(split.train.targets[late], minlength=split.n_items))
     c = np.clip(beam_items, 0, None)
     return np.stack([np.where(beam_items >= 0, f[c], 0.0) for f in (every, lately)], -1).astype(np.float64)
@@ -201,10 +202,12 @@ def boosted():
     return mock.patch.object(LogOdds, "fit", staticmethod(lambda x, y, c: BoostedOdds(x, y)))
 
 
-def with_features(props: Proposals, extra: np.ndarray, beam_extra: np.ndarray | None = None) -> Proposals:
+def with_features(props: Proposals, extra: np.ndarray | None = None,
+                  beam_extra: np.ndarray | None = None) -> Proposals:
+    """``props`` with ``extra`` proposal features and ``beam_extra`` beam-item features appended (None: none)."""
+    new = props.features if extra is None else np.concatenate([props.features, extra], -1)
     beam = props.beam_features if beam_extra is None else np.concatenate([props.beam_features, beam_extra], -1)
-    return Proposals(props.items, np.concatenate([props.features, extra], -1), props.beam_items, beam,
-                     props.beam_content)
+    return Proposals(props.items, new, props.beam_items, beam, props.beam_content)
 
 
 def curve(run, cases, props, base, new, width, bounds, rerank: bool = False) -> list[dict]:
@@ -274,7 +277,7 @@ def main() -> None:
         if "lm" in v:
             props = with_features(props, successor_score(run, unit, cases.histories, props.items, recent))
         if "wp" in v:
-            props = with_features(props, np.zeros((*props.items.shape, 0)), warm_popularity(run, props.beam_items))
+            props = with_features(props, beam_extra=warm_popularity(run, props.beam_items))
         if "tf" in v:
             cum = np.cumsum(proposal_log_probs(run.recommender, cases.histories, props.items), -1)
             props = with_features(props, cum[..., [0, 1, cum.shape[-1] - 1]].astype(np.float64))

@@ -1,10 +1,11 @@
 """Does the warm bound's planned mix foresee the next period? The share of warm cases whose history ends with a new
-item, planned as ``WarmPlan.of(..., trend=True)`` does, checked inside validation (no model, no decoding).
+item, read as ``WarmPlan.of(..., trend=True)`` reads it, checked inside validation (no model, no decoding).
 
     PYTHONPATH=bench python bench/plan_share.py -c game [-o split.protocol=time] [--test]
 
-The line fitted on the first half of the validation period (by time), read where ``trend_share`` reads it, against
-the share the second half has; then the plan over all of validation and its latest fifth's share. ``--test`` also
+The line fitted on the first half of the validation period (by time), read where ``trend_share`` reads it, and the
+latest fifth's share, against the share the second half has; then both over all of validation. The insertion's
+plan is the larger of the two (``WarmPlan.of``), so both columns are shown. ``--test`` also
 prints test's share: to understand a gap, never to choose a plan from (the plan would then be chosen on test).
 Writes ``<out>/plan_share.json`` and ``.md``.
 """

@@ -343,11 +343,12 @@ def coldstart(run: LoadedRun, out_dir: Path, spec: ColdstartSpec | None = None,
                                     alt.cfg.recent, alt.cfg.candidates)
             lists[OTHER_OBJECTIVE.format(objective=other["objective"])] = alt.rank(proposals, width)[0]
     picks = selection["baselines"]
-    for r in spec.recent:
-        lists[f"retriever (recent {r})"] = retrieve(run.prepared.embeddings, cases.histories, new, width, r)
-    slots = picks["reserved_slots"]["chosen"]
+    retrieved = {r: retrieve(run.prepared.embeddings, cases.histories, new, width, r) for r in spec.recent}
+    for r, topk in retrieved.items():
+        lists[f"retriever (recent {r})"] = topk
+    slots = picks["reserved_slots"]["chosen"]  # its recent is one of spec.recent (baseline_cells)
     lists[f"reserved slots (s {slots['s']}, recent {slots['recent']})"] = reserved_slots(
-        items, retrieve(run.prepared.embeddings, cases.histories, new, width, slots["recent"]), slots["s"], CUT)
+        items, retrieved[slots["recent"]], slots["s"], CUT)
     dense = picks["dense_rerank"]["chosen"]
     lists[f"dense re-rank (recent {dense['recent']})"] = dense_rerank(run.prepared.embeddings, cases.histories,
                                                                       items, new, dense["recent"])
