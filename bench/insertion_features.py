@@ -20,8 +20,8 @@ proposals (the digits: ``candidates``):
 - ``r3``: the history's content is the mean of its last 3 items instead of its last one;
 - ``pp``: the proposal's popularity as its text predicts it (``text_popularity``: a ridge regression from the
   embedding to the log-count of training interactions, fitted on warm items);
-- ``wp``: each beam item's log-count of training interactions, whole period and its last quarter
-  (``warm_popularity``; read by a re-ranking warm model);
+- ``wp``: each beam item's log-count of training interactions, whole period and its last quarter, read by a
+  re-ranking warm model (``InsertionConfig.popularity``, the counts of ``item_counts``; only with ``rr``);
 - ``lm``: a learnt successor score (``successor_score``: a low-rank map fitted on the training split's warm
   transitions, last item → next item, then read from the new items' text).
 
@@ -54,7 +54,7 @@ from genrecedit.evaluation.baselines import train_counts
 from genrecedit.model.beam import sid_log_probs
 from genrecedit.runs.backbone import load_run
 from genrecedit.runs.coldstart import (OBJECTIVES, ColdstartSpec, InsertionGrid, baseline_cells, baseline_floor,
-                                       decode, new_items, pick_insertion, selection_cases)
+                                       decode, item_counts, new_items, pick_insertion, selection_cases)
 from genrecedit.runs.coldstart_bounds import CUT, Bounds, WarmPlan, _row
 from genrecedit.evaluation.report import EvalResult
 from genrecedit.runs.evaluate import score_topk
@@ -172,18 +172,6 @@ def successor_score(run, unit: np.ndarray, histories: np.ndarray, cand: np.ndarr
     return np.where(cand >= 0, out, 0.0)[..., None]
 
 
-def warm_popularity(run, beam_items: np.ndarray, recent: float = 0.25) -> np.ndarray:
-    """[n, K, 2]: each beam item's log-count of training interactions, over the whole training period and over its
-    last ``recent`` share (by time): is the warm item popular, and lately?"""
-    split = run.prepared.split
-    times = split.train.timestamps
-    late = times >= np.quantile(times, 1 - recent)
-    every = np.log1p(train_counts(split))
-    lately = np.log1p(np.bincount(split.train.targets[late], minlength=split.n_items))
-    c = np.clip(beam_items, 0, None)
-    return np.stack([np.where(beam_items >= 0, f[c], 0.0) for f in (every, lately)], -1).astype(np.float64)
-
-
 class BoostedOdds:
     """A gradient-boosted stand-in for ``LogOdds`` (same call: [..., f] -> [...] log-odds)."""
 
@@ -210,12 +198,14 @@ def with_features(props: Proposals, extra: np.ndarray | None = None,
     return Proposals(props.items, new, props.beam_items, beam, props.beam_content)
 
 
-def curve(run, cases, props, base, new, width, bounds, rerank: bool = False) -> list[dict]:
-    """Cells as ``select_insertion`` makes them: per margin the cross-fitted lists scored, with the planned drop."""
+def curve(run, cases, props, base, new, width, bounds, rerank: bool = False,
+          counts: np.ndarray | None = None) -> list[dict]:
+    """Cells as ``select_insertion`` makes them: per margin the cross-fitted lists scored, with the planned drop
+    (``counts``: the warm model reads the items' training counts, ``InsertionConfig.popularity``)."""
     plan = WarmPlan.of(cases, new, base.cold_mask, bounds.plan_window, trend=True)
-    cfg = InsertionConfig(candidates=props.items.shape[1], width=width, rerank=rerank)
+    cfg = InsertionConfig(candidates=props.items.shape[1], width=width, rerank=rerank, popularity=counts is not None)
     cells = []
-    for bias, topk in cross_fitted(props, cases.targets, cases.timestamps, cfg, BIASES, width).items():
+    for bias, topk in cross_fitted(props, cases.targets, cases.timestamps, cfg, BIASES, width, counts).items():
         res = score_topk(run, topk, cases)
         row = _row(res, topk, new, base)
         row["warm_drop_planned"] = plan.drop(res, base, below=bounds.max_warm_drop)
@@ -276,21 +266,22 @@ def main() -> None:
             props = with_features(props, text_popularity(run, unit, props.items))
         if "lm" in v:
             props = with_features(props, successor_score(run, unit, cases.histories, props.items, recent))
-        if "wp" in v:
-            props = with_features(props, beam_extra=warm_popularity(run, props.beam_items))
         if "tf" in v:
             cum = np.cumsum(proposal_log_probs(run.recommender, cases.histories, props.items), -1)
             props = with_features(props, cum[..., [0, 1, cum.shape[-1] - 1]].astype(np.float64))
         feature_s = time.perf_counter() - t0
         with (boosted() if "gb" in v else contextlib.nullcontext()):
             rr = "rr" in v
-            cells = curve(run, cases, props, base, new, width, bounds, rr)
-            pick = chosen(curve(run, E, props.rows(early), base_e, new, width, bounds, rr), base_e, bounds,
+            counts = item_counts(run) if "wp" in v else None
+            cells = curve(run, cases, props, base, new, width, bounds, rr, counts)
+            pick = chosen(curve(run, E, props.rows(early), base_e, new, width, bounds, rr, counts), base_e, bounds,
                           args.objective, floor_e)
             later = None
             if pick is not None:
-                cfg = InsertionConfig(recent=recent, candidates=j, width=width, bias=pick["bias"], rerank=rr)
-                topk = CalibratedInsertion.fit(props.rows(early), E.targets, cfg).rank(props.rows(~early), width)[0]
+                cfg = InsertionConfig(recent=recent, candidates=j, width=width, bias=pick["bias"], rerank=rr,
+                                      popularity=counts is not None)
+                fitted = CalibratedInsertion.fit(props.rows(early), E.targets, cfg, counts)
+                topk = fitted.rank(props.rows(~early), width)[0]
                 later = summary({"bias": pick["bias"], "metrics": _row(score_topk(run, topk, L), topk, new, base_l)})
         results[v] = {"features": int(props.features.shape[-1]), "feature_seconds": feature_s,
                       "curve": [summary(c) for c in cells],

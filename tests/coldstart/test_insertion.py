@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from genrecedit.coldstart import insertion as ins
-from genrecedit.coldstart.insertion import (CalibratedInsertion, InsertionConfig, LogOdds, NEW_FEATURES, Proposals,
-                                            RERANK_FEATURES, WARM_FEATURES, cross_fitted, propose)
+from genrecedit.coldstart.insertion import (CalibratedInsertion, InsertionConfig, LogOdds, NEW_FEATURES,
+                                            POPULARITY_FEATURES, Proposals, RERANK_FEATURES, WARM_FEATURES,
+                                            cross_fitted, propose)
 from genrecedit.errors import ConfigError
 from genrecedit.model.beam import Beams
 from genrecedit.runs.backbone import load_run
@@ -137,7 +138,7 @@ def test_the_margin_is_chosen_on_lists_each_ranked_by_a_model_fitted_on_the_othe
     p = _proposals(np.tile([10], (n, 1)), np.arange(n)[:, None] / n, np.tile([0], (n, 1)), np.zeros((n, 1)))
     fitted_on = []
 
-    def fake_fit(proposals, targets, cfg):
+    def fake_fit(proposals, targets, cfg, counts=None):
         fitted_on.append(set(proposals.features[:, 0, 0].round(3)))
         return _model(1.0)
 
@@ -147,6 +148,58 @@ def test_the_margin_is_chosen_on_lists_each_ranked_by_a_model_fitted_on_the_othe
     later = set((np.arange(n)[times >= 5] / n).round(3))
     assert fitted_on == [early, later]  # the later half ranked by the early half's model, then the reverse
     assert set(lists) == {0.0, 1.0} and all(v.shape == (n, 2) and (v >= 0).all() for v in lists.values())
+
+
+def test_a_popularity_warm_model_reads_the_counts_it_was_fitted_with_and_keeps_them():
+    """Warm log-odds = the beam item's log(1 + recent count): the beam is ordered by those counts; an item the
+    counts do not cover (added later) and an empty slot count 0; the counts travel with the saved model."""
+    cfg = InsertionConfig(bias=1e6, rerank=True, popularity=True)
+    assert ins.warm_features(cfg) == WARM_FEATURES + RERANK_FEATURES + POPULARITY_FEATURES
+    n_warm = len(ins.warm_features(cfg))
+    coef = [0.0] * n_warm
+    coef[-1] = 1.0  # "log_count_recent"
+    new = LogOdds([0.0] * len(NEW_FEATURES), [1.0] * len(NEW_FEATURES), [0.0] * len(NEW_FEATURES), 0.0)
+    counts = np.array([[9, 0], [1, 5], [0, 50], [3, 2]])  # items 0–3; item 6 is beyond them
+    model = CalibratedInsertion(cfg, new, LogOdds([0.0] * n_warm, [1.0] * n_warm, coef, 0.0), counts)
+    p = _proposals([[7]], [[0.0]], [[0, 1, 2, 6, -1]], [[-1.0, -2.0, -3.0, -4.0, -50.0]])
+    x = p.warm_x(cfg, counts)
+    np.testing.assert_allclose(x[0, :, -2:], np.log1p([[9, 0], [1, 5], [0, 50], [0, 0], [0, 0]]))
+    assert model.rank(p, 4)[0].tolist() == [[2, 1, 0, 6]]
+    data = json.loads(json.dumps(model.to_dict()))
+    assert data["counts"] == counts.tolist() and data["warm_features"][-2:] == list(POPULARITY_FEATURES)
+    again = CalibratedInsertion.of(data)
+    np.testing.assert_array_equal(again.counts, counts)
+    np.testing.assert_array_equal(again.rank(p, 4)[0], [[2, 1, 0, 6]])
+    with pytest.raises(ConfigError, match="training counts"):  # saved without its counts
+        CalibratedInsertion.of({k: v for k, v in data.items() if k != "counts"})
+    with pytest.raises(ConfigError, match="training counts"):
+        p.warm_x(cfg)
+    with pytest.raises(ConfigError, match="rerank"):
+        InsertionConfig(popularity=True)
+    plain = _model(1.0, rerank=True)  # no popularity: no counts saved, the feature list unchanged
+    assert "counts" not in plain.to_dict() and plain.counts is None
+
+
+def test_fit_with_popularity_learns_from_the_counts_and_keeps_only_them():
+    """Item 2, lately popular, is the next item half the time wherever the beam puts it: only its count tells it
+    apart, so the popularity model puts it first in every list and the model without counts keeps the beam's top."""
+    rng = np.random.default_rng(1)
+    n = 600
+    beam_items = np.array([rng.permutation(4) for _ in range(n)])  # the beam's order says nothing of item 2
+    counts = np.array([[5, 1], [5, 1], [5, 200], [5, 1]])
+    targets = np.where(rng.uniform(size=n) < 0.5, 2, rng.integers(0, 4, size=n))
+    targets = np.where(rng.uniform(size=n) < 0.1, 10, targets)  # now and then the proposal
+    p = _proposals(np.tile([10], (n, 1)), rng.uniform(size=(n, 1)), beam_items, np.tile([-1.0, -2, -3, -4], (n, 1)),
+                   beam_sims=np.zeros((n, 4)))
+    cfg = InsertionConfig(bias=1e6, rerank=True, popularity=True)
+    model = CalibratedInsertion.fit(p, targets, cfg, counts)
+    np.testing.assert_array_equal(model.counts, counts)
+    assert model.rank(p, 1)[0][:, 0].tolist() == [2] * n  # the lately popular item leads every list
+    blind = CalibratedInsertion.fit(p, targets, InsertionConfig(bias=1e6, rerank=True), counts)
+    assert blind.counts is None
+    np.testing.assert_array_equal(blind.rank(p, 1)[0][:, 0], beam_items[:, 0])
+    with pytest.raises(ConfigError, match="training counts"):
+        CalibratedInsertion.fit(p, targets, cfg)
 
 
 @pytest.fixture(scope="module")
@@ -170,9 +223,9 @@ def test_coldstart_chooses_a_margin_on_validation_and_scores_it_on_test(sequel_r
     report = coldstart(run, tmp_path, spec, echo=lambda *_: None)
     selection = json.loads((tmp_path / "coldstart_selection.json").read_text())["insertion"]
     assert selection["chosen"] is not None, selection.get("unavailable")
-    cells = selection["cells"]  # the beam's order kept, then re-ordered by the warm model
-    assert [(c["insertion"]["rerank"], c["insertion"]["bias"]) for c in cells] == \
-        [(r, b) for r in (False, True) for b in (0.0, 0.5, 1.0, 1.5, 50.0)]
+    cells = selection["cells"]  # the beam's order kept, re-ordered by the warm model, and by it with the counts
+    assert [(c["insertion"]["rerank"], c["insertion"]["popularity"], c["insertion"]["bias"]) for c in cells] == \
+        [(r, p, b) for r, p in ((False, False), (True, False), (True, True)) for b in (0.0, 0.5, 1.0, 1.5, 50.0)]
     wide = cells[4]["metrics"]
     assert wide["exposure"]["new_item_slot_share"] == 0.0 and wide["warm_drop"] == pytest.approx(0.0)
     assert cells[-1]["metrics"]["exposure"]["new_item_slot_share"] == 0.0  # re-ordered beam items only
@@ -262,4 +315,25 @@ def test_choosing_the_insertion_never_reads_the_test_split(sequel_run):
                          bounds=Bounds(max_warm_drop=1.0, max_item_share=1.0), slots=(1,), recent=(1,),
                          insertion=InsertionGrid(recent=(1, 2), bias=(0.0, 1.0, 50.0), candidates=3))
     selection = select_coldstart(guarded, spec, progress=False)["insertion"]
-    assert len(selection["cells"]) == 12 and selection["chosen"] is not None
+    assert len(selection["cells"]) == 18 and selection["chosen"] is not None  # 2 recents × 3 warm models × 3
+
+
+def test_the_counts_come_from_the_training_split_only(sequel_run):
+    """The popularity features count training interactions: a new item (played in validation and test, never in
+    training) counts 0, and the lately column counts training targets of the period's last quarter only."""
+    from genrecedit.evaluation.baselines import train_counts
+    from genrecedit.runs.coldstart import item_counts, new_items
+
+    run = load_run(sequel_run)
+    split = run.prepared.split
+    counts = item_counts(run, 0.25)
+    assert counts.shape == (split.n_items, 2) and counts.dtype == np.int64
+    np.testing.assert_array_equal(counts[:, 0], train_counts(split))
+    new = new_items(run)
+    assert len(new) and np.isin(split.valid.targets, new).any() and not counts[new].any()
+    late = split.train.timestamps >= np.quantile(split.train.timestamps, 0.75)
+    assert counts[:, 1].sum() == late.sum() and 0 < late.sum() < len(late)
+    np.testing.assert_array_equal(item_counts(run, 1.0)[:, 1], np.bincount(split.train.targets,
+                                                                            minlength=split.n_items))
+    with pytest.raises(ConfigError, match="recent_counts"):
+        InsertionGrid(recent_counts=0.0)

@@ -93,3 +93,36 @@ def test_a_reranking_insertion_orders_every_served_list_by_its_warm_model(open_s
             sims = (unit[beam] @ content_vectors(unit, hist, 1)[0]).numpy()
             best = [beam[j] for j in np.argsort(-sims, kind="stable")[:5]]
             assert served == [snap.catalog.item_ids[i] for i in best]
+
+
+def test_a_popularity_insertion_serves_the_counts_it_was_fitted_with(open_service, serving_run):
+    """Warm log-odds = the beam item's log(1 + training count) as saved with the model: each served list is the
+    beam's items by those counts (items the counts do not cover count 0), exactly as the offline recipe ranks them."""
+    from genrecedit.coldstart.insertion import POPULARITY_FEATURES
+
+    cfg = InsertionConfig(recent=1, candidates=3, bias=1e6, width=10, rerank=True, popularity=True)
+    n_new = len(NEW_FEATURES)
+    n_warm = len(WARM_FEATURES) + len(RERANK_FEATURES) + len(POPULARITY_FEATURES)
+    coef = [0.0] * n_warm
+    coef[len(WARM_FEATURES) + len(RERANK_FEATURES)] = 1.0  # "log_count"
+    service = open_service("s-counts-probe", [], exposure_cases=0)
+    n_items = len(service.snapshot.catalog.item_ids)
+    rng = np.random.default_rng(0)
+    counts = np.stack([rng.permutation(n_items // 2) * 3, np.zeros(n_items // 2, int)], 1)  # half the catalog
+    CalibratedInsertion(cfg, LogOdds([0.0] * n_new, [1.0] * n_new, [0.0] * n_new, 0.0),
+                        LogOdds([0.0] * n_warm, [1.0] * n_warm, coef, 0.0),
+                        counts).save(serving_run / "insertion-counts.json")
+    service = open_service("s-counts", ["insertion=insertion-counts.json"], exposure_cases=0)
+    snap = service.snapshot
+    np.testing.assert_array_equal(service.insertion.counts, counts)
+    with api(service) as c:
+        for t in range(len(TOPICS)):
+            r = c.post("/recommend", json={"history": _history(t), "k": 5})
+            assert r.status_code == 200, r.text
+            served = [x["item_id"] for x in r.json()["items"]]
+            hist = snap.catalog.histories([_history(t)], service.max_history)
+            beams = snap.recommender.recommend(hist, service.decode, snap.schedule)
+            beam = [i for i in beams.items[0].tolist() if i >= 0]
+            known = [counts[i, 0] if i < len(counts) else 0 for i in beam]
+            best = [beam[j] for j in np.argsort(-np.asarray(known), kind="stable")[:5]]
+            assert served == [snap.catalog.item_ids[i] for i in best]

@@ -16,10 +16,15 @@ validation cases, turn what the backbone and the text say into log-odds that an 
 The beam's items keep their order (their log-odds are made non-increasing down the list), or, with ``rerank``, the
 warm model also reads each beam item's own similarity to h's content and whether h holds it already
 (``RERANK_FEATURES``) and the beam's items are ordered by their log-odds: a warm item the text supports rises from
-the beam's lower ranks. A proposal is placed above the first beam item whose log-odds is below its own minus a
-margin (``bias``): the larger the margin, the surer the text must be before a warm item gives up its place. The
-margin is chosen on validation within the warm bound (``genrecedit coldstart``). The features name no item, so
-nothing is learnt about any particular new item; the new items' own interactions are never read.
+the beam's lower ranks. With ``popularity`` as well, the re-ranking warm model reads each beam item's log-count of
+training interactions, over the whole training period and its last quarter (``POPULARITY_FEATURES``; the counts
+travel with the fitted model, so the service and ``evaluate`` read the very counts it was fitted with, and an item
+added later counts 0): a beam item the backbone ranks low but many users have lately taken rises.
+
+A proposal is placed above the first beam item whose log-odds is below its own minus a margin (``bias``): the
+larger the margin, the surer the text must be before a warm item gives up its place. The margin is chosen on
+validation within the warm bound (``genrecedit coldstart``). The features name no item, so nothing is learnt about
+any particular new item; the new items' own interactions are never read.
 
 Where it helps most: a history that ends with a new item. The backbone never learnt that item, so its beam is
 unsure there, and such users move on to another new item often (a sequel, an edition, a variant of the last one).
@@ -46,6 +51,9 @@ WARM_FEATURES = ("score", "score_rel", "log_rank", "first", "novel_last", "novel
 # history's content, its gap to the beam's most similar item's, that similarity where h ends with a new item, and
 # whether the item is in h already
 RERANK_FEATURES = ("sim", "sim_gap", "novel_last_sim", "seen")
+# what a re-ranking warm model with ``InsertionConfig.popularity`` reads besides: the beam item's log(1 + count) of
+# training interactions, whole period and its last quarter (``ItemCounts``' columns)
+POPULARITY_FEATURES = ("log_count", "log_count_recent")
 CHUNK_ROWS = 1024  # histories whose similarities to every new item are computed at once
 FLOOR = -50.0  # the log-probability feature of an empty beam slot (which is never ranked)
 
@@ -60,6 +68,7 @@ class InsertionConfig:
     c: float = 1.0  # inverse L2 strength of the logistic fits
     width: int | None = None  # the beam lists' length the models were fitted on (their features depend on it)
     rerank: bool = False  # the beam's items are re-ordered by their log-odds, which then read RERANK_FEATURES too
+    popularity: bool = False  # a re-ranking warm model reads POPULARITY_FEATURES too (needs rerank)
 
     def __post_init__(self) -> None:
         if self.recent < 1:
@@ -70,11 +79,24 @@ class InsertionConfig:
             raise ConfigError(f"insertion.c must be > 0, got {self.c}")
         if self.width is not None and self.width < 1:
             raise ConfigError(f"insertion.width must be ≥ 1, got {self.width}")
+        if self.popularity and not self.rerank:
+            raise ConfigError("insertion.popularity is read by a re-ranking warm model: set insertion.rerank too")
 
 
 def warm_features(cfg: InsertionConfig) -> tuple[str, ...]:
     """The features the warm model of ``cfg`` reads (``Proposals.warm_x``)."""
-    return WARM_FEATURES + RERANK_FEATURES if cfg.rerank else WARM_FEATURES
+    if not cfg.rerank:
+        return WARM_FEATURES
+    return WARM_FEATURES + RERANK_FEATURES + (POPULARITY_FEATURES if cfg.popularity else ())
+
+
+def popularity_features(counts: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """[..., 2] log(1 + count) of ``items`` [...] in ``counts`` [n_items, 2] (an empty slot, or an item the counts
+    do not cover — added after the model was fitted — counts 0)."""
+    counts = np.asarray(counts)
+    known = (items >= 0) & (items < len(counts))
+    out = np.log1p(counts[np.clip(items, 0, len(counts) - 1)].astype(np.float64))
+    return np.where(known[..., None], out, 0.0)
 
 
 @dataclass
@@ -121,13 +143,19 @@ class Proposals:
         return Proposals(self.items[mask], self.features[mask], self.beam_items[mask], self.beam_features[mask],
                          None if self.beam_content is None else self.beam_content[mask])
 
-    def warm_x(self, cfg: InsertionConfig) -> np.ndarray:
-        """[n, K, f] what the warm model of ``cfg`` reads."""
+    def warm_x(self, cfg: InsertionConfig, counts: np.ndarray | None = None) -> np.ndarray:
+        """[n, K, f] what the warm model of ``cfg`` reads (``counts``: the items' training counts [n_items, 2],
+        needed with ``cfg.popularity``)."""
         if not cfg.rerank:
             return self.beam_features
         if self.beam_content is None:
             raise ConfigError("a re-ranking insertion needs the beam items' content features (propose computes them)")
-        return np.concatenate([self.beam_features, self.beam_content], -1)
+        parts = [self.beam_features, self.beam_content]
+        if cfg.popularity:
+            if counts is None:
+                raise ConfigError("an insertion with popularity needs the items' training counts")
+            parts.append(popularity_features(counts, self.beam_items))
+        return np.concatenate(parts, -1)
 
     def labels(self, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """[n, J], [n, K] bool: which proposal / beam item is the case's next item."""
@@ -208,27 +236,32 @@ def _subtree_mass(codes: np.ndarray, items: np.ndarray, score: np.ndarray, cand:
 
 @dataclass
 class CalibratedInsertion:
-    """Fitted calibrated insertion: its settings and the two log-odds models."""
+    """Fitted calibrated insertion: its settings, the two log-odds models and, with ``cfg.popularity``, the training
+    counts [n_items, 2] its warm model reads (whole period, last quarter)."""
 
     cfg: InsertionConfig
     new_odds: LogOdds
     warm_odds: LogOdds
+    counts: np.ndarray | None = None
 
     @staticmethod
-    def fit(proposals: Proposals, targets: np.ndarray, cfg: InsertionConfig) -> "CalibratedInsertion":
-        """Fit both models on validation ``proposals`` and their cases' next items ``targets`` [n]."""
+    def fit(proposals: Proposals, targets: np.ndarray, cfg: InsertionConfig,
+            counts: np.ndarray | None = None) -> "CalibratedInsertion":
+        """Fit both models on validation ``proposals`` and their cases' next items ``targets`` [n] (``counts``:
+        the items' training counts, needed with ``cfg.popularity``, kept with the model)."""
         is_new, is_warm = proposals.labels(np.asarray(targets))
         have = proposals.items >= 0
         present = proposals.beam_items >= 0
+        counts = np.asarray(counts, np.int64) if cfg.popularity and counts is not None else None
         return CalibratedInsertion(
             cfg, LogOdds.fit(proposals.features[have], is_new[have].astype(int), cfg.c),
-            LogOdds.fit(proposals.warm_x(cfg)[present], is_warm[present].astype(int), cfg.c))
+            LogOdds.fit(proposals.warm_x(cfg, counts)[present], is_warm[present].astype(int), cfg.c), counts)
 
     def rank(self, proposals: Proposals, k: int, bias: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The merged top ``k``: items [n, k] (-1: empty) and their ranking keys [n, k] (log-odds; a proposal's
         less the margin), best first; ``bias`` overrides the configured margin."""
         bias = self.cfg.bias if bias is None else bias
-        warm = np.where(proposals.beam_items >= 0, self.warm_odds(proposals.warm_x(self.cfg)), -np.inf)
+        warm = np.where(proposals.beam_items >= 0, self.warm_odds(proposals.warm_x(self.cfg, self.counts)), -np.inf)
         if not self.cfg.rerank:
             warm = np.minimum.accumulate(warm, axis=1)  # the beam's order is kept
             warm = warm - 1e-9 * np.arange(warm.shape[1])[None]  # ties keep it too
@@ -269,8 +302,11 @@ class CalibratedInsertion:
             raise ConfigError(f"{path}: not a fitted calibrated insertion ({err})") from err
 
     def to_dict(self) -> dict:
-        return {"config": asdict(self.cfg), "new_odds": asdict(self.new_odds), "warm_odds": asdict(self.warm_odds),
-                "new_features": list(NEW_FEATURES), "warm_features": list(warm_features(self.cfg))}
+        out = {"config": asdict(self.cfg), "new_odds": asdict(self.new_odds), "warm_odds": asdict(self.warm_odds),
+               "new_features": list(NEW_FEATURES), "warm_features": list(warm_features(self.cfg))}
+        if self.counts is not None:
+            out["counts"] = np.asarray(self.counts).tolist()
+        return out
 
     @staticmethod
     def of(data: dict) -> "CalibratedInsertion":
@@ -279,25 +315,31 @@ class CalibratedInsertion:
                 data.get("warm_features", list(warm_features(cfg))) != list(warm_features(cfg)):
             raise ConfigError("this calibrated insertion was fitted on other features; run `genrecedit coldstart` "
                               "again")
-        return CalibratedInsertion(cfg, LogOdds(**data["new_odds"]), LogOdds(**data["warm_odds"]))
+        counts = None
+        if cfg.popularity:
+            counts = np.asarray(data.get("counts", []), np.int64)
+            if counts.ndim != 2 or counts.shape[1] != len(POPULARITY_FEATURES) or (counts < 0).any():
+                raise ConfigError(f"an insertion with popularity needs its items' training counts [n_items, "
+                                  f"{len(POPULARITY_FEATURES)}], got shape {counts.shape}")
+        return CalibratedInsertion(cfg, LogOdds(**data["new_odds"]), LogOdds(**data["warm_odds"]), counts)
 
 
-def half_models(proposals: Proposals, targets: np.ndarray, times: np.ndarray,
-                cfg: InsertionConfig) -> list[tuple[np.ndarray, "CalibratedInsertion"]]:
+def half_models(proposals: Proposals, targets: np.ndarray, times: np.ndarray, cfg: InsertionConfig,
+                counts: np.ndarray | None = None) -> list[tuple[np.ndarray, "CalibratedInsertion"]]:
     """The validation period split at its median time: per half, (its cases' mask, the models fitted on the other
-    half), so that every case is ranked by models no case of its own half was fitted on."""
+    half), so that every case is ranked by models no case of its own half was fitted on (``counts``: as ``fit``)."""
     later = np.zeros(len(times), bool)
     later[np.argsort(times, kind="stable")[len(times) // 2:]] = True
-    return [(held, CalibratedInsertion.fit(proposals.rows(~held), targets[~held], cfg))
+    return [(held, CalibratedInsertion.fit(proposals.rows(~held), targets[~held], cfg, counts))
             for held in (later, ~later) if held.any()]
 
 
 def cross_fitted(proposals: Proposals, targets: np.ndarray, times: np.ndarray, cfg: InsertionConfig,
-                 biases: tuple[float, ...], k: int) -> dict[float, np.ndarray]:
+                 biases: tuple[float, ...], k: int, counts: np.ndarray | None = None) -> dict[float, np.ndarray]:
     """Validation lists [n, k] for each margin in ``biases``, every case ranked by models fitted on the other half
     of the period (``half_models``): the margin is then chosen on lists no model was fitted on."""
     lists = {b: np.full((len(times), k), -1, dtype=np.int64) for b in biases}
-    for held, model in half_models(proposals, targets, times, cfg):
+    for held, model in half_models(proposals, targets, times, cfg, counts):
         part = proposals.rows(held)
         for b in biases:
             lists[b][held] = model.rank(part, k, b)[0]

@@ -78,10 +78,20 @@ class InsertionGrid:
     bias: tuple[float, ...] = tuple(0.25 * i for i in range(-8, 25))  # −2 … 6 log-odds
     candidates: int = 10
     rerank: tuple[bool, ...] = (False, True)  # the beam's order kept, or re-ordered by the warm model
+    # a re-ranking warm model without and with the beam items' training counts (tried with rerank cells only)
+    popularity: tuple[bool, ...] = (False, True)
+    recent_counts: float = 0.25  # the "lately" count: the training period's last share, by time (item_counts)
     objective: str = "cold"
+
+    def settings(self) -> list[tuple[int, bool, bool]]:
+        """The (recent, rerank, popularity) settings tried, each with every margin."""
+        return [(r, rr, p) for r, rr, p in itertools.product(self.recent, self.rerank, self.popularity)
+                if rr or not p]
 
     def __post_init__(self) -> None:
         check_objective(self.objective)
+        if not 0 < self.recent_counts <= 1:
+            raise ConfigError(f"insertion recent_counts must be in (0, 1], got {self.recent_counts}")
 
 
 def check_objective(objective: str) -> None:
@@ -103,6 +113,19 @@ def new_items(run: LoadedRun) -> np.ndarray:
     """The items a text-only cold start recommends: every catalog item absent from training (read from the warm
     flags, never from a case set)."""
     return np.flatnonzero(~run.prepared.split.warm)
+
+
+def item_counts(run: LoadedRun, recent: float = 0.25) -> np.ndarray:
+    """[n_items, 2] int64 each item's training interactions: its occurrences in the training sequences
+    (``train_counts``) and its occurrences as a training target in the period's last ``recent`` share (by time).
+    Read from the training split only; a new item counts 0 in both."""
+    from genrecedit.evaluation.baselines import train_counts
+
+    split = run.prepared.split
+    times = np.asarray(split.train.timestamps)
+    late = times >= np.quantile(times, 1 - recent) if len(times) else np.zeros(0, bool)
+    lately = np.bincount(np.asarray(split.train.targets)[late], minlength=split.n_items)
+    return np.stack([train_counts(split), lately], 1).astype(np.int64)
 
 
 def selection_cases(run: LoadedRun, limit: int | None, whole: bool) -> CaseSet:
@@ -257,7 +280,8 @@ def prefer(options: list, metrics, objective: str, floor: float):
 def select_insertion(run: LoadedRun, cases: CaseSet, beams: Beams, base: EvalResult, plan: WarmPlan,
                      bounds: Bounds, grid: InsertionGrid, progress: bool = True,
                      floor: float = -float("inf")) -> dict:
-    """Calibrated insertion on validation: per (recent, rerank, margin) the cross-fitted lists (``cross_fitted``)
+    """Calibrated insertion on validation: per (recent, rerank, popularity, margin) the cross-fitted lists
+    (``cross_fitted``; ``popularity``: the warm model reads the training counts of ``item_counts``)
     scored, the cell ``grid.objective`` picks (``pick_insertion``: among those within ``bounds`` that beat the
     beams — the warm drop held at the upper end (``bounds.upper``) at the share of histories ending with a new item
     where its trend is heading (the insertion spends its warm drop there) — the most cold recall above ``floor``,
@@ -269,14 +293,16 @@ def select_insertion(run: LoadedRun, cases: CaseSet, beams: Beams, base: EvalRes
     new, width = new_items(run), beams.items.shape[1]
     base_ndcg = base.summary()["overall"][f"ndcg@{CUT}"]
     cells, proposals = [], {}
-    for recent, rerank in tqdm(list(itertools.product(grid.recent, grid.rerank)),
-                               desc="coldstart: calibrated insertion", disable=not progress):
-        cfg = InsertionConfig(recent=recent, candidates=grid.candidates, width=width, rerank=rerank)
+    settings = grid.settings()
+    counts = item_counts(run, grid.recent_counts) if any(p for *_, p in settings) else None
+    for recent, rerank, popularity in tqdm(settings, desc="coldstart: calibrated insertion", disable=not progress):
+        cfg = InsertionConfig(recent=recent, candidates=grid.candidates, width=width, rerank=rerank,
+                              popularity=popularity)
         if recent not in proposals:
             proposals[recent] = propose(run.prepared.embeddings, run.prepared.codes, new, cases.histories, beams,
                                         recent, grid.candidates)
         try:
-            lists = cross_fitted(proposals[recent], cases.targets, cases.timestamps, cfg, grid.bias, width)
+            lists = cross_fitted(proposals[recent], cases.targets, cases.timestamps, cfg, grid.bias, width, counts)
         except ConfigError as err:  # e.g. no validation case's next item among one half's proposals
             return {"plan_share": plan.share, "objective": grid.objective, "floor": floor, "cells": cells,
                     "chosen": None, "chosen_metrics": None, "other": None, "unavailable": str(err)}
@@ -290,7 +316,7 @@ def select_insertion(run: LoadedRun, cases: CaseSet, beams: Beams, base: EvalRes
         if cell is None:
             return None
         cfg = InsertionConfig(**cell["insertion"])
-        return CalibratedInsertion.fit(proposals[cfg.recent], cases.targets, cfg).to_dict()
+        return CalibratedInsertion.fit(proposals[cfg.recent], cases.targets, cfg, counts).to_dict()
 
     best = pick_insertion(cells, base_ndcg, bounds, grid.objective, floor)
     other_objective = next(o for o in OBJECTIVES if o != grid.objective)
