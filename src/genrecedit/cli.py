@@ -153,6 +153,9 @@ def coldstart(run_dir: RunDir, overrides: Overrides = None,
                   help="what selection maximises within the bounds: 'cold' (cold Recall@10 among settings that "
                        "also beat every baseline kept to the bounds on overall NDCG@10) or 'overall' "
                        "(overall NDCG@10)")] = "cold",
+              popularity: Annotated[bool, typer.Option(
+                  "--popularity/--no-popularity", help="also try calibrated insertions whose re-ranking warm model "
+                                                       "reads the beam items' training counts")] = True,
               adopt: Annotated[bool, typer.Option(help="write the recipe (the prior or the calibrated insertion, "
                                                        "the better on validation) into the run (the service then "
                                                        "serves it)")] = False,
@@ -169,7 +172,9 @@ def coldstart(run_dir: RunDir, overrides: Overrides = None,
         spec = ColdstartSpec(bounds=Bounds(max_warm_drop=max_warm_drop, max_item_share=max_item_share, upper=upper,
                                            plan_window=plan_window, stratified=stratified,
                                            plan_trend=plan_trend, allocate=allocate),
-                             insertion=InsertionGrid(objective=objective), valid_max_cases=valid_max_cases)
+                             insertion=InsertionGrid(objective=objective,
+                                                     popularity=(False, True) if popularity else (False,)),
+                             valid_max_cases=valid_max_cases)
         report = run_coldstart(run, out or run_dir, spec, artifact, name, echo=typer.echo)
         if adopt and report["recipe"] is not None:
             from genrecedit.runs.coldstart import adopt
