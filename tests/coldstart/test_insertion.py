@@ -337,3 +337,34 @@ def test_the_counts_come_from_the_training_split_only(sequel_run):
                                                                             minlength=split.n_items))
     with pytest.raises(ConfigError, match="recent_counts"):
         InsertionGrid(recent_counts=0.0)
+
+
+def test_a_chosen_insertion_with_counts_is_scored_beside_the_best_without_them(sequel_run, tmp_path, monkeypatch):
+    """Where the chosen cell's warm model reads training counts, the report scores the objective's pick among the
+    cells that read none on the same test cases, paired; the saved insertion keeps its counts."""
+    from genrecedit.runs import coldstart as cs
+
+    original = cs.pick_insertion
+
+    def prefer_counts(cells, *args, **kwargs):  # the chosen cell reads counts whenever such a cell is admissible
+        with_counts = [c for c in cells if c["insertion"]["popularity"]]
+        return original(with_counts, *args, **kwargs) or original(cells, *args, **kwargs)
+
+    monkeypatch.setattr(cs, "pick_insertion", prefer_counts)
+    spec = ColdstartSpec(grid=PriorGrid(scope=(0,), recent=(1,), threshold=(0.5,), temperature=(0.1,), budget=(0.1,),
+                                        novel_budget=(None,), head=(0,)),
+                         bounds=Bounds(max_warm_drop=1.0, max_item_share=1.0), slots=(1,), recent=(1,),
+                         insertion=InsertionGrid(recent=(1,), bias=(0.0, 1.0, 50.0), candidates=3))
+    report = coldstart(load_run(sequel_run), tmp_path, spec, echo=lambda *_: None)
+    selection = json.loads((tmp_path / "coldstart_selection.json").read_text())["insertion"]
+    assert selection["chosen"]["config"]["popularity"] and len(selection["chosen"]["counts"]) > 0
+    saved = json.loads((tmp_path / "coldstart_insertion.json").read_text())
+    assert saved["counts"] == selection["chosen"]["counts"]
+    plain = selection["without_counts"]
+    assert plain is not None and not plain["chosen"]["config"]["popularity"] and "counts" not in plain["chosen"]
+    cells = [c for c in selection["cells"] if not c["insertion"]["popularity"]]
+    assert plain["chosen"]["config"] == original(cells, json.loads((tmp_path / "coldstart_selection.json")
+                                                                   .read_text())["base"]["overall"]["ndcg@10"],
+                                                 spec.bounds, "cold", selection["floor"])["insertion"]
+    assert cs.WITHOUT_COUNTS in report["systems"] and report["best_baseline"] != cs.WITHOUT_COUNTS
+    assert "cold_recall@10" in report["insertion_vs_without_counts"]

@@ -36,6 +36,8 @@ PRIOR, INSERTION = "content prior (chosen)", "calibrated insertion (chosen)"  # 
 RERANK_ONLY = "calibrated insertion, beam re-rank only (chosen)"
 # the insertion the other objective chooses, fitted on the same validation cases (the trade-off, side by side)
 OTHER_OBJECTIVE = "calibrated insertion, {objective} objective (chosen)"
+# where the chosen insertion's warm model reads training counts: the best cell without them, to tell what they add
+WITHOUT_COUNTS = "calibrated insertion, no training counts (chosen)"
 OBJECTIVES = ("cold", "overall")  # what selection maximises within the bounds (InsertionGrid.objective)
 INSERTION_FILE = "insertion.json"  # a run's adopted calibrated insertion (config.insertion names it)
 
@@ -287,7 +289,8 @@ def select_insertion(run: LoadedRun, cases: CaseSet, beams: Beams, base: EvalRes
     where its trend is heading (the insertion spends its warm drop there) — the most cold recall above ``floor``,
     the baselines' best overall NDCG@10 within the bounds, or the best overall NDCG@10) and the models refitted on
     every validation case. ``chosen``: the fitted ``CalibratedInsertion.to_dict()`` (None: no cell within the
-    bounds); ``other``: the other objective's, where it picks another cell."""
+    bounds); ``other``: the other objective's, where it picks another cell; ``without_counts``: where the chosen
+    cell's warm model reads training counts, the objective's pick among the cells that read none."""
     if run.config.decode.k < CUT:
         raise ConfigError(f"calibrated insertion ranks {CUT} items: decode.k must be ≥ {CUT}")
     new, width = new_items(run), beams.items.shape[1]
@@ -305,7 +308,8 @@ def select_insertion(run: LoadedRun, cases: CaseSet, beams: Beams, base: EvalRes
             lists = cross_fitted(proposals[recent], cases.targets, cases.timestamps, cfg, grid.bias, width, counts)
         except ConfigError as err:  # e.g. no validation case's next item among one half's proposals
             return {"plan_share": plan.share, "objective": grid.objective, "floor": floor, "cells": cells,
-                    "chosen": None, "chosen_metrics": None, "other": None, "unavailable": str(err)}
+                    "chosen": None, "chosen_metrics": None, "other": None, "without_counts": None,
+                    "unavailable": str(err)}
         for bias, topk in lists.items():
             result = score_topk(run, topk, cases)
             row = _row(result, topk, new, base)
@@ -321,10 +325,16 @@ def select_insertion(run: LoadedRun, cases: CaseSet, beams: Beams, base: EvalRes
     best = pick_insertion(cells, base_ndcg, bounds, grid.objective, floor)
     other_objective = next(o for o in OBJECTIVES if o != grid.objective)
     other = pick_insertion(cells, base_ndcg, bounds, other_objective, floor)
+    plain = None  # the objective's pick among the cells whose warm model reads no count
+    if best is not None and best["insertion"]["popularity"]:
+        plain = pick_insertion([c for c in cells if not c["insertion"]["popularity"]], base_ndcg, bounds,
+                               grid.objective, floor)
     return {"plan_share": plan.share, "objective": grid.objective, "floor": floor, "cells": cells,
             "chosen": fitted(best), "chosen_metrics": None if best is None else best["metrics"],
             "other": None if other is None or other is best else {
-                "objective": other_objective, "chosen": fitted(other), "chosen_metrics": other["metrics"]}}
+                "objective": other_objective, "chosen": fitted(other), "chosen_metrics": other["metrics"]},
+            "without_counts": None if plain is None else {"chosen": fitted(plain),
+                                                          "chosen_metrics": plain["metrics"]}}
 
 
 def coldstart(run: LoadedRun, out_dir: Path, spec: ColdstartSpec | None = None,
@@ -356,18 +366,27 @@ def coldstart(run: LoadedRun, out_dir: Path, spec: ColdstartSpec | None = None,
     if insertion is not None:
         write_json(out_dir / f"{name}_insertion.json", insertion)
         fitted = CalibratedInsertion.of(insertion)
-        proposals = propose(run.prepared.embeddings, run.prepared.codes, new, cases.histories, beams,
-                            fitted.cfg.recent, fitted.cfg.candidates)  # once, for both rows
-        lists[INSERTION] = fitted.rank(proposals, width)[0]
+        proposed = {}  # per (recent, candidates): once for every row that reads them
+
+        def proposals(cfg: InsertionConfig):
+            key = (cfg.recent, cfg.candidates)
+            if key not in proposed:
+                proposed[key] = propose(run.prepared.embeddings, run.prepared.codes, new, cases.histories, beams,
+                                        cfg.recent, cfg.candidates)
+            return proposed[key]
+
+        lists[INSERTION] = fitted.rank(proposals(fitted.cfg), width)[0]
         if fitted.cfg.rerank:  # an infinite margin: no proposal enters
-            lists[RERANK_ONLY] = fitted.rank(proposals, width, float("inf"))[0]
-        other = selection["insertion"].get("other")
+            lists[RERANK_ONLY] = fitted.rank(proposals(fitted.cfg), width, float("inf"))[0]
+        other, plain = selection["insertion"].get("other"), selection["insertion"].get("without_counts")
+        extra = {}  # the other objective's cell and the best without training counts, where they exist
         if other is not None:
-            alt = CalibratedInsertion.of(other["chosen"])
-            if alt.cfg.recent != fitted.cfg.recent:
-                proposals = propose(run.prepared.embeddings, run.prepared.codes, new, cases.histories, beams,
-                                    alt.cfg.recent, alt.cfg.candidates)
-            lists[OTHER_OBJECTIVE.format(objective=other["objective"])] = alt.rank(proposals, width)[0]
+            extra[OTHER_OBJECTIVE.format(objective=other["objective"])] = other
+        if plain is not None:
+            extra[WITHOUT_COUNTS] = plain
+        for row_name, picked in extra.items():
+            alt = CalibratedInsertion.of(picked["chosen"])
+            lists[row_name] = alt.rank(proposals(alt.cfg), width)[0]
     picks = selection["baselines"]
     retrieved = {r: retrieve(run.prepared.embeddings, cases.histories, new, width, r) for r in spec.recent}
     for r, topk in retrieved.items():
@@ -412,6 +431,8 @@ def coldstart(run: LoadedRun, out_dir: Path, spec: ColdstartSpec | None = None,
     if INSERTION in results:
         ins = results[INSERTION]
         report["insertion_vs_best_baseline"] = _paired(ins, results[best_baseline])
+        if WITHOUT_COUNTS in results:
+            report["insertion_vs_without_counts"] = _paired(ins, results[WITHOUT_COUNTS])
         if PRIOR in results:
             report["insertion_vs_prior"] = _paired(ins, results[PRIOR])
     write_json(out_dir / f"{name}.json", report)
