@@ -52,7 +52,7 @@ WARM_FEATURES = ("score", "score_rel", "log_rank", "first", "novel_last", "novel
 # whether the item is in h already
 RERANK_FEATURES = ("sim", "sim_gap", "novel_last_sim", "seen")
 # what a re-ranking warm model with ``InsertionConfig.popularity`` reads besides: the beam item's log(1 + count) of
-# training interactions, whole period and its last quarter (``ItemCounts``' columns)
+# training interactions, whole period and its last quarter (the columns of ``runs.coldstart.item_counts``)
 POPULARITY_FEATURES = ("log_count", "log_count_recent")
 CHUNK_ROWS = 1024  # histories whose similarities to every new item are computed at once
 FLOOR = -50.0  # the log-probability feature of an empty beam slot (which is never ranked)
