@@ -29,6 +29,23 @@ def _history(topic: int) -> list[str]:
     return [f"i{topic}{n}" for n in range(4)]
 
 
+def _served_as_offline(service, k: int = 5):
+    """Per topic's history: the items the service serves (checked to be the offline recipe's list), the encoded
+    history and the beam's items."""
+    snap = service.snapshot
+    with api(service) as c:
+        for t in range(len(TOPICS)):
+            r = c.post("/recommend", json={"history": _history(t), "k": k})
+            assert r.status_code == 200, r.text
+            served = [x["item_id"] for x in r.json()["items"]]
+            hist = snap.catalog.histories([_history(t)], service.max_history)
+            beams = snap.recommender.recommend(hist, service.decode, snap.schedule)
+            offline = service.insertion.apply(snap.catalog.embeddings, snap.catalog.codes,
+                                              np.flatnonzero(~snap.catalog.warm), hist, beams, k)
+            assert [snap.catalog.item_ids[i] for i in offline.items[0].tolist()] == served
+            yield served, hist, [i for i in beams.items[0].tolist() if i >= 0]
+
+
 def test_an_added_item_enters_matching_lists_as_the_offline_recipe_ranks_them(open_service, serving_run):
     _fitted(10).save(serving_run / NAME)
     service = open_service("s-insertion", ["insertion=" + NAME, "prior.enabled=true"], exposure_cases=0)
@@ -79,20 +96,10 @@ def test_a_reranking_insertion_orders_every_served_list_by_its_warm_model(open_s
     service = open_service("s-rerank", ["insertion=insertion-rerank.json"], exposure_cases=0)
     snap = service.snapshot
     unit = normalized(snap.catalog.embeddings)
-    with api(service) as c:
-        for t in range(len(TOPICS)):
-            r = c.post("/recommend", json={"history": _history(t), "k": 5})
-            assert r.status_code == 200, r.text
-            served = [x["item_id"] for x in r.json()["items"]]
-            hist = snap.catalog.histories([_history(t)], service.max_history)
-            beams = snap.recommender.recommend(hist, service.decode, snap.schedule)
-            offline = service.insertion.apply(snap.catalog.embeddings, snap.catalog.codes,
-                                              np.flatnonzero(~snap.catalog.warm), hist, beams, 5)
-            assert [snap.catalog.item_ids[i] for i in offline.items[0].tolist()] == served
-            beam = [i for i in beams.items[0].tolist() if i >= 0]
-            sims = (unit[beam] @ content_vectors(unit, hist, 1)[0]).numpy()
-            best = [beam[j] for j in np.argsort(-sims, kind="stable")[:5]]
-            assert served == [snap.catalog.item_ids[i] for i in best]
+    for served, hist, beam in _served_as_offline(service):
+        sims = (unit[beam] @ content_vectors(unit, hist, 1)[0]).numpy()
+        best = [beam[j] for j in np.argsort(-sims, kind="stable")[:5]]
+        assert served == [snap.catalog.item_ids[i] for i in best]
 
 
 def test_a_popularity_insertion_serves_the_counts_it_was_fitted_with(open_service, serving_run):
@@ -115,14 +122,7 @@ def test_a_popularity_insertion_serves_the_counts_it_was_fitted_with(open_servic
     service = open_service("s-counts", ["insertion=insertion-counts.json"], exposure_cases=0)
     snap = service.snapshot
     np.testing.assert_array_equal(service.insertion.counts, counts)
-    with api(service) as c:
-        for t in range(len(TOPICS)):
-            r = c.post("/recommend", json={"history": _history(t), "k": 5})
-            assert r.status_code == 200, r.text
-            served = [x["item_id"] for x in r.json()["items"]]
-            hist = snap.catalog.histories([_history(t)], service.max_history)
-            beams = snap.recommender.recommend(hist, service.decode, snap.schedule)
-            beam = [i for i in beams.items[0].tolist() if i >= 0]
-            known = [counts[i, 0] if i < len(counts) else 0 for i in beam]
-            best = [beam[j] for j in np.argsort(-np.asarray(known), kind="stable")[:5]]
-            assert served == [snap.catalog.item_ids[i] for i in best]
+    for served, _, beam in _served_as_offline(service):
+        known = [counts[i, 0] if i < len(counts) else 0 for i in beam]
+        best = [beam[j] for j in np.argsort(-np.asarray(known), kind="stable")[:5]]
+        assert served == [snap.catalog.item_ids[i] for i in best]
