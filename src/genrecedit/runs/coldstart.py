@@ -316,11 +316,15 @@ def select_insertion(run: LoadedRun, cases: CaseSet, beams: Beams, base: EvalRes
             row["warm_drop_planned"] = plan.drop(result, base, below=bounds.max_warm_drop)
             cells.append({"insertion": asdict(replace(cfg, bias=float(bias))), "metrics": row})
 
+    refits: dict[int, dict] = {}  # per picked cell: its models refitted on every validation case, once
+
     def fitted(cell: dict | None) -> dict | None:
         if cell is None:
             return None
-        cfg = InsertionConfig(**cell["insertion"])
-        return CalibratedInsertion.fit(proposals[cfg.recent], cases.targets, cfg, counts).to_dict()
+        if id(cell) not in refits:
+            cfg = InsertionConfig(**cell["insertion"])
+            refits[id(cell)] = CalibratedInsertion.fit(proposals[cfg.recent], cases.targets, cfg, counts).to_dict()
+        return refits[id(cell)]
 
     best = pick_insertion(cells, base_ndcg, bounds, grid.objective, floor)
     other_objective = next(o for o in OBJECTIVES if o != grid.objective)
