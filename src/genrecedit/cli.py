@@ -156,6 +156,14 @@ def coldstart(run_dir: RunDir, overrides: Overrides = None,
               popularity: Annotated[bool, typer.Option(
                   "--popularity/--no-popularity", help="also try calibrated insertions whose re-ranking warm model "
                                                        "reads the beam items' training counts")] = True,
+              insertion_window: Annotated[Optional[float], typer.Option(
+                  help="fit and choose the calibrated insertion on this latest share of the validation period "
+                       "(by time; 1: all of it) instead of the rule the forward check chooses")] = None,
+              spend_rerank: Annotated[Optional[bool], typer.Option(
+                  "--spend-rerank/--no-spend-rerank", help="let a re-ranking insertion spend the warm NDCG its "
+                                                           "re-ranking gains on validation, or also hold its warm "
+                                                           "drop against its own re-ranked beams, instead of the "
+                                                           "rule the forward check chooses")] = None,
               adopt: Annotated[bool, typer.Option(help="write the recipe (the prior or the calibrated insertion, "
                                                        "the better on validation) into the run (the service then "
                                                        "serves it)")] = False,
@@ -173,7 +181,11 @@ def coldstart(run_dir: RunDir, overrides: Overrides = None,
                                            plan_window=plan_window, stratified=stratified,
                                            plan_trend=plan_trend, allocate=allocate),
                              insertion=InsertionGrid(objective=objective,
-                                                     popularity=(False, True) if popularity else (False,)),
+                                                     popularity=(False, True) if popularity else (False,),
+                                                     **({} if insertion_window is None and spend_rerank is None
+                                                        else {"rules": ((1.0 if insertion_window is None
+                                                                         else insertion_window,
+                                                                         spend_rerank is not False),)})),
                              valid_max_cases=valid_max_cases)
         report = run_coldstart(run, out or run_dir, spec, artifact, name, echo=typer.echo)
         if adopt and report["recipe"] is not None:

@@ -354,3 +354,14 @@ def test_an_unknown_objective_is_refused_before_anything_is_written(tiny_run, tm
                                       "--out", str(tmp_path / "cs")])
     assert result.exit_code != 0 and "objective" in result.output
     assert not (tmp_path / "cs").exists()
+
+
+def test_an_insertion_window_outside_the_period_is_refused_before_anything_is_written(tiny_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from genrecedit.cli import app
+
+    result = CliRunner().invoke(app, ["coldstart", "-r", str(tiny_run), "--insertion-window", "0",
+                                      "--no-spend-rerank", "--out", str(tmp_path / "cs")])
+    assert result.exit_code != 0 and "window" in result.output
+    assert not (tmp_path / "cs").exists()

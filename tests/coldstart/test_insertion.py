@@ -368,3 +368,125 @@ def test_a_chosen_insertion_with_counts_is_scored_beside_the_best_without_them(s
                                                  spec.bounds, "cold", selection["floor"])["insertion"]
     assert cs.WITHOUT_COUNTS in report["systems"] and report["best_baseline"] != cs.WITHOUT_COUNTS
     assert "cold_recall@10" in report["insertion_vs_without_counts"]
+
+
+def test_latest_keeps_the_period_latest_share_by_time():
+    from genrecedit.runs.coldstart import latest
+
+    times = np.array([5, 1, 3, 2, 4])
+    assert latest(times, 0.4).tolist() == [True, False, False, False, True]
+    assert latest(times, 1.0).all() and latest(np.array([]), 0.5).shape == (0,)
+    for bad in (0.0, 1.5):
+        with pytest.raises(ConfigError, match="window"):
+            InsertionGrid(rules=((bad, True),))
+    for bad in (0.0, 1.0):
+        with pytest.raises(ConfigError, match="check"):
+            InsertionGrid(check=bad)
+    with pytest.raises(ConfigError, match="rules"):
+        InsertionGrid(rules=())
+
+
+def test_a_window_fits_and_chooses_the_insertion_on_the_latest_validation_cases_only(sequel_run):
+    """A rule's window: every cell is scored on the latest half of validation, and the chosen models are those
+    fitted on exactly those cases (the test split unreadable throughout)."""
+    from genrecedit.runs.coldstart import (decode, insertion_selection, item_counts, latest, new_items,
+                                           selection_cases)
+
+    run = load_run(sequel_run)
+    cases = selection_cases(run, None, whole=True)
+    beams = decode(run, cases, None, False)
+
+    class Unreadable:
+        def __getattr__(self, name):
+            raise AssertionError(f"selection read the test split (.{name})")
+
+    guarded = dataclasses.replace(run, prepared=dataclasses.replace(
+        run.prepared, split=dataclasses.replace(run.prepared.split, test=Unreadable())))
+    spec = ColdstartSpec(bounds=Bounds(max_warm_drop=1.0, max_item_share=1.0), slots=(1,), recent=(1,),
+                         insertion=InsertionGrid(recent=(1,), bias=(0.0, 1.0, 50.0), candidates=3, rules=((0.5, True),)))
+    sel = insertion_selection(guarded, cases, beams, spec, progress=False)
+    later = latest(cases.timestamps, 0.5)
+    assert 0 < later.sum() < len(cases) and sel["n_cases"] == later.sum() and sel["window"] == 0.5
+    assert sel["rule_check"] is None  # one rule: nothing to check
+    assert {c["metrics"]["overall"]["n_cases"] for c in sel["cells"]} == {int(later.sum())}
+    assert sel["chosen"] is not None, sel.get("unavailable")
+    cfg = InsertionConfig(**sel["chosen"]["config"])
+    part = Beams(beams.items[later], beams.scores[later], beams.sids[later])
+    props = propose(run.prepared.embeddings, run.prepared.codes, new_items(run), cases.histories[later], part,
+                    cfg.recent, cfg.candidates)
+    refit = CalibratedInsertion.fit(props, cases.targets[later], cfg, item_counts(run, 0.25)).to_dict()
+    assert sel["chosen"] == refit
+    whole = insertion_selection(guarded, cases, beams, dataclasses.replace(
+        spec, insertion=spec.insertion.rule(1.0, True)), progress=False)
+    assert whole["n_cases"] == len(cases)
+
+
+def test_without_spending_the_rerank_gain_a_cell_keeps_the_bound_against_its_own_reranked_beams(sequel_run):
+    """A rule that does not spend the re-ranking's gain (``spend_rerank`` False): a re-ranking cell is admissible only when its planned warm drop keeps
+    the bound against the beams and against its own re-ranked beams (no proposal); a keep-order cell has no such
+    drop, and a cell whose margin lets no proposal in loses nothing against its re-ranked beams."""
+    from genrecedit.runs.coldstart import decode, insertion_selection, selection_cases
+    from genrecedit.runs.coldstart_bounds import _admissible
+
+    bounds = Bounds()
+    row = {"warm_drop_planned": (-0.5, -0.1), "exposure": {"max_item_share": 0.01}}
+    assert _admissible(row, bounds)
+    assert not _admissible({**row, "warm_drop_planned_rerank": (0.02, 0.05)}, bounds)
+    assert not _admissible({**row, "warm_drop_planned_rerank": (0.05, None)}, bounds)
+    assert _admissible({**row, "warm_drop_planned_rerank": (0.01, 0.02)}, bounds)
+    assert not _admissible({**row, "warm_drop_planned_rerank": (0.01, 0.02)}, Bounds(upper=True, max_warm_drop=0.015))
+    assert _admissible({**row, "warm_drop_planned_rerank": (0.01, 0.02)}, Bounds(upper=False, max_warm_drop=0.015))
+
+    run = load_run(sequel_run)
+    cases = selection_cases(run, None, whole=True)
+    beams = decode(run, cases, None, False)
+    spec = ColdstartSpec(bounds=Bounds(max_warm_drop=1.0, max_item_share=1.0), slots=(1,), recent=(1,),
+                         insertion=InsertionGrid(recent=(1,), bias=(0.0, 50.0), candidates=3, rules=((1.0, False),)))
+    sel = insertion_selection(run, cases, beams, spec, progress=False)
+    for cell in sel["cells"]:
+        m = cell["metrics"]
+        assert ("warm_drop_planned_rerank" in m) == cell["insertion"]["rerank"]
+        if cell["insertion"]["rerank"] and cell["insertion"]["bias"] == 50.0:
+            assert m["exposure"]["new_item_slot_share"] == 0.0
+            assert m["warm_drop_planned_rerank"] == pytest.approx((0.0, 0.0))
+    spent = insertion_selection(run, cases, beams, dataclasses.replace(
+        spec, insertion=spec.insertion.rule(1.0, True)), progress=False)
+    assert not any("warm_drop_planned_rerank" in c["metrics"] for c in spent["cells"])
+
+
+def test_the_forward_check_scores_each_rule_on_later_cases_than_it_chose_on(sequel_run, monkeypatch):
+    """Several rules: each selects on the validation period's earlier cases only and is scored on its last
+    ``check`` share; the rule kept is the objective's among those within the bounds there (none: the smallest
+    held-out warm drop), and it is then applied to every validation case."""
+    from genrecedit.runs import coldstart as cs
+
+    run = load_run(sequel_run)
+    cases = cs.selection_cases(run, None, whole=True)
+    beams = cs.decode(run, cases, None, False)
+    seen = []
+    original = cs.select_on_window
+
+    def record(run_, cases_, *args, **kwargs):
+        seen.append(cases_.timestamps.copy())
+        return original(run_, cases_, *args, **kwargs)
+
+    monkeypatch.setattr(cs, "select_on_window", record)
+    spec = ColdstartSpec(bounds=Bounds(max_warm_drop=1.0, max_item_share=1.0), slots=(1,), recent=(1,),
+                         insertion=InsertionGrid(recent=(1,), bias=(0.0, 1.0, 50.0), candidates=3, check=0.3))
+    sel = cs.insertion_selection(run, cases, beams, spec, progress=False)
+    check = sel["rule_check"]
+    held = cs.latest(cases.timestamps, 0.3)
+    assert check["n_held"] == held.sum() and check["n_fit"] == (~held).sum()
+    assert [tuple(r["rule"]) for r in check["rules"]] == list(spec.insertion.rules)
+    cut = cases.timestamps[held].min()
+    assert len(seen) == 5 and all(t.max() <= cut and len(t) == (~held).sum() for t in seen[:4])
+    assert len(seen[4]) == len(cases)  # the chosen rule, on every validation case
+    assert check["kept"] and [sel["window"], sel["spend_rerank"]] == check["chosen"]
+    chosen = cs.prefer([r for r in check["rules"]], lambda r: r["held_out"], "cold", check["floor"])
+    assert chosen["rule"] == check["chosen"]
+    for r in check["rules"]:
+        assert r["held_out"]["overall"]["n_cases"] == held.sum()
+    strict = cs.rule_check(run, cases, beams, beams.items.numpy(), dataclasses.replace(
+        spec, bounds=Bounds(max_warm_drop=-1.0, max_item_share=1.0)), progress=False)
+    assert not strict["kept"]  # nothing keeps a bound below zero: the smallest held-out warm drop
+    assert strict["chosen"] == min(strict["rules"], key=lambda r: r["held_out"]["warm_drop"])["rule"]

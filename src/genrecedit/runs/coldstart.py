@@ -84,6 +84,16 @@ class InsertionGrid:
     popularity: tuple[bool, ...] = (False, True)
     recent_counts: float = 0.25  # the "lately" count: the training period's last share, by time (item_counts)
     objective: str = "cold"
+    # the rules tried, each (window, spend_rerank): ``window`` the latest share of the validation period (by time)
+    # the insertion is fitted and chosen on (1: all of it; the cases nearest the period it will serve, farthest
+    # from the training data its backbone echoes); ``spend_rerank`` False: a re-ranking cell's warm drop is also
+    # held against its own re-ranked beams (no proposal), so the insertion may not spend the warm NDCG its
+    # re-ranking gains on validation (a gain fitted on one period)
+    rules: tuple[tuple[float, bool], ...] = ((1.0, True), (0.5, True), (1.0, False), (0.5, False))
+    # with several rules, the forward check: the validation period's last ``check`` share (by time) held out, each
+    # rule selects on the rest, and the rule whose pick keeps the bounds there (the objective's best) is the one
+    # applied to the whole period (``rule_check``)
+    check: float = 0.25
 
     def settings(self) -> list[tuple[int, bool, bool]]:
         """The (recent, rerank, popularity) settings tried, each with every margin."""
@@ -94,6 +104,18 @@ class InsertionGrid:
         check_objective(self.objective)
         if not 0 < self.recent_counts <= 1:
             raise ConfigError(f"insertion recent_counts must be in (0, 1], got {self.recent_counts}")
+        if not self.rules:
+            raise ConfigError("insertion rules: give at least one (window, spend_rerank)")
+        self.rules = tuple((float(w), bool(sp)) for w, sp in self.rules)
+        for window, _ in self.rules:
+            if not 0 < window <= 1:
+                raise ConfigError(f"insertion window must be in (0, 1], got {window}")
+        if not 0 < self.check < 1:
+            raise ConfigError(f"insertion check must be in (0, 1), got {self.check}")
+
+    def rule(self, window: float, spend_rerank: bool) -> "InsertionGrid":
+        """This grid with one rule (no check)."""
+        return replace(self, rules=((window, spend_rerank),))
 
 
 def check_objective(objective: str) -> None:
@@ -214,9 +236,8 @@ def select_coldstart(run: LoadedRun, spec: ColdstartSpec, artifact: EditArtifact
         chosen = _best(ok)
     baselines = baseline_cells(run, cases, items, base, spec)
     floor = baseline_floor(baselines, spec.bounds)
-    insertion = None if spec.insertion is None else select_insertion(
-        run, cases, beams, base, WarmPlan.of(cases, new, base.cold_mask, spec.bounds.plan_window, trend=True),
-        spec.bounds, spec.insertion, progress, floor)
+    insertion = None if spec.insertion is None else \
+        insertion_selection(run, cases, beams, spec, progress, base, floor, items)
     return {"cases": "valid", "n_cases": len(cases), "decode_seconds": decode_s, "bounds": asdict(spec.bounds),
             "plan": {"novel_share_planned": plan.share, "novel_share_valid": float(plan.novel.mean())
                      if len(plan.novel) else 0.0},
@@ -227,6 +248,93 @@ def select_coldstart(run: LoadedRun, spec: ColdstartSpec, artifact: EditArtifact
             "insertion": insertion, "baseline_floor": floor,
             "baselines": {name: {"cells": c, "chosen": {k: v for k, v in _best(c).items() if k != "metrics"}}
                           for name, c in baselines.items()}}
+
+
+def insertion_selection(run: LoadedRun, cases: CaseSet, beams: Beams, spec: ColdstartSpec, progress: bool = True,
+                        base: EvalResult | None = None, floor: float | None = None,
+                        items: np.ndarray | None = None) -> dict:
+    """The calibrated insertion chosen on validation ``cases`` and their ``beams`` (``items``: the unedited beams'
+    items, default ``beams``'): with one rule in ``spec.insertion.rules``, that rule (``select_on_window``); with
+    several, first the forward check (``rule_check``) and then the rule it chooses, on every case. ``base``,
+    ``floor``: the unedited beams' scores and the baselines' floor on all ``cases``, when the caller holds them."""
+    grid = spec.insertion
+    items = beams.items.numpy() if items is None else items
+    check = None
+    rule = grid.rules[0]
+    if len(grid.rules) > 1:
+        check = rule_check(run, cases, beams, items, spec, progress)
+        rule = tuple(check["chosen"])
+    out = select_on_window(run, cases, beams, replace(spec, insertion=grid.rule(*rule)), progress, base, floor, items)
+    return {**out, "rule_check": check}
+
+
+def select_on_window(run: LoadedRun, cases: CaseSet, beams: Beams, spec: ColdstartSpec, progress: bool = True,
+                     base: EvalResult | None = None, floor: float | None = None,
+                     items: np.ndarray | None = None) -> dict:
+    """``select_insertion`` with ``spec.insertion``'s first rule: on the latest ``window`` of ``cases``, with that
+    window's own base, planned mix (the trend's) and baseline floor, re-ranking gains spent or not."""
+    grid = spec.insertion
+    window, spend = grid.rules[0]
+    items = beams.items.numpy() if items is None else items
+    if window < 1:
+        keep = latest(cases.timestamps, window)
+        cases, beams = cases.subset(keep), Beams(beams.items[keep], beams.scores[keep], beams.sids[keep])
+        items, base, floor = items[keep], None, None
+    base = score_topk(run, items, cases) if base is None else base
+    if floor is None:
+        floor = baseline_floor(baseline_cells(run, cases, items, base, spec), spec.bounds)
+    plan = WarmPlan.of(cases, new_items(run), base.cold_mask, spec.bounds.plan_window, trend=True)
+    out = select_insertion(run, cases, beams, base, plan, spec.bounds, grid, progress, floor, spend)
+    return {**out, "n_cases": len(cases), "window": window, "spend_rerank": spend}
+
+
+def rule_check(run: LoadedRun, cases: CaseSet, beams: Beams, items: np.ndarray, spec: ColdstartSpec,
+               progress: bool = True) -> dict:
+    """The forward check of ``spec.insertion.rules``: the validation period's last ``check`` share (by time) held
+    out, each rule selects on the earlier cases (``select_on_window``) and its pick, fitted there, is scored on the
+    held-out ones (no pick: the unedited beams). Chosen (``chosen``: the rule's (window, spend_rerank)): among the
+    rules whose held-out warm NDCG@10 drop and max item share keep ``spec.bounds`` (point estimates; the window
+    is short), the objective's (``prefer``, floor: the baselines' best within the bounds on the held-out cases);
+    none keeps them: the smallest held-out warm drop (``kept`` False)."""
+    grid = spec.insertion
+    held = latest(cases.timestamps, grid.check)
+    if held.all() or not held.any():
+        raise ConfigError("the insertion's forward check needs validation cases on both sides of its cut")
+    new = new_items(run)
+    fit_cases, held_cases = cases.subset(~held), cases.subset(held)
+    held_beams = Beams(beams.items[held], beams.scores[held], beams.sids[held])
+    held_items = items[held]
+    held_base = score_topk(run, held_items, held_cases)
+    held_floor = baseline_floor(baseline_cells(run, held_cases, held_items, held_base, spec), spec.bounds)
+    proposed, rows = {}, []
+    for window, spend in tqdm(grid.rules, desc="coldstart: insertion rules", disable=not progress):
+        sel = select_on_window(run, fit_cases, Beams(beams.items[~held], beams.scores[~held], beams.sids[~held]),
+                               replace(spec, insertion=grid.rule(window, spend)), False, items=items[~held])
+        topk = held_items
+        if sel["chosen"] is not None:
+            fitted = CalibratedInsertion.of(sel["chosen"])
+            key = (fitted.cfg.recent, fitted.cfg.candidates)
+            if key not in proposed:
+                proposed[key] = propose(run.prepared.embeddings, run.prepared.codes, new, held_cases.histories,
+                                        held_beams, *key)
+            topk = fitted.rank(proposed[key], held_items.shape[1])[0]
+        row = _row(score_topk(run, topk, held_cases), topk, new, held_base)
+        rows.append({"rule": [window, spend], "pick": None if sel["chosen"] is None else sel["chosen"]["config"],
+                     "held_out": row})
+    bounds = spec.bounds
+    kept = [r for r in rows if r["held_out"]["warm_drop"] <= bounds.max_warm_drop
+            and r["held_out"]["exposure"]["max_item_share"] <= bounds.max_item_share]
+    best = prefer(kept, lambda r: r["held_out"], grid.objective, held_floor) if kept else \
+        min(rows, key=lambda r: r["held_out"]["warm_drop"])
+    return {"check": grid.check, "n_fit": int((~held).sum()), "n_held": int(held.sum()), "floor": held_floor,
+            "rules": rows, "chosen": best["rule"], "kept": bool(kept)}
+
+
+def latest(times: np.ndarray, share: float) -> np.ndarray:
+    """[n] bool: the cases in the latest ``share`` of the period by time (its last ``share`` quantile on)."""
+    if share >= 1 or len(times) == 0:
+        return np.ones(len(times), bool)
+    return np.asarray(times) >= np.quantile(times, 1 - share)
 
 
 def baseline_cells(run: LoadedRun, cases: CaseSet, items: np.ndarray, base: EvalResult,
@@ -281,7 +389,7 @@ def prefer(options: list, metrics, objective: str, floor: float):
 
 def select_insertion(run: LoadedRun, cases: CaseSet, beams: Beams, base: EvalResult, plan: WarmPlan,
                      bounds: Bounds, grid: InsertionGrid, progress: bool = True,
-                     floor: float = -float("inf")) -> dict:
+                     floor: float = -float("inf"), spend_rerank: bool = True) -> dict:
     """Calibrated insertion on validation: per (recent, rerank, popularity, margin) the cross-fitted lists
     (``cross_fitted``; ``popularity``: the warm model reads the training counts of ``item_counts``)
     scored, the cell ``grid.objective`` picks (``pick_insertion``: among those within ``bounds`` that beat the
@@ -290,7 +398,9 @@ def select_insertion(run: LoadedRun, cases: CaseSet, beams: Beams, base: EvalRes
     the baselines' best overall NDCG@10 within the bounds, or the best overall NDCG@10) and the models refitted on
     every validation case. ``chosen``: the fitted ``CalibratedInsertion.to_dict()`` (None: no cell within the
     bounds); ``other``: the other objective's, where it picks another cell; ``without_counts``: where the chosen
-    cell's warm model reads training counts, the objective's pick among the cells that read none."""
+    cell's warm model reads training counts, the objective's pick among the cells that read none.
+    ``spend_rerank`` False: a re-ranking cell must also keep the warm bound against its own re-ranked beams
+    (``warm_drop_planned_rerank``; ``_admissible``)."""
     if run.config.decode.k < CUT:
         raise ConfigError(f"calibrated insertion ranks {CUT} items: decode.k must be ≥ {CUT}")
     new, width = new_items(run), beams.items.shape[1]
@@ -304,16 +414,21 @@ def select_insertion(run: LoadedRun, cases: CaseSet, beams: Beams, base: EvalRes
         if recent not in proposals:
             proposals[recent] = propose(run.prepared.embeddings, run.prepared.codes, new, cases.histories, beams,
                                         recent, grid.candidates)
+        held = rerank and not spend_rerank  # the bound also against the cell's own re-ranked beams
         try:
-            lists = cross_fitted(proposals[recent], cases.targets, cases.timestamps, cfg, grid.bias, width, counts)
+            lists = cross_fitted(proposals[recent], cases.targets, cases.timestamps, cfg,
+                                 grid.bias + ((float("inf"),) if held else ()), width, counts)
         except ConfigError as err:  # e.g. no validation case's next item among one half's proposals
             return {"plan_share": plan.share, "objective": grid.objective, "floor": floor, "cells": cells,
                     "chosen": None, "chosen_metrics": None, "other": None, "without_counts": None,
                     "unavailable": str(err)}
+        reranked = score_topk(run, lists.pop(float("inf")), cases) if held else None
         for bias, topk in lists.items():
             result = score_topk(run, topk, cases)
             row = _row(result, topk, new, base)
             row["warm_drop_planned"] = plan.drop(result, base, below=bounds.max_warm_drop)
+            if reranked is not None:
+                row["warm_drop_planned_rerank"] = plan.drop(result, reranked, below=bounds.max_warm_drop)
             cells.append({"insertion": asdict(replace(cfg, bias=float(bias))), "metrics": row})
 
     refits: dict[int, dict] = {}  # per picked cell: its models refitted on every validation case, once
@@ -416,8 +531,8 @@ def coldstart(run: LoadedRun, out_dir: Path, spec: ColdstartSpec | None = None,
     report = {"dataset": run.config.dataset, "n_cases": len(cases), "n_new_items": int(len(new)),
               "novel_share": float(masks["novel"].mean()),
               "chosen_prior": selection["chosen"], "chosen_insertion": None if insertion is None else
-              insertion["config"], "bounds": asdict(spec.bounds), "systems": rows,
-              "best_baseline": best_baseline}
+              insertion["config"], "insertion_rule": insertion_rule(selection.get("insertion")),
+              "bounds": asdict(spec.bounds), "systems": rows, "best_baseline": best_baseline}
     if PRIOR in results:
         report["prior_vs_best_baseline"] = _paired(results[PRIOR], results[best_baseline])
     # the recipe to serve: of the two text-only recipes chosen within the bounds, the better on validation (the
@@ -444,6 +559,24 @@ def coldstart(run: LoadedRun, out_dir: Path, spec: ColdstartSpec | None = None,
     echo(format_table({n: r.summary() for n, r in results.items()}))
     echo(format_coldstart(report))
     return report
+
+
+def insertion_rule(selection: dict | None) -> dict | None:
+    """The rule the insertion was chosen with (window, spend_rerank) and, where the forward check chose it, each
+    rule's held-out row: its pick, warm NDCG@10 drop, cold recall@10, overall NDCG@10, max item share."""
+    if not selection or "window" not in selection:
+        return None
+    check = selection.get("rule_check")
+    out = {"window": selection["window"], "spend_rerank": selection["spend_rerank"], "check": None}
+    if check is not None:
+        out["check"] = {"held_out_share": check["check"], "n_held": check["n_held"], "kept": check["kept"],
+                        "rules": [{"rule": r["rule"], "pick": r["pick"],
+                                   "warm_drop": r["held_out"]["warm_drop"],
+                                   "cold_recall@10": r["held_out"]["cold"][f"recall@{CUT}"],
+                                   "overall_ndcg@10": r["held_out"]["overall"][f"ndcg@{CUT}"],
+                                   "max_item_share": r["held_out"]["exposure"]["max_item_share"]}
+                                  for r in check["rules"]]}
+    return out
 
 
 def pick_recipe(on_valid: dict[str, dict], objective: str, floor: float) -> str | None:
@@ -508,6 +641,13 @@ def format_coldstart(report: dict) -> str:
     lines.append(f"chosen prior (validation): {report['chosen_prior']}; best baseline: {report['best_baseline']}")
     if report.get("chosen_insertion") is not None:
         lines.append(f"chosen calibrated insertion (validation): {report['chosen_insertion']}")
+    rule = report.get("insertion_rule")
+    if rule is not None:
+        how = "given" if rule["check"] is None else \
+            f"forward check on validation's last {rule['check']['held_out_share']:g}" + \
+            ("" if rule["check"]["kept"] else ", where no rule kept the bounds: the smallest warm drop")
+        lines.append(f"insertion rule ({how}): window {rule['window']:g}, "
+                     f"{'spends' if rule['spend_rerank'] else 'does not spend'} the re-ranking's gain")
     lines.append(f"recipe (the better on validation, objective {report.get('objective', 'overall')}): "
                  f"{report.get('recipe')}")
     return "\n".join(lines)

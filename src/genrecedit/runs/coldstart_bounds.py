@@ -59,8 +59,13 @@ def _row(result: EvalResult, topk: np.ndarray, new: np.ndarray, base: EvalResult
 
 
 def _admissible(row: dict, bounds: Bounds) -> bool:
-    drop = row["warm_drop_planned"][1 if bounds.upper else 0]
-    return (drop is not None and drop <= bounds.max_warm_drop
+    """Within ``bounds``: the planned warm drop against the beams (and, where the row has it, against the cell's
+    own re-ranked beams: ``InsertionGrid.spend_rerank``) and the largest share of lists a new item enters."""
+    at = 1 if bounds.upper else 0
+    drops = [row["warm_drop_planned"][at]]
+    if "warm_drop_planned_rerank" in row:
+        drops.append(row["warm_drop_planned_rerank"][at])
+    return (all(d is not None and d <= bounds.max_warm_drop for d in drops)
             and row["exposure"]["max_item_share"] <= bounds.max_item_share)
 
 
