@@ -456,8 +456,8 @@ def test_without_spending_the_rerank_gain_a_cell_keeps_the_bound_against_its_own
 
 def test_the_forward_check_scores_each_rule_on_later_cases_than_it_chose_on(sequel_run, monkeypatch):
     """Several rules: each selects on the validation period's earlier cases only and is scored on its last
-    ``check`` share; the rule kept is the objective's among those within the bounds there (none: the smallest
-    held-out warm drop), and it is then applied to every validation case."""
+    ``check`` share (none within the bounds there: the smallest held-out warm drop), and the rule chosen is then
+    applied to every validation case."""
     from genrecedit.runs import coldstart as cs
 
     run = load_run(sequel_run)
@@ -482,11 +482,32 @@ def test_the_forward_check_scores_each_rule_on_later_cases_than_it_chose_on(sequ
     assert len(seen) == 5 and all(t.max() <= cut and len(t) == (~held).sum() for t in seen[:4])
     assert len(seen[4]) == len(cases)  # the chosen rule, on every validation case
     assert check["kept"] and [sel["window"], sel["spend_rerank"]] == check["chosen"]
-    chosen = cs.prefer([r for r in check["rules"]], lambda r: r["held_out"], "cold", check["floor"])
-    assert chosen["rule"] == check["chosen"]
+    chosen, _ = cs.choose_rule(check["rules"], spec.bounds, "cold", check["floor"])
+    assert chosen["rule"] == check["chosen"] == [1.0, True]  # every rule keeps bounds this loose: the first stays
     for r in check["rules"]:
         assert r["held_out"]["overall"]["n_cases"] == held.sum()
     strict = cs.rule_check(run, cases, beams, beams.items.numpy(), dataclasses.replace(
         spec, bounds=Bounds(max_warm_drop=-1.0, max_item_share=1.0)), progress=False)
     assert not strict["kept"]  # nothing keeps a bound below zero: the smallest held-out warm drop
     assert strict["chosen"] == min(strict["rules"], key=lambda r: r["held_out"]["warm_drop"])["rule"]
+
+
+def test_the_forward_check_keeps_the_first_rule_unless_it_breaks_a_bound_one_window_ahead():
+    from genrecedit.runs.coldstart import choose_rule
+
+    def rule(name, drop, share, cold, overall):
+        return {"rule": name, "held_out": {"warm_drop": drop, "exposure": {"max_item_share": share},
+                                           "cold": {"recall@10": cold}, "overall": {"ndcg@10": overall}}}
+
+    bounds = Bounds()
+    first = rule("first", 0.01, 0.02, 0.01, 0.020)
+    better = rule("better", -0.05, 0.01, 0.05, 0.030)
+    assert choose_rule([first, better], bounds, "cold", 0.0) == (first, True)  # the default keeps: it stays
+    for broken in (rule("first", 0.05, 0.02, 0.09, 0.04), rule("first", 0.0, 0.07, 0.09, 0.04)):
+        safe = rule("safe", 0.02, 0.04, 0.02, 0.022)
+        assert choose_rule([broken, safe, better], bounds, "cold", 0.0) == (better, True)  # most cold recall
+        assert choose_rule([broken, safe, better], bounds, "cold", 0.025) == (better, True)
+        assert choose_rule([broken, safe, better], bounds, "cold", 0.031) == (better, True)  # none above: overall
+        assert choose_rule([broken, safe], bounds, "overall", 0.0) == (safe, True)
+    worse = rule("worse", 0.10, 0.01, 0.09, 0.04)
+    assert choose_rule([rule("first", 0.20, 0.01, 0.1, 0.05), worse], bounds, "cold", 0.0) == (worse, False)

@@ -91,8 +91,8 @@ class InsertionGrid:
     # re-ranking gains on validation (a gain fitted on one period)
     rules: tuple[tuple[float, bool], ...] = ((1.0, True), (0.5, True), (1.0, False), (0.5, False))
     # with several rules, the forward check: the validation period's last ``check`` share (by time) held out, each
-    # rule selects on the rest, and the rule whose pick keeps the bounds there (the objective's best) is the one
-    # applied to the whole period (``rule_check``)
+    # rule selects on the rest; the first rule stays while its pick keeps the bounds there, else the objective's
+    # best among the rules that keep them is the one applied to the whole period (``rule_check``)
     check: float = 0.25
 
     def settings(self) -> list[tuple[int, bool, bool]]:
@@ -292,10 +292,9 @@ def rule_check(run: LoadedRun, cases: CaseSet, beams: Beams, items: np.ndarray, 
                progress: bool = True) -> dict:
     """The forward check of ``spec.insertion.rules``: the validation period's last ``check`` share (by time) held
     out, each rule selects on the earlier cases (``select_on_window``) and its pick, fitted there, is scored on the
-    held-out ones (no pick: the unedited beams). Chosen (``chosen``: the rule's (window, spend_rerank)): among the
-    rules whose held-out warm NDCG@10 drop and max item share keep ``spec.bounds`` (point estimates; the window
-    is short), the objective's (``prefer``, floor: the baselines' best within the bounds on the held-out cases);
-    none keeps them: the smallest held-out warm drop (``kept`` False)."""
+    held-out ones (no pick: the unedited beams). Chosen (``chosen``: the rule's (window, spend_rerank);
+    ``choose_rule``, floor: the baselines' best within the bounds on the held-out cases): the first rule while it
+    keeps the bounds there, else the objective's among those that do (``kept`` False: none does)."""
     grid = spec.insertion
     held = latest(cases.timestamps, grid.check)
     if held.all() or not held.any():
@@ -321,13 +320,27 @@ def rule_check(run: LoadedRun, cases: CaseSet, beams: Beams, items: np.ndarray, 
         row = _row(score_topk(run, topk, held_cases), topk, new, held_base)
         rows.append({"rule": [window, spend], "pick": None if sel["chosen"] is None else sel["chosen"]["config"],
                      "held_out": row})
-    bounds = spec.bounds
-    kept = [r for r in rows if r["held_out"]["warm_drop"] <= bounds.max_warm_drop
-            and r["held_out"]["exposure"]["max_item_share"] <= bounds.max_item_share]
-    best = prefer(kept, lambda r: r["held_out"], grid.objective, held_floor) if kept else \
-        min(rows, key=lambda r: r["held_out"]["warm_drop"])
+    best, kept = choose_rule(rows, spec.bounds, grid.objective, held_floor)
     return {"check": grid.check, "n_fit": int((~held).sum()), "n_held": int(held.sum()), "floor": held_floor,
-            "rules": rows, "chosen": best["rule"], "kept": bool(kept)}
+            "rules": rows, "chosen": best["rule"], "kept": kept}
+
+
+def choose_rule(rows: list[dict], bounds: Bounds, objective: str, floor: float) -> tuple[dict, bool]:
+    """The forward check's choice among its ``rows`` (each with its ``held_out`` row), and whether it keeps
+    ``bounds`` there (warm NDCG@10 drop and max item share, point estimates). The first rule is the default and
+    stays while it keeps them: the check guards against a rule that breaks the bound one window ahead, and a short
+    window's ranking of rules that all keep it is mostly noise. Otherwise the objective's (``prefer``, ``floor``)
+    among the rules that keep them; none does: the smallest held-out warm drop."""
+    def keeps(r: dict) -> bool:
+        return (r["held_out"]["warm_drop"] <= bounds.max_warm_drop
+                and r["held_out"]["exposure"]["max_item_share"] <= bounds.max_item_share)
+
+    if keeps(rows[0]):
+        return rows[0], True
+    kept = [r for r in rows if keeps(r)]
+    if kept:
+        return prefer(kept, lambda r: r["held_out"], objective, floor), True
+    return min(rows, key=lambda r: r["held_out"]["warm_drop"]), False
 
 
 def latest(times: np.ndarray, share: float) -> np.ndarray:
@@ -536,7 +549,8 @@ def coldstart(run: LoadedRun, out_dir: Path, spec: ColdstartSpec | None = None,
     if PRIOR in results:
         report["prior_vs_best_baseline"] = _paired(results[PRIOR], results[best_baseline])
     # the recipe to serve: of the two text-only recipes chosen within the bounds, the better on validation (the
-    # insertion's cross-fitted lists, the prior's own selection cases) by the insertion's objective
+    # insertion's cross-fitted lists on its rule's window, the prior's own selection cases) by the insertion's
+    # objective
     on_valid = {}
     if selection["chosen"] is not None:
         on_valid[PRIOR] = selection["chosen_metrics"]
