@@ -177,8 +177,8 @@ def select_coldstart(run: LoadedRun, spec: ColdstartSpec, artifact: EditArtifact
     """Choose on validation: the content prior (best overall NDCG@10 among the grid's cells within ``spec.bounds``
     that beat the unedited beams), the reserved-slot hybrid's s and recent, the dense re-rank's and the retriever's
     recent (each by overall NDCG@10: the strongest version of each baseline), and the calibrated insertion by
-    ``spec.insertion.objective`` (``select_insertion``; ``baseline_floor`` the overall NDCG@10 the ``"cold"``
-    objective must beat). Decodes validation only (``cases``:
+    ``spec.insertion.objective`` under the rule its forward check keeps (``insertion_selection``; ``baseline_floor``
+    the overall NDCG@10 the ``"cold"`` objective must beat). Decodes validation only (``cases``:
     a subset of it chosen by the caller, e.g. an early window to check a rule on the later one)."""
     if cases is None:
         cases = selection_cases(run, spec.valid_max_cases, whole=artifact is None)
