@@ -177,15 +177,14 @@ def coldstart(run_dir: RunDir, overrides: Overrides = None,
     try:
         run = load_run(run_dir, list(overrides or []) + ([f"device={device}"] if device else []))
         artifact = EditArtifact.load(edits, run.base_hash) if edits else None
+        rules = {}  # either option given: that one rule, no forward check
+        if insertion_window is not None or spend_rerank is not None:
+            rules = {"rules": ((1.0 if insertion_window is None else insertion_window, spend_rerank is not False),)}
         spec = ColdstartSpec(bounds=Bounds(max_warm_drop=max_warm_drop, max_item_share=max_item_share, upper=upper,
                                            plan_window=plan_window, stratified=stratified,
                                            plan_trend=plan_trend, allocate=allocate),
                              insertion=InsertionGrid(objective=objective,
-                                                     popularity=(False, True) if popularity else (False,),
-                                                     **({} if insertion_window is None and spend_rerank is None
-                                                        else {"rules": ((1.0 if insertion_window is None
-                                                                         else insertion_window,
-                                                                         spend_rerank is not False),)})),
+                                                     popularity=(False, True) if popularity else (False,), **rules),
                              valid_max_cases=valid_max_cases)
         report = run_coldstart(run, out or run_dir, spec, artifact, name, echo=typer.echo)
         if adopt and report["recipe"] is not None:

@@ -10,7 +10,7 @@ import pytest
 
 from genrecedit.coldstart.exposure import exposure
 from genrecedit.runs.backbone import load_run
-from genrecedit.runs.coldstart import Bounds, ColdstartSpec, PriorGrid, coldstart, select_coldstart
+from genrecedit.runs.coldstart import Bounds, ColdstartSpec, InsertionGrid, PriorGrid, coldstart, select_coldstart
 
 SMALL = ColdstartSpec(grid=PriorGrid(scope=(0, 1), recent=(1,), threshold=(0.0, 0.5), temperature=(0.1,),
                                      budget=(0.1, 0.5), novel_budget=(None,), head=(0, 2)),
@@ -365,3 +365,22 @@ def test_an_insertion_window_outside_the_period_is_refused_before_anything_is_wr
                                       "--no-spend-rerank", "--out", str(tmp_path / "cs")])
     assert result.exit_code != 0 and "window" in result.output
     assert not (tmp_path / "cs").exists()
+
+
+def test_either_rule_option_gives_coldstart_one_insertion_rule_and_no_check(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    import genrecedit.runs.backbone as backbone
+    import genrecedit.runs.coldstart as cs
+    from genrecedit.cli import app
+
+    seen = []
+    monkeypatch.setattr(backbone, "load_run", lambda *a, **k: None)
+    monkeypatch.setattr(cs, "coldstart", lambda run, out, spec, *a, **k: seen.append(spec.insertion.rules) or
+                        {"recipe": None})
+    for args, rules in (([], InsertionGrid().rules), (["--no-spend-rerank"], ((1.0, False),)),
+                        (["--insertion-window", "0.5"], ((0.5, True),)),
+                        (["--insertion-window", "0.5", "--spend-rerank"], ((0.5, True),))):
+        result = CliRunner().invoke(app, ["coldstart", "-r", str(tmp_path), *args])
+        assert result.exit_code == 0, result.output
+        assert seen[-1] == rules

@@ -60,7 +60,8 @@ def _row(result: EvalResult, topk: np.ndarray, new: np.ndarray, base: EvalResult
 
 def _admissible(row: dict, bounds: Bounds) -> bool:
     """Within ``bounds``: the planned warm drop against the beams (and, where the row has it, against the cell's
-    own re-ranked beams: ``InsertionGrid.spend_rerank``) and the largest share of lists a new item enters."""
+    own re-ranked beams: a rule that does not spend the re-ranking's gain, ``InsertionGrid.rules``) and the largest
+    share of lists a new item enters."""
     at = 1 if bounds.upper else 0
     drops = [row["warm_drop_planned"][at]]
     if "warm_drop_planned_rerank" in row:
