@@ -17,6 +17,7 @@ from genrecedit.errors import ConfigError
 from genrecedit.model.beam import Beams
 from genrecedit.runs.backbone import load_run
 from genrecedit.runs.coldstart import Bounds, ColdstartSpec, InsertionGrid, PriorGrid, coldstart
+from no_test_split import without_test
 
 # 6 items, 2 SID codes each; items 4 and 5 are new. Item 4's text is item 0's, item 5's is item 1's.
 EMB = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1], [1, 0.05, 0], [0.05, 1, 0]], np.float32)
@@ -300,16 +301,8 @@ def test_no_insertion_grid_means_no_insertion(tiny_run, tmp_path):
 def test_choosing_the_insertion_never_reads_the_test_split(sequel_run):
     from genrecedit.runs.coldstart import select_coldstart
 
-    class Unreadable:
-        def __getattr__(self, name):
-            raise AssertionError(f"selection read the test split (.{name})")
-
-        def __len__(self):
-            raise AssertionError("selection read the test split (len)")
-
     run = load_run(sequel_run)
-    split = dataclasses.replace(run.prepared.split, test=Unreadable())
-    guarded = dataclasses.replace(run, prepared=dataclasses.replace(run.prepared, split=split))
+    guarded = without_test(run)
     spec = ColdstartSpec(grid=PriorGrid(scope=(0,), recent=(1,), threshold=(0.5,), temperature=(0.1,), budget=(0.1,),
                                         novel_budget=(None,), head=(0,)),
                          bounds=Bounds(max_warm_drop=1.0, max_item_share=1.0), slots=(1,), recent=(1,),
@@ -396,14 +389,10 @@ def test_a_window_fits_and_chooses_the_insertion_on_the_latest_validation_cases_
     cases = selection_cases(run, None, whole=True)
     beams = decode(run, cases, None, False)
 
-    class Unreadable:
-        def __getattr__(self, name):
-            raise AssertionError(f"selection read the test split (.{name})")
-
-    guarded = dataclasses.replace(run, prepared=dataclasses.replace(
-        run.prepared, split=dataclasses.replace(run.prepared.split, test=Unreadable())))
+    guarded = without_test(run)
     spec = ColdstartSpec(bounds=Bounds(max_warm_drop=1.0, max_item_share=1.0), slots=(1,), recent=(1,),
-                         insertion=InsertionGrid(recent=(1,), bias=(0.0, 1.0, 50.0), candidates=3, rules=((0.5, True),)))
+                         insertion=InsertionGrid(recent=(1,), bias=(0.0, 1.0, 50.0), candidates=3,
+                                                 rules=((0.5, True),)))
     sel = insertion_selection(guarded, cases, beams, spec, progress=False)
     later = latest(cases.timestamps, 0.5)
     assert 0 < later.sum() < len(cases) and sel["n_cases"] == later.sum() and sel["window"] == 0.5
@@ -411,9 +400,8 @@ def test_a_window_fits_and_chooses_the_insertion_on_the_latest_validation_cases_
     assert {c["metrics"]["overall"]["n_cases"] for c in sel["cells"]} == {int(later.sum())}
     assert sel["chosen"] is not None, sel.get("unavailable")
     cfg = InsertionConfig(**sel["chosen"]["config"])
-    part = Beams(beams.items[later], beams.scores[later], beams.sids[later])
-    props = propose(run.prepared.embeddings, run.prepared.codes, new_items(run), cases.histories[later], part,
-                    cfg.recent, cfg.candidates)
+    props = propose(run.prepared.embeddings, run.prepared.codes, new_items(run), cases.histories[later],
+                    beams.rows(later), cfg.recent, cfg.candidates)
     refit = CalibratedInsertion.fit(props, cases.targets[later], cfg, item_counts(run, 0.25)).to_dict()
     assert sel["chosen"] == refit
     whole = insertion_selection(guarded, cases, beams, dataclasses.replace(
@@ -422,9 +410,10 @@ def test_a_window_fits_and_chooses_the_insertion_on_the_latest_validation_cases_
 
 
 def test_without_spending_the_rerank_gain_a_cell_keeps_the_bound_against_its_own_reranked_beams(sequel_run):
-    """A rule that does not spend the re-ranking's gain (``spend_rerank`` False): a re-ranking cell is admissible only when its planned warm drop keeps
-    the bound against the beams and against its own re-ranked beams (no proposal); a keep-order cell has no such
-    drop, and a cell whose margin lets no proposal in loses nothing against its re-ranked beams."""
+    """A rule that does not spend the re-ranking's gain (``spend_rerank`` False): a re-ranking cell is admissible
+    only when its planned warm drop keeps the bound against the beams and against its own re-ranked beams (no
+    proposal); a keep-order cell has no such drop, and a cell whose margin lets no proposal in loses nothing
+    against its re-ranked beams."""
     from genrecedit.runs.coldstart import decode, insertion_selection, selection_cases
     from genrecedit.runs.coldstart_bounds import _admissible
 

@@ -10,37 +10,7 @@ import pytest
 
 from genrecedit.errors import ConfigError
 from genrecedit.runs.backbone import LoadedRun, load_run
-
-MESSAGE = "test split read during selection"
-
-
-class NoTestSplit:
-    """Stands in for ``split.test``: any attribute, len(), indexing, iteration or truth test raises."""
-
-    def __getattr__(self, name):
-        raise AssertionError(f"{MESSAGE} (.{name})")
-
-    def __len__(self):
-        raise AssertionError(f"{MESSAGE} (len)")
-
-    def __getitem__(self, key):
-        raise AssertionError(f"{MESSAGE} ([{key!r}])")
-
-    def __iter__(self):
-        raise AssertionError(f"{MESSAGE} (iter)")
-
-    def __bool__(self):
-        raise AssertionError(f"{MESSAGE} (bool)")
-
-    def __array__(self, *args, **kwargs):
-        raise AssertionError(f"{MESSAGE} (np.asarray)")
-
-
-def without_test(run: LoadedRun) -> LoadedRun:
-    """``run`` with its split's test cases replaced by ``NoTestSplit`` (data and model otherwise shared)."""
-    split = dataclasses.replace(run.prepared.split, test=NoTestSplit())
-    return dataclasses.replace(run, prepared=dataclasses.replace(run.prepared, split=split))
-
+from no_test_split import MESSAGE, NoTestSplit, without_test
 
 OVER = ["knowledge.source=pseudo+observed", "knowledge.histories_per_item=4", "eval.max_cases=30",
         "eval.trigger=preserve"]

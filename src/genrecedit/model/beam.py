@@ -58,6 +58,10 @@ class Beams:
     sids: torch.Tensor
     levels: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
+    def rows(self, mask: np.ndarray) -> "Beams":
+        """The lists of the rows ``mask`` selects (bool [B] or indices); ``levels`` are not kept."""
+        return Beams(self.items[mask], self.scores[mask], self.sids[mask])
+
 
 def beam_search(decoder: SteppedDecoder, layout: TokenLayout, trie: PrefixTrie, input_ids: torch.Tensor,
                 attention_mask: torch.Tensor, beam: int, k: int, constrained: bool = True,

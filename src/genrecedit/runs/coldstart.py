@@ -278,7 +278,7 @@ def select_on_window(run: LoadedRun, cases: CaseSet, beams: Beams, spec: Coldsta
     items = beams.items.numpy() if items is None else items
     if window < 1:
         keep = latest(cases.timestamps, window)
-        cases, beams = cases.subset(keep), Beams(beams.items[keep], beams.scores[keep], beams.sids[keep])
+        cases, beams = cases.subset(keep), beams.rows(keep)
         items, base, floor = items[keep], None, None
     base = score_topk(run, items, cases) if base is None else base
     if floor is None:
@@ -301,14 +301,16 @@ def rule_check(run: LoadedRun, cases: CaseSet, beams: Beams, items: np.ndarray, 
         raise ConfigError("the insertion's forward check needs validation cases on both sides of its cut")
     new = new_items(run)
     fit_cases, held_cases = cases.subset(~held), cases.subset(held)
-    held_beams = Beams(beams.items[held], beams.scores[held], beams.sids[held])
-    held_items = items[held]
+    held_beams, held_items = beams.rows(held), items[held]
     held_base = score_topk(run, held_items, held_cases)
+    fit_beams, fit_items = beams.rows(~held), items[~held]
+    fit_base = score_topk(run, fit_items, fit_cases)  # once for every rule that fits on all of them
+    fit_floor = baseline_floor(baseline_cells(run, fit_cases, fit_items, fit_base, spec), spec.bounds)
     held_floor = baseline_floor(baseline_cells(run, held_cases, held_items, held_base, spec), spec.bounds)
     proposed, rows = {}, []
     for window, spend in tqdm(grid.rules, desc="coldstart: insertion rules", disable=not progress):
-        sel = select_on_window(run, fit_cases, Beams(beams.items[~held], beams.scores[~held], beams.sids[~held]),
-                               replace(spec, insertion=grid.rule(window, spend)), False, items=items[~held])
+        sel = select_on_window(run, fit_cases, fit_beams, replace(spec, insertion=grid.rule(window, spend)), False,
+                               fit_base, fit_floor, fit_items)
         topk = held_items
         if sel["chosen"] is not None:
             fitted = CalibratedInsertion.of(sel["chosen"])
