@@ -164,6 +164,11 @@ def coldstart(run_dir: RunDir, overrides: Overrides = None,
                                                            "re-ranking gains on validation, or also hold its warm "
                                                            "drop against its own re-ranked beams, instead of the "
                                                            "rule the forward check chooses")] = None,
+              exposure_cap: Annotated[bool, typer.Option(
+                  "--exposure-cap/--no-exposure-cap", help="serve the calibrated insertion through an exposure cap "
+                                                           "at --max-item-share: no new item enters more than that "
+                                                           "share of the lists served, counted as they are "
+                                                           "served")] = True,
               adopt: Annotated[bool, typer.Option(help="write the recipe (the prior or the calibrated insertion, "
                                                        "the better on validation) into the run (the service then "
                                                        "serves it)")] = False,
@@ -184,7 +189,8 @@ def coldstart(run_dir: RunDir, overrides: Overrides = None,
                                            plan_window=plan_window, stratified=stratified,
                                            plan_trend=plan_trend, allocate=allocate),
                              insertion=InsertionGrid(objective=objective,
-                                                     popularity=(False, True) if popularity else (False,), **rules),
+                                                     popularity=(False, True) if popularity else (False,),
+                                                     cap=exposure_cap, **rules),
                              valid_max_cases=valid_max_cases)
         report = run_coldstart(run, out or run_dir, spec, artifact, name, echo=typer.echo)
         if adopt and report["recipe"] is not None:

@@ -367,7 +367,7 @@ def test_an_insertion_window_outside_the_period_is_refused_before_anything_is_wr
     assert not (tmp_path / "cs").exists()
 
 
-def test_either_rule_option_gives_coldstart_one_insertion_rule_and_no_check(monkeypatch, tmp_path):
+def test_the_rule_and_cap_options_set_the_insertion_grid_coldstart_selects_with(monkeypatch, tmp_path):
     from typer.testing import CliRunner
 
     import genrecedit.runs.backbone as backbone
@@ -384,3 +384,9 @@ def test_either_rule_option_gives_coldstart_one_insertion_rule_and_no_check(monk
         result = CliRunner().invoke(app, ["coldstart", "-r", str(tmp_path), *args])
         assert result.exit_code == 0, result.output
         assert seen[-1] == rules
+    caps = []  # the exposure cap: on unless --no-exposure-cap
+    monkeypatch.setattr(cs, "coldstart", lambda run, out, spec, *a, **k: caps.append(spec.insertion.cap) or
+                        {"recipe": None})
+    for args in ([], ["--no-exposure-cap"]):
+        assert CliRunner().invoke(app, ["coldstart", "-r", str(tmp_path), *args]).exit_code == 0
+    assert caps == [True, False]

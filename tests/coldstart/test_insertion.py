@@ -219,7 +219,7 @@ def test_coldstart_chooses_a_margin_on_validation_and_scores_it_on_test(sequel_r
     run = load_run(sequel_run)
     spec = ColdstartSpec(grid=PriorGrid(scope=(0,), recent=(1,), threshold=(0.5,), temperature=(0.1,), budget=(0.1,),
                                         novel_budget=(None,), head=(0,)),
-                         bounds=Bounds(max_warm_drop=1.0, max_item_share=1.0), slots=(1,), recent=(1,),
+                         bounds=Bounds(max_warm_drop=1.0, max_item_share=0.999), slots=(1,), recent=(1,),
                          insertion=InsertionGrid(recent=(1,), bias=(0.0, 0.5, 1.0, 1.5, 50.0), candidates=3))
     report = coldstart(run, tmp_path, spec, echo=lambda *_: None)
     selection = json.loads((tmp_path / "coldstart_selection.json").read_text())["insertion"]
@@ -247,6 +247,13 @@ def test_coldstart_chooses_a_margin_on_validation_and_scores_it_on_test(sequel_r
     assert row["overall"]["n_cases"] == len(run.prepared.split.test) and "cold_recall@10" in row["vs_base"]
     assert (tmp_path / "coldstart_insertion.json").exists()
     assert report["best_baseline"] != "calibrated insertion (chosen)"
+    from genrecedit.runs.coldstart import UNCAPPED
+
+    # served through an exposure cap at the selection's bound, every test case counted; beside it, uncapped
+    assert selection["chosen"]["config"]["cap"] == spec.bounds.max_item_share
+    assert UNCAPPED in report["systems"] and report["best_baseline"] != UNCAPPED
+    assert report["exposure_cap"]["served"] == row["overall"]["n_cases"] and "cold_recall@10" in \
+        report["insertion_vs_uncapped"]
     from genrecedit.runs.coldstart import RERANK_ONLY
 
     assert (RERANK_ONLY in report["systems"]) == report["chosen_insertion"]["rerank"]

@@ -126,3 +126,31 @@ def test_a_popularity_insertion_serves_the_counts_it_was_fitted_with(open_servic
         known = [counts[i, 0] if i < len(counts) else 0 for i in beam]
         best = [beam[j] for j in np.argsort(-np.asarray(known), kind="stable")[:5]]
         assert served == [snap.catalog.item_ids[i] for i in best]
+
+
+def test_the_service_serves_the_insertion_through_its_exposure_cap(open_service, serving_run):
+    """An insertion saved with a cap is served through one: the added item leads its topic's list only as often as
+    the cap allows, counted over the lists served (not over the exposure estimate's), and health reports it."""
+    from dataclasses import replace
+
+    from genrecedit.coldstart.exposure import ExposureCap
+
+    fitted = _fitted(10)
+    CalibratedInsertion(replace(fitted.cfg, cap=0.1), fitted.new_odds,
+                        fitted.warm_odds).save(serving_run / "insertion-capped.json")
+    service = open_service("s-capped", ["insertion=insertion-capped.json"], exposure_cases=0)
+    assert service.cap is not None and service.cap.share == 0.1 and service.exposure_batcher.cap is None
+    # a cap whose warm-up is short enough to bind within a few requests: half the lists after the first two
+    service.cap = service.batcher.cap = ExposureCap(0.5, warmup=2)
+    with api(service) as c:
+        added = c.post("/items?wait=true", json={"items": new_items("capped", [3])})
+        assert added.status_code == 200, added.text
+        new_id = added.json()["items"][0]["item_id"]
+        leads = []
+        for _ in range(4):
+            r = c.post("/recommend", json={"history": _history(3), "k": 5})
+            assert r.status_code == 200, r.text
+            leads.append(r.json()["items"][0]["item_id"] == new_id)
+        health = c.get("/health").json()
+    assert leads == [True, False, False, True]  # 1 of 1 (warm-up 2: ≤ 1), then ≤ 1 of 2, 1 of 3, 2 of 4
+    assert health["exposure_cap"]["served"] == 4 and health["exposure_cap"]["blocked"] == 2

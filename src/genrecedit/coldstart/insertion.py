@@ -32,6 +32,7 @@ unsure there, and such users move on to another new item often (a sequel, an edi
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Hashable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -39,6 +40,7 @@ import numpy as np
 import torch
 
 from genrecedit.atomic import write_json
+from genrecedit.coldstart.exposure import ExposureCap
 from genrecedit.coldstart.prior import content_vectors, normalized
 from genrecedit.data.dataset import PAD_ITEM, ends_with
 from genrecedit.errors import ConfigError
@@ -69,6 +71,9 @@ class InsertionConfig:
     width: int | None = None  # the beam lists' length the models were fitted on (their features depend on it)
     rerank: bool = False  # the beam's items are re-ordered by their log-odds, which then read RERANK_FEATURES too
     popularity: bool = False  # a re-ranking warm model reads POPULARITY_FEATURES too (needs rerank)
+    # the largest share of served top-10 lists one new item may enter, held as lists are served
+    # (``coldstart.exposure.ExposureCap``; ``genrecedit coldstart`` sets the bound it selected with); None: no cap
+    cap: float | None = None
 
     def __post_init__(self) -> None:
         if self.recent < 1:
@@ -81,6 +86,12 @@ class InsertionConfig:
             raise ConfigError(f"insertion.width must be ≥ 1, got {self.width}")
         if self.popularity and not self.rerank:
             raise ConfigError("insertion.popularity is read by a re-ranking warm model: set insertion.rerank too")
+        if self.cap is not None and not 0 < self.cap <= 1:
+            raise ConfigError(f"insertion.cap must be in (0, 1], got {self.cap}")
+
+    def exposure_cap(self) -> ExposureCap | None:
+        """A fresh cap at ``cap`` (None: uncapped); its state is the lists served through it."""
+        return None if self.cap is None else ExposureCap(self.cap)
 
 
 def warm_features(cfg: InsertionConfig) -> tuple[str, ...]:
@@ -257,9 +268,13 @@ class CalibratedInsertion:
             cfg, LogOdds.fit(proposals.features[have], is_new[have].astype(int), cfg.c),
             LogOdds.fit(proposals.warm_x(cfg, counts)[present], is_warm[present].astype(int), cfg.c), counts)
 
-    def rank(self, proposals: Proposals, k: int, bias: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def rank(self, proposals: Proposals, k: int, bias: float | None = None, cap: ExposureCap | None = None,
+             new_items: np.ndarray | None = None, order: np.ndarray | None = None,
+             key: Callable[[int], Hashable] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The merged top ``k``: items [n, k] (-1: empty) and their ranking keys [n, k] (log-odds; a proposal's
-        less the margin), best first; ``bias`` overrides the configured margin."""
+        less the margin), best first; ``bias`` overrides the configured margin. With ``cap`` the lists are served
+        through it in ``order`` (default: row order; ``key``: ``ExposureCap.select``): a proposal, and a beam
+        item among ``new_items``, counts as a new item."""
         bias = self.cfg.bias if bias is None else bias
         warm = np.where(proposals.beam_items >= 0, self.warm_odds(proposals.warm_x(self.cfg, self.counts)), -np.inf)
         if not self.cfg.rerank:
@@ -270,14 +285,20 @@ class CalibratedInsertion:
         new = np.where((proposals.items >= 0) & ~in_beam, new, -np.inf)
         keys = np.concatenate([warm, new], 1)
         items = np.concatenate([proposals.beam_items, proposals.items], 1)
+        if cap is not None:
+            beam_new = np.isin(proposals.beam_items, np.asarray(new_items if new_items is not None else [], np.int64))
+            is_new = np.concatenate([beam_new & (proposals.beam_items >= 0), proposals.items >= 0], 1)
+            return cap.select(keys, items, is_new, k, order, key)
         pick = np.argsort(-keys, axis=1, kind="stable")[:, :k]
         best = np.take_along_axis(keys, pick, 1)
         return np.where(np.isfinite(best), np.take_along_axis(items, pick, 1), -1), best
 
     def apply(self, embeddings: np.ndarray, codes: np.ndarray, new_items: np.ndarray, histories: np.ndarray,
-              beams: Beams, k: int | None = None, unit: torch.Tensor | None = None) -> Beams:
+              beams: Beams, k: int | None = None, unit: torch.Tensor | None = None, cap: ExposureCap | None = None,
+              order: np.ndarray | None = None, key: Callable[[int], Hashable] | None = None) -> Beams:
         """The merged lists as ``Beams`` (scores: the calibrated log-probability of each entry's ranking key);
-        ``unit``: the embeddings normalised already (``propose``)."""
+        ``unit``: the embeddings normalised already (``propose``); ``cap``: the lists served through it in
+        ``order`` (``rank``)."""
         k = beams.items.shape[1] if k is None else k
         if self.cfg.width is not None and beams.items.shape[1] != self.cfg.width:
             raise ConfigError(f"calibrated insertion was fitted on lists of {self.cfg.width} beam items, got "
@@ -285,7 +306,8 @@ class CalibratedInsertion:
         if len(histories) == 0 or (len(new_items) == 0 and not self.cfg.rerank):
             return Beams(beams.items[:, :k], beams.scores[:, :k], beams.sids[:, :k])
         items, keys = self.rank(propose(embeddings, codes, new_items, histories, beams, self.cfg.recent,
-                                        self.cfg.candidates, unit, content=self.cfg.rerank), k)
+                                        self.cfg.candidates, unit, content=self.cfg.rerank), k, cap=cap,
+                                new_items=new_items, order=order, key=key)
         scores = np.where(items >= 0, -np.logaddexp(0.0, -keys), -np.inf)  # log σ(key)
         sids = torch.as_tensor(np.asarray(codes, np.int64))[torch.as_tensor(np.clip(items, 0, None))]
         sids = torch.where(torch.as_tensor(items)[:, :, None] >= 0, sids, -1)

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from genrecedit.atomic import write_json
 from genrecedit.coldstart.baselines import dense_rerank, reserved_slots, retrieve
+from genrecedit.coldstart.exposure import ExposureCap
 from genrecedit.coldstart.insertion import CalibratedInsertion, InsertionConfig, cross_fitted, propose
 from genrecedit.coldstart.prior import ContentPrior, PriorConfig
 from genrecedit.data.dataset import CaseSet
@@ -38,6 +39,8 @@ RERANK_ONLY = "calibrated insertion, beam re-rank only (chosen)"
 OTHER_OBJECTIVE = "calibrated insertion, {objective} objective (chosen)"
 # where the chosen insertion's warm model reads training counts: the best cell without them, to tell what they add
 WITHOUT_COUNTS = "calibrated insertion, no training counts (chosen)"
+# the chosen insertion's lists without its exposure cap, to tell what the cap changed
+UNCAPPED = "calibrated insertion, no exposure cap (chosen)"
 OBJECTIVES = ("cold", "overall")  # what selection maximises within the bounds (InsertionGrid.objective)
 INSERTION_FILE = "insertion.json"  # a run's adopted calibrated insertion (config.insertion names it)
 
@@ -94,6 +97,10 @@ class InsertionGrid:
     # rule selects on the rest; the first rule stays while its pick keeps the bounds there, else the objective's
     # best among the rules that keep them is the one applied to the whole period (``rule_check``)
     check: float = 0.25
+    # the chosen insertion is served through an exposure cap at the bound it was selected with
+    # (``Bounds.max_item_share``; ``InsertionConfig.cap``): the bound then holds on lists whose mix validation
+    # did not show; False: no cap
+    cap: bool = True
 
     def settings(self) -> list[tuple[int, bool, bool]]:
         """The (recent, rerank, popularity) settings tried, each with every margin."""
@@ -423,9 +430,11 @@ def select_insertion(run: LoadedRun, cases: CaseSet, beams: Beams, base: EvalRes
     cells, proposals = [], {}
     settings = grid.settings()
     counts = item_counts(run, grid.recent_counts) if any(p for *_, p in settings) else None
+    # the exposure cap the chosen cell is served through: the bound it is selected with, where that bounds anything
+    capped = bounds.max_item_share if grid.cap and 0 < bounds.max_item_share < 1 else None
     for recent, rerank, popularity in tqdm(settings, desc="coldstart: calibrated insertion", disable=not progress):
         cfg = InsertionConfig(recent=recent, candidates=grid.candidates, width=width, rerank=rerank,
-                              popularity=popularity)
+                              popularity=popularity, cap=capped)
         if recent not in proposals:
             proposals[recent] = propose(run.prepared.embeddings, run.prepared.codes, new, cases.histories, beams,
                                         recent, grid.candidates)
@@ -509,9 +518,18 @@ def coldstart(run: LoadedRun, out_dir: Path, spec: ColdstartSpec | None = None,
                                         cfg.recent, cfg.candidates)
             return proposed[key]
 
-        lists[INSERTION] = fitted.rank(proposals(fitted.cfg), width)[0]
+        served = np.argsort(cases.timestamps, kind="stable")  # the order a service would serve them in
+
+        def ranked(model: CalibratedInsertion, cap: ExposureCap | None) -> np.ndarray:
+            """``model``'s lists as served: through ``cap`` (fresh), in time order."""
+            return model.rank(proposals(model.cfg), width, cap=cap, new_items=new, order=served)[0]
+
+        cap = fitted.cfg.exposure_cap()
+        lists[INSERTION] = ranked(fitted, cap)
         if fitted.cfg.rerank:  # an infinite margin: no proposal enters
             lists[RERANK_ONLY] = fitted.rank(proposals(fitted.cfg), width, float("inf"))[0]
+        if fitted.cfg.cap is not None:  # the same lists without the cap: what the cap changed
+            lists[UNCAPPED] = fitted.rank(proposals(fitted.cfg), width)[0]
         other, plain = selection["insertion"].get("other"), selection["insertion"].get("without_counts")
         extra = {}  # the other objective's cell and the best without training counts, where they exist
         if other is not None:
@@ -520,7 +538,7 @@ def coldstart(run: LoadedRun, out_dir: Path, spec: ColdstartSpec | None = None,
             extra[WITHOUT_COUNTS] = plain
         for row_name, picked in extra.items():
             alt = CalibratedInsertion.of(picked["chosen"])
-            lists[row_name] = alt.rank(proposals(alt.cfg), width)[0]
+            lists[row_name] = ranked(alt, alt.cfg.exposure_cap())
     picks = selection["baselines"]
     retrieved = {r: retrieve(run.prepared.embeddings, cases.histories, new, width, r) for r in spec.recent}
     for r, topk in retrieved.items():
@@ -568,6 +586,9 @@ def coldstart(run: LoadedRun, out_dir: Path, spec: ColdstartSpec | None = None,
         report["insertion_vs_best_baseline"] = _paired(ins, results[best_baseline])
         if WITHOUT_COUNTS in results:
             report["insertion_vs_without_counts"] = _paired(ins, results[WITHOUT_COUNTS])
+        if UNCAPPED in results:
+            report["insertion_vs_uncapped"] = _paired(ins, results[UNCAPPED])
+            report["exposure_cap"] = cap.state()
         if PRIOR in results:
             report["insertion_vs_prior"] = _paired(ins, results[PRIOR])
     write_json(out_dir / f"{name}.json", report)
@@ -664,6 +685,10 @@ def format_coldstart(report: dict) -> str:
             ("" if rule["check"]["kept"] else ", where no rule kept the bounds: the smallest warm drop")
         lines.append(f"insertion rule ({how}): window {rule['window']:g}, "
                      f"{'spends' if rule['spend_rerank'] else 'does not spend'} the re-ranking's gain")
+    cap = report.get("exposure_cap")
+    if cap is not None:
+        lines.append(f"exposure cap: {100 * cap['share']:g}% of the lists served (test cases in time order); "
+                     f"{cap['blocked']} new-item entries blocked")
     lines.append(f"recipe (the better on validation, objective {report.get('objective', 'overall')}): "
                  f"{report.get('recipe')}")
     return "\n".join(lines)

@@ -59,8 +59,10 @@ def evaluate_report(run_dir: Path, overrides: list[str], edits: Path | None, nam
                                           record_levels=prior is not None)
         lists[name] = beams.items.numpy()
         if insertion is not None:
-            lists[f"{name} + insertion"] = insertion.apply(run.prepared.embeddings, run.prepared.codes, new,
-                                                           cases.histories, beams).items.numpy()
+            # served as a service would: a fresh exposure cap, the cases in time order
+            lists[f"{name} + insertion"] = insertion.apply(
+                run.prepared.embeddings, run.prepared.codes, new, cases.histories, beams,
+                cap=insertion.cfg.exposure_cap(), order=np.argsort(cases.timestamps, kind="stable")).items.numpy()
         elif prior is not None:
             lists[f"{name} + prior"] = prior.apply(cases.histories, beams).items.numpy()
 

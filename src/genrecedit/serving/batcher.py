@@ -16,6 +16,7 @@ from typing import Callable
 
 import numpy as np
 
+from genrecedit.coldstart.exposure import ExposureCap
 from genrecedit.model.recommender import DecodeConfig
 from genrecedit.serving.catalog import Snapshot
 
@@ -43,8 +44,9 @@ class RecommendBatcher:
     """Collects requests from any thread (``submit``) and answers them from one worker thread."""
 
     def __init__(self, decode: DecodeConfig, window_s: float = 0.002, max_batch: int = 32,
-                 on_batch: Callable[[int], None] | None = None) -> None:
+                 on_batch: Callable[[int], None] | None = None, cap: ExposureCap | None = None) -> None:
         self.decode = decode
+        self.cap = cap  # the answers are served through it (``Snapshot.rank``), in the order they are decoded
         self.window_s = window_s
         self.max_batch = max_batch
         self.on_batch = on_batch
@@ -99,7 +101,7 @@ class RecommendBatcher:
         k = max(w.k for w in group)
         cfg = replace(self.decode, k=k, batch_size=len(group))
         try:
-            beams = snap.rank(np.stack([w.history for w in group]), cfg)
+            beams = snap.rank(np.stack([w.history for w in group]), cfg, self.cap)
         except Exception as err:  # noqa: BLE001 - handed to every waiting request
             for w in group:
                 w.future.set_exception(err)

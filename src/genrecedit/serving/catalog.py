@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from genrecedit.coldstart.exposure import ExposureCap
 from genrecedit.coldstart.insertion import CalibratedInsertion
 from genrecedit.coldstart.prior import ContentPrior, PriorConfig, normalized
 from genrecedit.config import KnowledgeConfig
@@ -139,14 +140,15 @@ class Snapshot:
     new_items: np.ndarray | None = None  # the catalog's new items and its unit embeddings, bound once for the
     unit: torch.Tensor | None = None  # insertion (not per request)
 
-    def rank(self, histories: np.ndarray, cfg: DecodeConfig) -> Beams:
+    def rank(self, histories: np.ndarray, cfg: DecodeConfig, cap: ExposureCap | None = None) -> Beams:
         """The recipe this snapshot serves: beam search with the edit schedule, then the calibrated insertion or
-        the content prior over the catalog's new items."""
+        the content prior over the catalog's new items. ``cap``: the insertion's lists are served through it, in
+        row order, each item counted by its id (so its count carries over snapshots)."""
         if self.insertion is not None:
             width = self.insertion.cfg.width or cfg.k
             beams = self.recommender.recommend(histories, replace(cfg, k=width), self.schedule)
             return self.insertion.apply(self.catalog.embeddings, self.catalog.codes, self.new_items, histories, beams,
-                                        cfg.k, self.unit)
+                                        cfg.k, self.unit, cap=cap, key=self.catalog.item_ids.__getitem__)
         beams = self.recommender.recommend(histories, cfg, self.schedule, record_levels=self.prior is not None)
         return beams if self.prior is None else self.prior.apply(histories, beams, cfg.k)
 

@@ -50,13 +50,14 @@ def exposure_status(exposure: float | None, max_share: float) -> str:
 
 
 def added_item_exposure(rank: RankFn, snapshot, items: np.ndarray, item_ids: list[str], histories: np.ndarray,
-                        k: int, max_share: float) -> dict:
+                        k: int, max_share: float, cap: float | None = None) -> dict:
     """Exposure of the added ``items`` [m] (catalog indices; ``item_ids`` [m] their ids) on ``histories`` [n, L]
     decoded by ``rank`` with ``snapshot``, top-``k``.
 
     Returns {"items": [{"id", "exposure", "status"}] in ``items`` order, "warnings": [str], "estimate": {"cases":
     "valid", "n_histories", "k", "max_item_share"} | None}; with no histories, exposure None and status active
-    (``estimate`` None: nothing was estimated).
+    (``estimate`` None: nothing was estimated). ``cap``: the share the service's exposure cap holds each new item
+    to as it serves (the estimate is of the uncapped lists).
     """
     if len(histories) == 0:
         return {"items": [{"id": i, "exposure": None, "status": ACTIVE} for i in item_ids], "warnings": [],
@@ -78,6 +79,8 @@ def added_item_exposure(rank: RankFn, snapshot, items: np.ndarray, item_ids: lis
         elif status == OVEREXPOSED:
             warnings.append(f"item {item_id!r} is overexposed: it is in {100 * share:.1f}% of the top-{k} lists of "
                             f"{n} sampled validation histories (more than max_item_share {100 * max_share:.1f}%); "
-                            "it takes slots from other items — consider rolling the batch back")
+                            + (f"the service's exposure cap holds it to {100 * cap:.1f}% of the lists it serves"
+                               if cap is not None else "it takes slots from other items — consider rolling the "
+                               "batch back"))
     return {"items": out, "warnings": warnings,
             "estimate": {"cases": "valid", "n_histories": n, "k": k, "max_item_share": max_share}}

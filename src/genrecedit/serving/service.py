@@ -205,8 +205,10 @@ class LiveService:
         self.jobs = AddJobs(self.registry, self._queue)
         self._closed = False
         decode = DecodeConfig(self.decode.beam, self.decode.k, self.decode.batch_size, self.decode.constrained)
+        # the insertion's exposure cap over the lists this process serves (None: no insertion, or no cap)
+        self.cap = self.insertion.cfg.exposure_cap() if self.insertion is not None else None
         self.batcher = RecommendBatcher(decode, self.cfg.batch_window_ms / 1e3, self.cfg.max_micro_batch,
-                                        self.metrics.observe_batch)
+                                        self.metrics.observe_batch, self.cap)
         # the exposure estimate's: the same decoding, off the live queue and out of the request metrics
         self.exposure_batcher = RecommendBatcher(decode, self.cfg.batch_window_ms / 1e3, self.cfg.max_micro_batch)
         self._sync_lock = threading.Lock()
@@ -287,7 +289,8 @@ class LiveService:
         """``serving.exposure.added_item_exposure`` of the items ``new`` on the validation sample, with ``snap``."""
         return added_item_exposure(lambda s, h, k: self._ranked(s, h, k, self.exposure_batcher), snap, new,
                                    [snap.catalog.item_ids[i] for i in new], self.exposure_histories,
-                                   min(EXPOSURE_K, self.decode.beam), self.cfg.max_item_share)
+                                   min(EXPOSURE_K, self.decode.beam), self.cfg.max_item_share,
+                                   None if self.cap is None else self.cap.share)
 
     def item(self, item_id: str) -> dict | None:
         snap = self.snapshot
@@ -305,7 +308,8 @@ class LiveService:
                 "base_items": snap.catalog.n_base, "added_items": len(snap.catalog) - snap.catalog.n_base,
                 "active_batches": snap.active_batches, "base_hash": self.run.base_hash,
                 "edit_queue": self._queued, "interrupted_at_start": self.interrupted,
-                "jobs_interrupted_at_start": self.interrupted_jobs}
+                "jobs_interrupted_at_start": self.interrupted_jobs,
+                "exposure_cap": None if self.cap is None else self.cap.state()}
 
     def add_items(self, items: list[NewItem]) -> dict:
         """Validate at the boundary, then run the edit on the worker; blocks until the batch is serving."""
