@@ -11,6 +11,7 @@ import pytest
 from genrecedit.coldstart.exposure import exposure
 from genrecedit.runs.backbone import load_run
 from genrecedit.runs.coldstart import Bounds, ColdstartSpec, InsertionGrid, PriorGrid, coldstart, select_coldstart
+from no_test_split import without_test
 
 SMALL = ColdstartSpec(grid=PriorGrid(scope=(0, 1), recent=(1,), threshold=(0.0, 0.5), temperature=(0.1,),
                                      budget=(0.1, 0.5), novel_budget=(None,), head=(0, 2)),
@@ -18,18 +19,9 @@ SMALL = ColdstartSpec(grid=PriorGrid(scope=(0, 1), recent=(1,), threshold=(0.0, 
                       recent=(1, 2))
 
 
-class _Unreadable:
-    def __getattr__(self, name):
-        raise AssertionError(f"selection read the test split (.{name})")
-
-    def __len__(self):
-        raise AssertionError("selection read the test split (len)")
-
-
 def test_selection_never_reads_the_test_split(tiny_run):
     run = load_run(tiny_run)
-    split = dataclasses.replace(run.prepared.split, test=_Unreadable())
-    guarded = dataclasses.replace(run, prepared=dataclasses.replace(run.prepared, split=split))
+    guarded = without_test(run)
     result = select_coldstart(guarded, SMALL, progress=False)
     assert result["cases"] == "valid" and result["n_cases"] == len(run.prepared.split.valid)
     assert len(result["cells"]) == 16  # 8 mixtures, each with head 0 and 2

@@ -467,11 +467,25 @@ def test_the_forward_check_scores_each_rule_on_later_cases_than_it_chose_on(sequ
         return original(run_, cases_, *args, **kwargs)
 
     monkeypatch.setattr(cs, "select_on_window", record)
-    spec = ColdstartSpec(bounds=Bounds(max_warm_drop=1.0, max_item_share=1.0), slots=(1,), recent=(1,),
+    served = []  # the held-out lists are ranked as served: through the pick's exposure cap, in time order
+    rank = CalibratedInsertion.rank
+
+    def spy(self, proposals, k, bias=None, cap=None, new_items=None, order=None, key=None):
+        out = rank(self, proposals, k, bias, cap, new_items, order, key)
+        served.append((cap, order))
+        return out
+
+    monkeypatch.setattr(CalibratedInsertion, "rank", spy)
+    spec = ColdstartSpec(bounds=Bounds(max_warm_drop=1.0, max_item_share=0.999), slots=(1,), recent=(1,),
                          insertion=InsertionGrid(recent=(1,), bias=(0.0, 1.0, 50.0), candidates=3, check=0.3))
     sel = cs.insertion_selection(run, cases, beams, spec, progress=False)
     check = sel["rule_check"]
     held = cs.latest(cases.timestamps, 0.3)
+    capped = [(cap, order) for cap, order in served if cap is not None]
+    assert len(capped) == sum(r["pick"] is not None for r in check["rules"]) > 0
+    for cap, order in capped:
+        assert cap.share == 0.999 and cap.served == held.sum()
+        assert (np.diff(cases.timestamps[held][order]) >= 0).all()
     assert check["n_held"] == held.sum() and check["n_fit"] == (~held).sum()
     assert [tuple(r["rule"]) for r in check["rules"]] == list(spec.insertion.rules)
     cut = cases.timestamps[held].min()

@@ -3,7 +3,6 @@ of top-10 lists of sampled validation histories (never test) that hold it, with 
 too many. Through the HTTP API (FastAPI TestClient) on the tiny serving run."""
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ from genrecedit.serving import LiveService, ServiceConfig
 from genrecedit.serving.batcher import Ranked
 from genrecedit.serving.exposure import added_item_exposure, exposure_status, validation_histories
 from serving_helpers import api, key_file, new_items
+from no_test_split import without_test
 from serving_run import SERVICE_OVERRIDES
 
 ADD_KEYS = {"batch_id", "status", "model_version", "items", "n_requests", "layers", "efficacy", "timings_s"}
@@ -92,18 +92,10 @@ def test_no_estimate_when_disabled(open_service):
     assert [(i["exposure"], i["status"]) for i in body["items"]] == [(None, "active")]
 
 
-class _NoTest:
-    def __getattr__(self, name):
-        raise AssertionError(f"test split read by the service (.{name})")
-
-    def __len__(self):
-        raise AssertionError("test split read by the service (len)")
-
-
 def test_the_estimate_decodes_validation_histories_never_test(serving_run, tmp_path):
     run = load_run(serving_run, SERVICE_OVERRIDES)
-    split = dataclasses.replace(run.prepared.split, test=_NoTest())
-    run = dataclasses.replace(run, prepared=dataclasses.replace(run.prepared, split=split))
+    run = without_test(run)
+    split = run.prepared.split
     service = LiveService(run, ServiceConfig(state_dir=tmp_path / "state", exposure_cases=12,
                                              api_key_file=key_file(tmp_path)))
     decoded: list[np.ndarray] = []

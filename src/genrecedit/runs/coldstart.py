@@ -299,9 +299,10 @@ def rule_check(run: LoadedRun, cases: CaseSet, beams: Beams, items: np.ndarray, 
                progress: bool = True) -> dict:
     """The forward check of ``spec.insertion.rules``: the validation period's last ``check`` share (by time) held
     out, each rule selects on the earlier cases (``select_on_window``) and its pick, fitted there, is scored on the
-    held-out ones (no pick: the unedited beams). Chosen (``chosen``: the rule's (window, spend_rerank);
-    ``choose_rule``, floor: the baselines' best within the bounds on the held-out cases): the first rule while it
-    keeps the bounds there, else the objective's among those that do (``kept`` False: none does)."""
+    held-out ones as it would be served (through its exposure cap, in time order; no pick: the unedited beams).
+    Chosen (``chosen``: the rule's (window, spend_rerank); ``choose_rule``, floor: the baselines' best within the
+    bounds on the held-out cases): the first rule while it keeps the bounds there, else the objective's among those
+    that do (``kept`` False: none does)."""
     grid = spec.insertion
     held = latest(cases.timestamps, grid.check)
     if held.all() or not held.any():
@@ -325,7 +326,9 @@ def rule_check(run: LoadedRun, cases: CaseSet, beams: Beams, items: np.ndarray, 
             if key not in proposed:
                 proposed[key] = propose(run.prepared.embeddings, run.prepared.codes, new, held_cases.histories,
                                         held_beams, *key)
-            topk = fitted.rank(proposed[key], held_items.shape[1])[0]
+            # served as the recipe would be: through its exposure cap, the held-out cases in time order
+            topk = fitted.rank(proposed[key], held_items.shape[1], cap=fitted.cfg.exposure_cap(), new_items=new,
+                               order=np.argsort(held_cases.timestamps, kind="stable"))[0]
         row = _row(score_topk(run, topk, held_cases), topk, new, held_base)
         rows.append({"rule": [window, spend], "pick": None if sel["chosen"] is None else sel["chosen"]["config"],
                      "held_out": row})
