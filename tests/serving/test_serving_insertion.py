@@ -9,6 +9,7 @@ from genrecedit.coldstart.insertion import (NEW_FEATURES, RERANK_FEATURES, WARM_
                                             InsertionConfig, LogOdds)
 from genrecedit.coldstart.prior import content_vectors, normalized
 from genrecedit.errors import ConfigError
+from genrecedit.serving.service import NewItem
 from serving_helpers import api, new_items
 from serving_run import TOPICS
 
@@ -154,3 +155,33 @@ def test_the_service_serves_the_insertion_through_its_exposure_cap(open_service,
         health = c.get("/health").json()
     assert leads == [True, False, False, True]  # 1 of 1 (warm-up 2: ≤ 1), then ≤ 1 of 2, 1 of 3, 2 of 4
     assert health["exposure_cap"]["served"] == 4 and health["exposure_cap"]["blocked"] == 2
+
+
+def test_with_an_adopted_insertion_text_edits_stay_stored_and_only_feedback_edits_fire(open_service, serving_run):
+    """The run's text-only recipe is the insertion, which reads no edit: an added item's text edit is solved and
+    stored (feedback replaces it, rollback restores it) but does not fire, so the beam is the unedited model's and
+    the insertion serves the item; a feedback edit fires. ``text_edits=True`` fires the text edits as well."""
+    from genrecedit.serving.service import Interaction
+
+    _fitted(10).save(serving_run / NAME)
+    service = open_service("s-no-text", ["insertion=" + NAME], exposure_cases=0)
+    fired = open_service("s-text", ["insertion=" + NAME], exposure_cases=0, text_edits=True)
+    assert not service.text_edits and fired.text_edits
+    for s in (service, fired):
+        s.add_items([NewItem(i["item_id"], i["text"]) for i in new_items("t", [3])])
+    assert len(service.snapshot.artifact.batches) == len(fired.snapshot.artifact.batches) == 1
+    assert service.snapshot.schedule is None and fired.snapshot.schedule is not None
+    hist = service.snapshot.catalog.histories([_history(3)], service.max_history)
+    plain = service.run.recommender.recommend(hist, service.decode)
+    edited = service.snapshot.recommender.recommend(hist, service.decode, service.snapshot.schedule)
+    np.testing.assert_array_equal(edited.items, plain.items)  # the unedited model's beam
+    item = service.snapshot.catalog.item_ids[-1]
+    service.add_feedback([Interaction(item, tuple(_history(3)))])
+    assert service.snapshot.schedule is not None  # the feedback batch fires
+
+
+def test_without_an_insertion_text_edits_fire(open_service):
+    service = open_service("s-plain", exposure_cases=0)
+    assert service.text_edits
+    service.add_items([NewItem(i["item_id"], i["text"]) for i in new_items("p", [3])])
+    assert service.snapshot.schedule is not None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, get_args
@@ -135,6 +136,12 @@ class EditArtifact:
         from the copy leaves this one as it is."""
         return replace(self, layers=list(self.layers), batches=list(self.batches),
                        key_stats=None if self.key_stats is None else dict(self.key_stats), stored=dict(self.stored))
+
+    def firing(self, keep: Callable[[EditBatch], bool]) -> "EditArtifact":
+        """A view to decode with: only the batches ``keep`` accepts fire (their ΔW, summed in batch order); it
+        carries no key statistic, so it is never edited further."""
+        return EditArtifact(self.base_hash, list(self.layers), [b for b in self.batches if keep(b)], self.scheme,
+                            key_stats={}, stats_of=())
 
     def stored_file(self, batch: EditBatch) -> StoredFile | None:
         """Where ``batch`` (this very object) was loaded from or last saved to, if known."""

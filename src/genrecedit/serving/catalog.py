@@ -160,12 +160,18 @@ class Snapshot:
 
 def build_snapshot(version: int, catalog: Catalog, base: Recommender, artifact: EditArtifact | None,
                    trigger: TriggerMode, prior: PriorConfig | None = None,
-                   insertion: CalibratedInsertion | None = None) -> Snapshot:
+                   insertion: CalibratedInsertion | None = None, text_edits: bool = True) -> Snapshot:
     """A recommender of its own over ``catalog`` (shares the frozen model; builds the trie) plus the decoding
     schedule of ``artifact`` and, when ``prior`` is enabled, the content prior over the catalog's new (not warm)
-    items, added ones included. Edits never change model weights, so snapshots can share them."""
+    items, added ones included. Edits never change model weights, so snapshots can share them. ``text_edits``
+    False: the text edits of the catalog's item batches stay in the artifact but do not fire (the insertion serves
+    those items); feedback batches fire."""
     recommender = Recommender(base.model, base.layout, catalog.codes)
-    schedule = artifact.schedule(trigger, recommender.device) if artifact is not None else None
+    firing = artifact
+    if artifact is not None and not text_edits:  # the item batches' text edits stay stored, unfired
+        added = {b.batch_id for b in catalog.batches}
+        firing = artifact.firing(lambda b: b.batch_id not in added)
+    schedule = firing.schedule(trigger, recommender.device) if firing is not None and firing.batches else None
     content = None
     if insertion is None and prior is not None and prior.enabled and (~catalog.warm).any():
         content = ContentPrior(prior, catalog.embeddings, catalog.codes, np.flatnonzero(~catalog.warm),

@@ -109,6 +109,10 @@ class ServiceConfig:
     trigger: TriggerMode | None = None  # how edits fire when decoding; None: the run's eval.trigger (its recipe)
     exposure_cases: int = 500  # validation histories decoded after each add to estimate reach; 0: no estimate
     max_item_share: float = 0.05  # an added item in more of those top-10 lists than this is flagged overexposed
+    # whether an added item's text edit fires when decoding. None: not where the run serves an adopted calibrated
+    # insertion (the text-only recipe its validation chose reads no edit; the insertion serves the item, and the
+    # edit stays stored for feedback to replace), else yes. Feedback edits always fire.
+    text_edits: bool | None = None
     api_key_file: Path | None = field(default=None, repr=False)  # None: $GENRECEDIT_API_KEY (serving.access)
     insecure_no_auth: bool = False  # no key configured: mutating endpoints open (local development only)
     max_body_bytes: int = 8 * 1024 * 1024  # per HTTP request, chunked bodies included
@@ -197,6 +201,7 @@ class LiveService:
         self.interrupted_jobs = [] if follower else self.registry.fail_interrupted_jobs()
         self._texts: tuple[int, dict[str, str]] = (-1, {})  # (snapshot version, added item id -> text)
         self.insertion = adopted_insertion(run)  # the adopted calibrated insertion, if the run's config names one
+        self.text_edits = self.insertion is None if self.cfg.text_edits is None else self.cfg.text_edits
         self._verified: dict[int, tuple[EditBatch, str]] = {}  # id(batch) -> (batch, its ΔW digest), checked
         self.snapshot: Snapshot = self._restore()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edit-worker")
@@ -588,7 +593,7 @@ class LiveService:
             timings["edit"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             nxt = build_snapshot(self.snapshot.version + 1, catalog, self.run.recommender, artifact,
-                                 self.trigger, self.run.config.prior, self.insertion)
+                                 self.trigger, self.run.config.prior, self.insertion, self.text_edits)
             timings["snapshot"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             version_dir = self._save(artifact, f"{kind}-{batch_id}")
@@ -672,7 +677,7 @@ class LiveService:
                 sids = replays[later].sids if later in replays else np.zeros((0, catalog.codes.shape[1]), np.int64)
                 recomputed[later] = (sids, delta_fingerprint(artifact.batches[-1]))
             nxt = build_snapshot(snap.version + 1, catalog, self.run.recommender, artifact,
-                                 self.trigger, self.run.config.prior, self.insertion)
+                                 self.trigger, self.run.config.prior, self.insertion, self.text_edits)
             version_dir = self._save(artifact, f"rollback-{batch_id}")
             self.registry.roll_back(batch_id, version_dir, recomputed, nxt.version)
         except Exception as err:
@@ -793,7 +798,7 @@ class LiveService:
         if artifact is not None:
             artifact = self._with_requests(artifact, catalog)
         return build_snapshot(version, catalog, self.run.recommender, artifact,
-                              self.trigger, self.run.config.prior, self.insertion)
+                              self.trigger, self.run.config.prior, self.insertion, self.text_edits)
 
     def _replayed(self, stored: list[BatchItems], served: Catalog | None) -> Catalog:
         """The base catalog plus the registry's batches, SIDs replayed by the tokenizer and checked against the
