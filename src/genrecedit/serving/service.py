@@ -735,11 +735,12 @@ class LiveService:
         return reach
 
     def _recommendable(self, snap: Snapshot, requests, new: np.ndarray) -> list[dict]:
-        """Per new item: its SID, its first pseudo-history and its rank in the new model's top-k for that history
-        (None: not in the top-k) — the service's own check that the edit made the item recommendable."""
+        """Per new item: its SID, its first pseudo-history and its rank in the top-k the new snapshot serves for
+        that history (its recipe: the edits that fire, then the insertion or the prior; not counted by the exposure
+        cap; None: not in the top-k) — the service's own check that the item is recommendable."""
         first = {int(item): row for row, item in reversed(list(enumerate(requests.items)))}
         rows = [first[int(i)] for i in new]
-        beams = snap.recommender.recommend(requests.histories[rows], self.decode, snap.schedule)
+        beams = snap.rank(requests.histories[rows], self.decode)
         out = []
         for j, i in enumerate(new):
             hits = np.flatnonzero(beams.items[j].numpy() == i)
