@@ -1,13 +1,15 @@
 """Exposure through the live service: how many lists the new items enter when the service serves the run's adopted
-calibrated insertion, with the added items' text edits firing or not (``ServiceConfig.text_edits``) and with the
-exposure cap or without it.
+calibrated insertion, with the added items' text edits firing or not (``ServiceConfig.text_edits``), or serves the run
+without it, each with the service's exposure cap or without it.
 
 The run needs an adopted insertion (`genrecedit coldstart --adopt`; `make demo` adopts one). ``--items`` cold items
 that first occur in the test period (``service_rounds.arriving_items``) are added from their text under new ids
 (``<item id>~new``; the catalog keeps the originals, new items too). Then the test cases' histories (the first
 ``--max-cases`` in time order) are served through the service's own decoding path, micro-batched as ``/recommend``
-requests are, once with the service's cap and once with it off; all of it twice, in a service whose text edits fire
-and in one where they stay stored (the default with an insertion). Per setting: the new items' share of top-10 slots,
+requests are, once with the service's cap and once with it off; all of it three times: in a service whose text edits
+fire, in one where they stay stored (the default with an insertion), and in one serving the run without its insertion
+(``-o insertion=null``: the text edits fire and the run's content prior mixes the new items in, as for a run that
+adopted none). Per setting: the new items' share of top-10 slots,
 the largest share of lists one new item enters (all new items, and the added ones), how many added items reach no
 list, the entries the cap blocked, and the hit rate@10 of the cases' next items. No response of a user is read to
 serve; the targets only score.
@@ -54,15 +56,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--override", "-o", action="append", default=[], help="run config override")
     args = parser.parse_args(argv)
     settings, add_s, hits = {}, {}, {}
-    for text_edits in (True, False):
-        label = "text edits fire" if text_edits else "insertion only (default)"
+    variants = (("text edits fire", True, []), ("insertion only (default)", False, []),
+                ("no insertion: text edits and the run's prior", None, ["insertion=null"]))
+    for label, text_edits, extra in variants:
         with tempfile.TemporaryDirectory(prefix="service-exposure-") as tmp:
             cfg = ServiceConfig(state_dir=Path(tmp) / "state", exposure_cases=0, insecure_no_auth=True,
                                 text_edits=text_edits)
-            service = LiveService.open(args.model, cfg, args.override)
+            service = LiveService.open(args.model, cfg, args.override + extra)
             service.embedding_cache = Path(tmp) / "embeddings"
             try:
-                if service.insertion is None or service.cap is None:
+                if not extra and (service.insertion is None or service.cap is None):
                     raise SystemExit(f"{args.model}: no adopted insertion with an exposure cap (run `genrecedit "
                                      "coldstart --adopt` first)")
                 split = service.run.prepared.split
@@ -99,13 +102,19 @@ def main(argv: list[str] | None = None) -> dict:
     ref = "insertion only (default), exposure cap"  # every setting against the default, paired over the cases
     for name, setting in settings.items():
         setting["hit_rate@10_minus_default"] = list(paired_bootstrap_diff(hits[name], hits[ref]))
+        if name.endswith(", exposure cap"):  # the cap against the same service uncapped
+            plain = name.removesuffix(", exposure cap") + ", uncapped"
+            setting["hit_rate@10_minus_uncapped"] = list(paired_bootstrap_diff(hits[name], hits[plain]))
     data = {"model": str(args.model), "items": int(len(picked)), "cases": int(len(rows)), "add_seconds": add_s,
             "cap_share": share, "settings": settings, "hardware": hardware()}
     table = md_table(["setting", "new-item slots", "max item share (all new)", "max item share (added)",
-                      "added items unreached", "entries blocked", "hit rate@10", "against the default [95 %]"],
+                      "added items unreached", "entries blocked", "hit rate@10", "against the default [95 %]",
+                      "cap against uncapped [95 %]"],
                      [[name, s["new_item_slot_share"], s["max_item_share"], s["added_max_item_share"],
                        s["added_unreached"], None if s["cap"] is None else s["cap"]["blocked"], s["hit_rate@10"],
-                       "{:+.4f} [{:+.4f}, {:+.4f}]".format(*s["hit_rate@10_minus_default"])]
+                       "{:+.4f} [{:+.4f}, {:+.4f}]".format(*s["hit_rate@10_minus_default"]),
+                       "{:+.4f} [{:+.4f}, {:+.4f}]".format(*s["hit_rate@10_minus_uncapped"])
+                       if "hit_rate@10_minus_uncapped" in s else "–"]
                       for name, s in settings.items()])
     write_result(args.out, NAME, data, table, f"Exposure through the service ({args.model}, {len(picked)} items "
                                               f"added, {len(rows)} test histories)")

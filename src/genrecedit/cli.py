@@ -353,6 +353,14 @@ def serve(model: Annotated[Path, typer.Option("--model", "-m", help="trained run
                           "edits (needs the replicas extra: pip install -e '.[replicas]')")] = 1,
           ray_address: Annotated[Optional[str], typer.Option(
               help="join this Ray cluster (e.g. auto) instead of starting a local one; implies Ray Serve")] = None,
+          exposure_cap: Annotated[Optional[float], typer.Option(
+              min=0.0, max=1.0, show_default=False,
+              help="the share of served top-10 lists any one new item may enter, whatever placed it there (0: "
+                   "uncapped); default: the adopted insertion's cap, else 0.05")] = None,
+          text_edits: Annotated[Optional[bool], typer.Option(
+              "--text-edits/--no-text-edits", show_default=False,
+              help="fire added items' text edits when decoding; default: not where the run adopts an insertion "
+                   "(it serves them), else yes")] = None,
           overrides: Overrides = None, device: Device = None) -> None:
     """Serve recommendations over HTTP; new items (POST /items) are learnt with GenRecEdit while serving. Adding and
     rolling back need an API key: GENRECEDIT_API_KEY=<secret> genrecedit serve --model runs/demo."""
@@ -369,12 +377,13 @@ def serve(model: Annotated[Path, typer.Option("--model", "-m", help="trained run
 
             cfg = ServiceConfig(state_dir=state_dir.resolve() if state_dir else None,
                                 api_key_file=api_key_file.resolve() if api_key_file else None,
-                                insecure_no_auth=insecure_no_auth, registry_url=registry_url)
+                                insecure_no_auth=insecure_no_auth, registry_url=registry_url,
+                                exposure_cap=exposure_cap, text_edits=text_edits)
             serve_replicas(model.resolve(), cfg, replicas, host, port, overrides, ray_address)
             return
         run_server(model, host, port, state_dir.resolve() if state_dir else None, overrides,
                    api_key_file=api_key_file.resolve() if api_key_file else None, insecure_no_auth=insecure_no_auth,
-                   registry_url=registry_url)
+                   registry_url=registry_url, exposure_cap=exposure_cap, text_edits=text_edits)
     except GenRecEditError as err:
         _fail(err)
 

@@ -35,6 +35,9 @@ def open_service(serving_run, tmp_path) -> Iterator[OpenService]:
     def open_(state: str = "state", overrides: list[str] | None = None, leader: LiveService | None = None,
               name: str | None = None, **kwargs) -> LiveService:
         kwargs.setdefault("api_key_file", key_file(tmp_path))
+        # uncapped unless a test asks: the cap is stateful (a list depends on the lists served before it), and most
+        # tests compare served lists across adds and rollbacks; test_serving_cap.py covers the default
+        kwargs.setdefault("exposure_cap", 0.0)
         cfg = ServiceConfig(state_dir=tmp_path / state, **kwargs)
         service = LiveService.open(serving_run, cfg, SERVICE_OVERRIDES + list(overrides or []), leader, name)
         opened.append(service)

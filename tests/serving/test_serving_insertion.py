@@ -139,7 +139,7 @@ def test_the_service_serves_the_insertion_through_its_exposure_cap(open_service,
     fitted = _fitted(10)
     CalibratedInsertion(replace(fitted.cfg, cap=0.1), fitted.new_odds,
                         fitted.warm_odds).save(serving_run / "insertion-capped.json")
-    service = open_service("s-capped", ["insertion=insertion-capped.json"], exposure_cases=0)
+    service = open_service("s-capped", ["insertion=insertion-capped.json"], exposure_cases=0, exposure_cap=None)
     assert service.cap is not None and service.cap.share == 0.1 and service.exposure_batcher.cap is None
     # a cap whose warm-up is short enough to bind within a few requests: half the lists after the first two
     service.cap = service.batcher.cap = ExposureCap(0.5, warmup=2)

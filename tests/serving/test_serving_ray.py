@@ -60,8 +60,9 @@ def test_two_replicas_share_one_registry_and_follow_every_change(serve_port, ser
 
     from genrecedit.serving.replicas import APP_NAME, replicated_app
 
+    # uncapped: each replica's cap counts its own lists, and the replicas' lists are compared
     cfg = ServiceConfig(state_dir=tmp_path / "state", api_key_file=key_file(tmp_path), registry_url=pg_url,
-                        sync_interval_s=0.05)
+                        sync_interval_s=0.05, exposure_cap=0.0)
     serve.run(replicated_app(serving_run, cfg, 2, SERVICE_OVERRIDES), name=APP_NAME, route_prefix="/")
     base = f"http://127.0.0.1:{serve_port}"
     try:

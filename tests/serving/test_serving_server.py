@@ -18,6 +18,8 @@ from genrecedit.serving.process import ServerProcess
 from serving_helpers import HISTORIES, assert_recommendable, new_items, outputs, registry_state
 from serving_run import SERVICE_OVERRIDES, SHARED_DATASETS, game_slice, train_tiny_run
 
+UNCAPPED = ["--exposure-cap", "0"]
+
 
 @pytest.fixture(scope="module")
 def game(tmp_path_factory):
@@ -36,7 +38,8 @@ def test_game_cold_items_become_recommendable_and_roll_back_exactly(game):
     run, cold, histories, root = game
     assert len(cold) >= 8, "the game slice should offer test-period items"
     # the 1-epoch model is close to untrained: a small λ lets its few requests dominate the preservation term
-    with ServerProcess(run, root / "state", ["edit.lam=1"]) as server:
+    # uncapped (--exposure-cap 0): the cap is stateful, and this compares served lists across adds and rollbacks
+    with ServerProcess(run, root / "state", ["edit.lam=1"], extra_args=UNCAPPED) as server:
         c = server.client
         assert all(c.get(f"/items/{x['item_id']}").status_code == 404 for x in cold)
         before = outputs(c, histories)
@@ -59,7 +62,7 @@ def test_game_cold_items_become_recommendable_and_roll_back_exactly(game):
 def test_restart_after_kill_mid_edit(serving_run, tmp_path):
     # 40 pseudo-histories per item make the 200-item batch below take seconds: a window to kill the server in
     overrides = SERVICE_OVERRIDES + ["knowledge.histories_per_item=40"]
-    server = ServerProcess(serving_run, tmp_path / "state", overrides).start()
+    server = ServerProcess(serving_run, tmp_path / "state", overrides, extra_args=UNCAPPED).start()
     try:
         c = server.client
         first = c.post("/items", json={"items": new_items("a")}, headers={"Idempotency-Key": "first"})
@@ -89,7 +92,7 @@ def test_restart_after_kill_mid_edit(serving_run, tmp_path):
     finally:
         server.stop()
 
-    with ServerProcess(serving_run, tmp_path / "state", overrides) as again:
+    with ServerProcess(serving_run, tmp_path / "state", overrides, extra_args=UNCAPPED) as again:
         c = again.client
         assert c.get("/health").json()["interrupted_at_start"] == ["b000002"]
         assert registry_state(c)[1:] == state_before[1:]  # the model version and the catalog size, kept

@@ -23,7 +23,8 @@ N = 1000
 
 
 def _open(run, state: Path, tmp_path: Path) -> LiveService:
-    cfg = ServiceConfig(state_dir=state, exposure_cases=0, api_key_file=key_file(tmp_path))
+    # uncapped: the cap is stateful, and the lists are compared across restores and rollbacks
+    cfg = ServiceConfig(state_dir=state, exposure_cases=0, api_key_file=key_file(tmp_path), exposure_cap=0.0)
     return LiveService.open(run, cfg, SERVICE_OVERRIDES)
 
 

@@ -306,13 +306,15 @@ def create_app(service: LiveService) -> FastAPI:
 
 def serve(run_dir: Path, host: str = "127.0.0.1", port: int = 8000, state_dir: Path | None = None,
           overrides: list[str] | None = None, log_level: str = "info", api_key_file: Path | None = None,
-          insecure_no_auth: bool = False, registry_url: str | None = None) -> None:
-    """Load the run, restore the registry's state, and serve until interrupted (loopback by default)."""
+          insecure_no_auth: bool = False, registry_url: str | None = None, exposure_cap: float | None = None,
+          text_edits: bool | None = None) -> None:
+    """Load the run, restore the registry's state, and serve until interrupted (loopback by default);
+    ``exposure_cap`` and ``text_edits``: ``ServiceConfig``'s."""
     import uvicorn
 
     os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars of the edit stages would flood a server's log
     cfg = ServiceConfig(state_dir=state_dir, api_key_file=api_key_file, insecure_no_auth=insecure_no_auth,
-                        registry_url=registry_url)
+                        registry_url=registry_url, exposure_cap=exposure_cap, text_edits=text_edits)
     service = LiveService.open(run_dir, cfg, overrides)
     app = create_app(service)
     if app.state.auth.insecure_no_auth and not app.state.auth.configured:

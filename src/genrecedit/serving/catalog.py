@@ -142,15 +142,30 @@ class Snapshot:
 
     def rank(self, histories: np.ndarray, cfg: DecodeConfig, cap: ExposureCap | None = None) -> Beams:
         """The recipe this snapshot serves: beam search with the edit schedule, then the calibrated insertion or
-        the content prior over the catalog's new items. ``cap``: the insertion's lists are served through it, in
-        row order, each item counted by its id (so its count carries over snapshots)."""
+        the content prior over the catalog's new items. ``cap``: the lists are served through it, in row order,
+        each item counted by its id (so its count carries over snapshots); a new item it blocks leaves the list and
+        the next entry moves up (without an insertion the beams are decoded as wide as the beam for that)."""
+        key = self.catalog.item_ids.__getitem__
         if self.insertion is not None:
             width = self.insertion.cfg.width or cfg.k
             beams = self.recommender.recommend(histories, replace(cfg, k=width), self.schedule)
             return self.insertion.apply(self.catalog.embeddings, self.catalog.codes, self.new_items, histories, beams,
-                                        cfg.k, self.unit, cap=cap, key=self.catalog.item_ids.__getitem__)
-        beams = self.recommender.recommend(histories, cfg, self.schedule, record_levels=self.prior is not None)
-        return beams if self.prior is None else self.prior.apply(histories, beams, cfg.k)
+                                        cfg.k, self.unit, cap=cap, key=key)
+        width = cfg.k if cap is None else max(cfg.k, cfg.beam)
+        beams = self.recommender.recommend(histories, replace(cfg, k=width), self.schedule,
+                                           record_levels=self.prior is not None)
+        if self.prior is not None:
+            beams = self.prior.apply(histories, beams, width)
+        if cap is None:
+            return beams
+        items = beams.items.numpy()
+        is_new = (items >= 0) & ~self.catalog.warm[np.clip(items, 0, None)]
+        top, _ = cap.select(beams.scores.numpy(), items, is_new, cfg.k, key=key)
+        col = np.argmax(items[:, None, :] == top[:, :, None], axis=2)  # each kept entry's column in ``beams``
+        rows = np.arange(len(top))[:, None]
+        keep = torch.as_tensor(top >= 0)
+        return Beams(torch.as_tensor(top), torch.where(keep, beams.scores[rows, col], float("-inf")),
+                     torch.where(keep[:, :, None], beams.sids[rows, col], -1))
 
     @property
     def active_batches(self) -> list[str]:

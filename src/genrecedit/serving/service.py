@@ -39,7 +39,10 @@ never goes back, across restarts too.
 Reach: after each add the new snapshot decodes a seeded sample of the run's validation histories through the same
 function as ``recommend`` (``_ranked``, on a batcher of its own so that live requests neither wait behind it nor
 count it in their metrics), and the add answers each item's exposure (the share of those top-10 lists holding it)
-with a warning for an item that reaches no one or more than ``max_item_share`` of them (``serving.exposure``).
+with a warning for an item that reaches no one or more than ``max_item_share`` of them (``serving.exposure``). The
+lists served pass one exposure cap per process (``ServiceConfig.exposure_cap``): whatever placed a new item in a list
+(the insertion, an edit, the content prior), it enters at most that share of the lists served since it was first a
+candidate; the estimate reads uncapped lists.
 
 Replicas: a service opened with a ``leader`` is a follower. It never edits: adds and rollbacks go to the leader (the
 one process that applies edits, in-process or over a Ray Serve handle, ``serving.replicas``), and a thread polls the
@@ -64,6 +67,7 @@ from typing import Protocol
 
 import numpy as np
 
+from genrecedit.coldstart.exposure import ExposureCap
 from genrecedit.edit.artifact import EditArtifact, EditBatch, TriggerMode
 from genrecedit.edit.editor import EditReport
 from genrecedit.edit.knowledge import EditRequests
@@ -109,6 +113,11 @@ class ServiceConfig:
     trigger: TriggerMode | None = None  # how edits fire when decoding; None: the run's eval.trigger (its recipe)
     exposure_cases: int = 500  # validation histories decoded after each add to estimate reach; 0: no estimate
     max_item_share: float = 0.05  # an added item in more of those top-10 lists than this is flagged overexposed
+    # the share of the top-10 lists this process serves that any one new item may enter, whatever placed it there
+    # (an edit, the content prior or the insertion): ``coldstart.exposure.ExposureCap``. None: the adopted
+    # insertion's own cap (``insertion.cap``, the bound its selection held) where there is one, else
+    # ``max_item_share``. 0: uncapped.
+    exposure_cap: float | None = None
     # whether an added item's text edit fires when decoding. None: not where the run serves an adopted calibrated
     # insertion (the text-only recipe its validation chose reads no edit; the insertion serves the item, and the
     # edit stays stored for feedback to replace), else yes. Feedback edits always fire.
@@ -179,6 +188,8 @@ class LiveService:
         if self.cfg.exposure_cases < 0 or not 0 <= self.cfg.max_item_share <= 1:
             raise ConfigError(f"exposure_cases ({self.cfg.exposure_cases}) must be ≥ 0 and max_item_share "
                               f"({self.cfg.max_item_share}) in [0, 1]")
+        if self.cfg.exposure_cap is not None and not 0 <= self.cfg.exposure_cap <= 1:
+            raise ConfigError(f"exposure_cap must be in [0, 1] (0: uncapped) or None, got {self.cfg.exposure_cap}")
         if not self.cfg.sync_interval_s > 0 or not self.cfg.follow_timeout_s > 0:
             raise ConfigError(f"sync_interval_s ({self.cfg.sync_interval_s}) and follow_timeout_s "
                               f"({self.cfg.follow_timeout_s}) must be > 0")
@@ -210,8 +221,7 @@ class LiveService:
         self.jobs = AddJobs(self.registry, self._queue)
         self._closed = False
         decode = DecodeConfig(self.decode.beam, self.decode.k, self.decode.batch_size, self.decode.constrained)
-        # the insertion's exposure cap over the lists this process serves (None: no insertion, or no cap)
-        self.cap = self.insertion.cfg.exposure_cap() if self.insertion is not None else None
+        self.cap = self._exposure_cap()  # over every list this process serves (None: uncapped)
         self.batcher = RecommendBatcher(decode, self.cfg.batch_window_ms / 1e3, self.cfg.max_micro_batch,
                                         self.metrics.observe_batch, self.cap)
         # the exposure estimate's: the same decoding, off the live queue and out of the request metrics
@@ -226,6 +236,18 @@ class LiveService:
         self._start_stack: EditArtifact | None = None  # the empty stack with the layer map located at start
         self.warm_up: Future | None = (self._queue(self._warm_c0) if self.editor is not None and self.cfg.warm_c0
                                        else None)
+
+    def _exposure_cap(self) -> ExposureCap | None:
+        """``ServiceConfig.exposure_cap``: a fresh cap at that share; by default the adopted insertion's (its
+        selection's bound) or ``max_item_share``. A run without an adopted insertion serves its edits and the content
+        prior through it too: an added item's text edit can carry it into most lists (docs/service.md)."""
+        share = self.cfg.exposure_cap
+        if share is None:
+            if self.insertion is not None and self.insertion.cfg.cap is not None:
+                share = self.insertion.cfg.cap
+            else:
+                share = self.cfg.max_item_share
+        return ExposureCap(share) if share > 0 else None
 
     @classmethod
     def open(cls, run_dir: Path, cfg: ServiceConfig | None = None, overrides: list[str] | None = None,
