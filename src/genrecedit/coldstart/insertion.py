@@ -304,7 +304,7 @@ class CalibratedInsertion:
             raise ConfigError(f"calibrated insertion was fitted on lists of {self.cfg.width} beam items, got "
                               f"{beams.items.shape[1]}: decode with k={self.cfg.width}")
         if len(histories) == 0 or (len(new_items) == 0 and not self.cfg.rerank):
-            return Beams(beams.items[:, :k], beams.scores[:, :k], beams.sids[:, :k])
+            return beams.head(k)
         items, keys = self.rank(propose(embeddings, codes, new_items, histories, beams, self.cfg.recent,
                                         self.cfg.candidates, unit, content=self.cfg.rerank), k, cap=cap,
                                 new_items=new_items, order=order, key=key)

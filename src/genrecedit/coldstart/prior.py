@@ -161,11 +161,11 @@ class ContentPrior:
         at all, ``novel_only``)."""
         k = beams.items.shape[1] if k is None else k
         if len(self.new_items) == 0:  # a catalog without new items: nothing to mix in
-            return Beams(beams.items[:, :k], beams.scores[:, :k], beams.sids[:, :k])
+            return beams.head(k)
         if not self.cfg.stratified:
             return self.mix(self.prepare(histories, beams), k)
         novel = torch.as_tensor(self.ends_new(histories))
-        unmixed = Beams(beams.items[:, :k], beams.scores[:, :k], beams.sids[:, :k])
+        unmixed = beams.head(k)
         if self.cfg.novel_only:
             rest = unmixed
         else:

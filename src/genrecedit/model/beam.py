@@ -62,6 +62,10 @@ class Beams:
         """The lists of the rows ``mask`` selects (bool [B] or indices); ``levels`` are not kept."""
         return Beams(self.items[mask], self.scores[mask], self.sids[mask])
 
+    def head(self, k: int) -> "Beams":
+        """Each list's first ``k`` entries; ``levels`` are not kept."""
+        return Beams(self.items[:, :k], self.scores[:, :k], self.sids[:, :k])
+
 
 def beam_search(decoder: SteppedDecoder, layout: TokenLayout, trie: PrefixTrie, input_ids: torch.Tensor,
                 attention_mask: torch.Tensor, beam: int, k: int, constrained: bool = True,
