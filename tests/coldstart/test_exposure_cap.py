@@ -50,6 +50,22 @@ def test_the_cap_counts_in_the_serving_order_and_by_the_items_identity():
     assert not (top == 4).any()  # its two lists of the first call already fill the 20 % of 10
 
 
+def test_excluded_items_leave_the_list_before_the_cap_counts_it():
+    """A row's excluded item (a user's seen item) is out before anything is counted: it takes no share, and the
+    entry that moves up into the head in its place is the one counted (and capped)."""
+    keys, items, is_new = _rows(20)
+    exclude = np.full((20, 2), -1)
+    exclude[::2, 0] = 9  # even rows: new item 9 was seen
+    cap = ExposureCap(0.5, warmup=20, k=2)  # up to 10 of the first 20 lists per item
+    top, _ = cap.select(keys, items, is_new, 3, exclude=exclude)
+    assert not (top[::2] == 9).any() and (top[1::2, 0] == 9).all()  # out where excluded, first elsewhere
+    assert (top[::2] == [1, 8, 2]).all()  # item 8 moves up into the 2-item head, and is counted
+    assert cap.counts == {9: 10, 8: 10} and cap.blocked == 0
+    plain = ExposureCap(0.5, warmup=20, k=2)
+    top, _ = plain.select(keys, items, is_new, 3, exclude=np.full((20, 0), -1))
+    assert (top[:10, 0] == 9).all() and not (top[10:] == 9).any() and plain.blocked == 10  # held to its 10 lists
+
+
 def test_only_the_counted_head_of_a_list_is_capped_and_a_full_share_changes_nothing():
     keys, items, is_new = _rows(50)
     keys[:, 3] = -2.5  # item 9 at rank 3 of 4: outside a 2-item head

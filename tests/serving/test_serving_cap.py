@@ -102,3 +102,26 @@ def test_serve_passes_the_cap_and_the_text_edit_switch_on(monkeypatch, tmp_path)
         assert (calls[-1]["exposure_cap"], calls[-1]["text_edits"]) == want
     n = len(calls)
     assert CliRunner().invoke(app, base + ["--exposure-cap", "1.5"]).exit_code == 2 and len(calls) == n
+
+
+def test_with_exclude_seen_a_seen_new_item_takes_no_share_of_the_cap(open_service):
+    """``exclude_seen``: the user's seen items leave the list before the cap counts it. An added item that the
+    prior ranks first for its own topic, and that the user has seen, is neither served nor counted."""
+    service = open_service("s-cap-seen", PRIOR, exposure_cases=0)
+    with api(service) as c:
+        added = c.post("/items?wait=true", json={"items": new_items("seen", [3])})
+        assert added.status_code == 200, added.text
+        new_id = added.json()["items"][0]["item_id"]
+        history = _history(3) + [new_id]
+        snap = service.snapshot
+        head = snap.rank(snap.catalog.histories([history], service.max_history), replace(service.decode, k=10))
+        assert new_id in [snap.catalog.item_ids[i] for i in head.items[0].tolist() if i >= 0]  # it would count
+        service.cap = service.batcher.cap = ExposureCap(0.5, warmup=2)
+        for _ in range(3):
+            r = c.post("/recommend", json={"history": history, "k": 5, "exclude_seen": True})
+            assert r.status_code == 200, r.text
+            served = [x["item_id"] for x in r.json()["items"]]
+            assert len(served) == 5 and new_id not in served and not set(served) & set(history)
+        r = c.post("/recommend", json={"history": _history(3), "k": 5})  # a user who has not seen it
+        assert r.json()["items"][0]["item_id"] == new_id
+    assert service.cap.counts.get(new_id) == 1 and service.cap.blocked == 0

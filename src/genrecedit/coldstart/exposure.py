@@ -72,14 +72,19 @@ class ExposureCap:
         return self.counts.get(key, 0) + 1 <= self.share * max(lists, self.warmup)
 
     def select(self, keys: np.ndarray, items: np.ndarray, is_new: np.ndarray, k: int,
-               order: np.ndarray | None = None, key: Callable[[int], Hashable] | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
+               order: np.ndarray | None = None, key: Callable[[int], Hashable] | None = None,
+               exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The top ``k`` of each row of ``keys`` [n, m] (ranking keys, -inf: not a candidate) over ``items`` [n, m],
         served in ``order`` (default: row order), with the new entries (``is_new`` [n, m]) the cap blocks taken
         out: -> items [n, k] (-1: empty) and their keys [n, k], best first. ``key``: an item's identity across
-        calls (default: its index), so that a service whose catalog indices change counts the same item on."""
+        calls (default: its index), so that a service whose catalog indices change counts the same item on.
+        ``exclude`` [n, e] (item indices, -1: none): items a row may not serve (a user's seen items), taken out
+        before anything is counted, so an entry that moves up in their place is counted too."""
         key = key or int
         keys = np.array(keys, np.float64)
+        if exclude is not None and np.size(exclude):
+            ex = np.asarray(exclude, np.int64)
+            keys[((np.asarray(items)[:, :, None] == ex[:, None, :]) & (ex[:, None, :] >= 0)).any(2)] = -np.inf
         pick = np.argsort(-keys, axis=1, kind="stable")[:, :k]
         live = is_new & np.isfinite(keys)
         head = min(self.k, k)

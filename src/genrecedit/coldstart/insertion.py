@@ -270,11 +270,12 @@ class CalibratedInsertion:
 
     def rank(self, proposals: Proposals, k: int, bias: float | None = None, cap: ExposureCap | None = None,
              new_items: np.ndarray | None = None, order: np.ndarray | None = None,
-             key: Callable[[int], Hashable] | None = None) -> tuple[np.ndarray, np.ndarray]:
+             key: Callable[[int], Hashable] | None = None, exclude: np.ndarray | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
         """The merged top ``k``: items [n, k] (-1: empty) and their ranking keys [n, k] (log-odds; a proposal's
         less the margin), best first; ``bias`` overrides the configured margin. With ``cap`` the lists are served
-        through it in ``order`` (default: row order; ``key``: ``ExposureCap.select``): a proposal, and a beam
-        item among ``new_items``, counts as a new item."""
+        through it in ``order`` (default: row order; ``key``, ``exclude``: ``ExposureCap.select``): a proposal,
+        and a beam item among ``new_items``, counts as a new item."""
         bias = self.cfg.bias if bias is None else bias
         warm = np.where(proposals.beam_items >= 0, self.warm_odds(proposals.warm_x(self.cfg, self.counts)), -np.inf)
         if not self.cfg.rerank:
@@ -288,17 +289,18 @@ class CalibratedInsertion:
         if cap is not None:
             beam_new = np.isin(proposals.beam_items, np.asarray(new_items if new_items is not None else [], np.int64))
             is_new = np.concatenate([beam_new & (proposals.beam_items >= 0), proposals.items >= 0], 1)
-            return cap.select(keys, items, is_new, k, order, key)
+            return cap.select(keys, items, is_new, k, order, key, exclude)
         pick = np.argsort(-keys, axis=1, kind="stable")[:, :k]
         best = np.take_along_axis(keys, pick, 1)
         return np.where(np.isfinite(best), np.take_along_axis(items, pick, 1), -1), best
 
     def apply(self, embeddings: np.ndarray, codes: np.ndarray, new_items: np.ndarray, histories: np.ndarray,
               beams: Beams, k: int | None = None, unit: torch.Tensor | None = None, cap: ExposureCap | None = None,
-              order: np.ndarray | None = None, key: Callable[[int], Hashable] | None = None) -> Beams:
+              order: np.ndarray | None = None, key: Callable[[int], Hashable] | None = None,
+              exclude: np.ndarray | None = None) -> Beams:
         """The merged lists as ``Beams`` (scores: the calibrated log-probability of each entry's ranking key);
         ``unit``: the embeddings normalised already (``propose``); ``cap``: the lists served through it in
-        ``order`` (``rank``)."""
+        ``order``, without each row's ``exclude`` (``rank``)."""
         k = beams.items.shape[1] if k is None else k
         if self.cfg.width is not None and beams.items.shape[1] != self.cfg.width:
             raise ConfigError(f"calibrated insertion was fitted on lists of {self.cfg.width} beam items, got "
@@ -307,7 +309,7 @@ class CalibratedInsertion:
             return beams.head(k)
         items, keys = self.rank(propose(embeddings, codes, new_items, histories, beams, self.cfg.recent,
                                         self.cfg.candidates, unit, content=self.cfg.rerank), k, cap=cap,
-                                new_items=new_items, order=order, key=key)
+                                new_items=new_items, order=order, key=key, exclude=exclude)
         scores = np.where(items >= 0, -np.logaddexp(0.0, -keys), -np.inf)  # log σ(key)
         sids = torch.as_tensor(np.asarray(codes, np.int64))[torch.as_tensor(np.clip(items, 0, None))]
         sids = torch.where(torch.as_tensor(items)[:, :, None] >= 0, sids, -1)

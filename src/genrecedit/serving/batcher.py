@@ -35,6 +35,7 @@ class _Waiting:
     history: np.ndarray  # [L] item indices, left-padded
     k: int
     future: Future
+    exclude: np.ndarray | None = None  # item indices this request may not be served (its user's seen items)
 
 
 _STOP = object()
@@ -54,10 +55,11 @@ class RecommendBatcher:
         self._thread = threading.Thread(target=self._loop, name="recommend-batcher", daemon=True)
         self._thread.start()
 
-    def submit(self, snapshot: Snapshot, history: np.ndarray, k: int) -> Future:
-        """history [L] item indices of ``snapshot``'s catalog -> a Future of ``Ranked``."""
+    def submit(self, snapshot: Snapshot, history: np.ndarray, k: int, exclude: np.ndarray | None = None) -> Future:
+        """history [L] item indices of ``snapshot``'s catalog -> a Future of ``Ranked``. ``exclude``: item indices
+        the cap must take out of this list before it counts it (the caller still filters them from the answer)."""
         future: Future = Future()
-        self._queue.put(_Waiting(snapshot, history, k, future))
+        self._queue.put(_Waiting(snapshot, history, k, future, exclude))
         return future
 
     def close(self) -> None:
@@ -101,7 +103,7 @@ class RecommendBatcher:
         k = max(w.k for w in group)
         cfg = replace(self.decode, k=k, batch_size=len(group))
         try:
-            beams = snap.rank(np.stack([w.history for w in group]), cfg, self.cap)
+            beams = snap.rank(np.stack([w.history for w in group]), cfg, self.cap, _exclusions(group))
         except Exception as err:  # noqa: BLE001 - handed to every waiting request
             for w in group:
                 w.future.set_exception(err)
@@ -110,3 +112,15 @@ class RecommendBatcher:
         for row, w in enumerate(group):
             keep = items[row, : w.k] >= 0
             w.future.set_result(Ranked(items[row, : w.k][keep], scores[row, : w.k][keep]))
+
+
+def _exclusions(group: list[_Waiting]) -> np.ndarray | None:
+    """[n, e] the group's ``exclude`` rows, -1 padded; None when no request excludes anything."""
+    rows = [w.exclude if w.exclude is not None else np.zeros(0, np.int64) for w in group]
+    width = max(len(r) for r in rows)
+    if width == 0:
+        return None
+    out = np.full((len(group), width), -1, np.int64)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = r
+    return out

@@ -140,17 +140,20 @@ class Snapshot:
     new_items: np.ndarray | None = None  # the catalog's new items and its unit embeddings, bound once for the
     unit: torch.Tensor | None = None  # insertion (not per request)
 
-    def rank(self, histories: np.ndarray, cfg: DecodeConfig, cap: ExposureCap | None = None) -> Beams:
+    def rank(self, histories: np.ndarray, cfg: DecodeConfig, cap: ExposureCap | None = None,
+             exclude: np.ndarray | None = None) -> Beams:
         """The recipe this snapshot serves: beam search with the edit schedule, then the calibrated insertion or
         the content prior over the catalog's new items. ``cap``: the lists are served through it, in row order,
         each item counted by its id (so its count carries over snapshots); a new item it blocks leaves the list and
-        the next entry moves up (without an insertion the beams are decoded as wide as the beam for that)."""
+        the next entry moves up (without an insertion the beams are decoded as wide as the beam for that);
+        ``exclude`` [n, e] (-1: none): items each row may not serve, taken out before the cap counts (with a cap
+        only: without one a caller filters the list itself)."""
         key = self.catalog.item_ids.__getitem__
         if self.insertion is not None:
             width = self.insertion.cfg.width or cfg.k
             beams = self.recommender.recommend(histories, replace(cfg, k=width), self.schedule)
             return self.insertion.apply(self.catalog.embeddings, self.catalog.codes, self.new_items, histories, beams,
-                                        cfg.k, self.unit, cap=cap, key=key)
+                                        cfg.k, self.unit, cap=cap, key=key, exclude=exclude)
         width = cfg.k if cap is None else max(cfg.k, cfg.beam)
         beams = self.recommender.recommend(histories, replace(cfg, k=width), self.schedule,
                                            record_levels=self.prior is not None)
@@ -160,7 +163,7 @@ class Snapshot:
             return beams
         items = beams.items.numpy()
         is_new = (items >= 0) & ~self.catalog.warm[np.clip(items, 0, None)]
-        top, _ = cap.select(beams.scores.numpy(), items, is_new, cfg.k, key=key)
+        top, _ = cap.select(beams.scores.numpy(), items, is_new, cfg.k, key=key, exclude=exclude)
         col = np.argmax(items[:, None, :] == top[:, :, None], axis=2)  # each kept entry's column in ``beams``
         rows = np.arange(len(top))[:, None]
         keep = torch.as_tensor(top >= 0)

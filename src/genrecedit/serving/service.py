@@ -283,10 +283,11 @@ class LiveService:
                                        f"(the model reads the last {self.max_history})")
         snap = self.snapshot
         hist = snap.catalog.histories([history], self.max_history)
-        ranked = self._ranked(snap, hist, self.decode.beam if exclude_seen else k)[0]
+        seen = {snap.catalog.index[item] for item in history} if exclude_seen else set()
+        exclude = [np.fromiter(seen, np.int64, len(seen))] if seen else None  # out before the cap counts the list
+        ranked = self._ranked(snap, hist, self.decode.beam if exclude_seen else k, exclude=exclude)[0]
         pairs = list(zip(ranked.items.tolist(), ranked.scores.tolist()))
         if exclude_seen:
-            seen = {snap.catalog.index[item] for item in history}
             pairs = [(i, s) for i, s in pairs if i not in seen][:k]
         return {"items": [{"item_id": snap.catalog.item_ids[i], "score": float(s),
                            **self._metadata(snap, snap.catalog.item_ids[i])} for i, s in pairs],
@@ -304,12 +305,14 @@ class LiveService:
             self._texts = (snap.version, texts)
         return ItemMetadata.added(texts[item_id])
 
-    def _ranked(self, snap: Snapshot, histories: np.ndarray, k: int,
-                batcher: RecommendBatcher | None = None) -> list[Ranked]:
+    def _ranked(self, snap: Snapshot, histories: np.ndarray, k: int, batcher: RecommendBatcher | None = None,
+                exclude: list[np.ndarray] | None = None) -> list[Ranked]:
         """Top-k of ``snap`` for histories [n, L] (catalog indices, left-padded), micro-batched: the one decoding
-        path of ``recommend`` and of the exposure estimate (default batcher: the live one)."""
+        path of ``recommend`` and of the exposure estimate (default batcher: the live one). ``exclude``: per
+        history, the items its list may not hold (``RecommendBatcher.submit``)."""
         batcher = batcher or self.batcher
-        futures = [batcher.submit(snap, h, k) for h in histories]
+        futures = [batcher.submit(snap, h, k, None if exclude is None else exclude[i])
+                   for i, h in enumerate(histories)]
         return [f.result() for f in futures]
 
     def _exposure(self, snap: Snapshot, new: np.ndarray) -> dict:
