@@ -310,10 +310,7 @@ class CalibratedInsertion:
         items, keys = self.rank(propose(embeddings, codes, new_items, histories, beams, self.cfg.recent,
                                         self.cfg.candidates, unit, content=self.cfg.rerank), k, cap=cap,
                                 new_items=new_items, order=order, key=key, exclude=exclude)
-        scores = np.where(items >= 0, -np.logaddexp(0.0, -keys), -np.inf)  # log σ(key)
-        sids = torch.as_tensor(np.asarray(codes, np.int64))[torch.as_tensor(np.clip(items, 0, None))]
-        sids = torch.where(torch.as_tensor(items)[:, :, None] >= 0, sids, -1)
-        return Beams(torch.as_tensor(items), torch.as_tensor(scores, dtype=torch.float32), sids)
+        return Beams.of_items(items, np.where(items >= 0, -np.logaddexp(0.0, -keys), -np.inf), codes)  # log σ(key)
 
     def save(self, path: Path) -> None:
         write_json(path, self.to_dict())

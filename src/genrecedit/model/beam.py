@@ -66,6 +66,15 @@ class Beams:
         """Each list's first ``k`` entries; ``levels`` are not kept."""
         return Beams(self.items[:, :k], self.scores[:, :k], self.sids[:, :k])
 
+    @staticmethod
+    def of_items(items: np.ndarray, scores: np.ndarray, codes: np.ndarray) -> "Beams":
+        """Lists re-ranked outside beam search: items [B, K] (-1: empty), their scores [B, K] and the catalog's
+        codes [n_items, P], from which each entry's SIDs are read (-1 for an empty slot)."""
+        items = torch.as_tensor(np.asarray(items, np.int64))
+        sids = torch.as_tensor(np.asarray(codes, np.int64))[items.clamp(min=0)]
+        return Beams(items, torch.as_tensor(np.asarray(scores), dtype=torch.float32),
+                     torch.where(items[:, :, None] >= 0, sids, -1))
+
 
 def beam_search(decoder: SteppedDecoder, layout: TokenLayout, trie: PrefixTrie, input_ids: torch.Tensor,
                 attention_mask: torch.Tensor, beam: int, k: int, constrained: bool = True,

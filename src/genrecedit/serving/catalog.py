@@ -163,12 +163,8 @@ class Snapshot:
             return beams
         items = beams.items.numpy()
         is_new = (items >= 0) & ~self.catalog.warm[np.clip(items, 0, None)]
-        top, _ = cap.select(beams.scores.numpy(), items, is_new, cfg.k, key=key, exclude=exclude)
-        col = np.argmax(items[:, None, :] == top[:, :, None], axis=2)  # each kept entry's column in ``beams``
-        rows = np.arange(len(top))[:, None]
-        keep = torch.as_tensor(top >= 0)
-        return Beams(torch.as_tensor(top), torch.where(keep, beams.scores[rows, col], float("-inf")),
-                     torch.where(keep[:, :, None], beams.sids[rows, col], -1))
+        return Beams.of_items(*cap.select(beams.scores.numpy(), items, is_new, cfg.k, key=key, exclude=exclude),
+                              self.catalog.codes)
 
     @property
     def active_batches(self) -> list[str]:
