@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from genrecedit.data.dataset import PAD_ITEM, CaseSet, RecDataset, Split, ends_with
-from genrecedit.data.protocols import SplitConfig, format_split_summary, make_split, save_split_summary, split_summary
+from genrecedit.data.protocols import (SplitConfig, format_split_summary, make_split, save_split_summary, split_summary,
+                                      unseen_user_valid)
 from genrecedit.data.readers import load_dataset
 from genrecedit.errors import ConfigError
 
@@ -272,3 +273,62 @@ def test_ends_with_reads_the_last_slot_only_and_never_padding():
     assert ends_with(histories, np.array([7, 3])).tolist() == [True, False, False, True]
     assert ends_with(histories, np.array([PAD_ITEM])).tolist() == [False] * 4  # padding is no item
     assert ends_with(histories, np.array([], dtype=np.int64)).tolist() == [False] * 4
+
+
+# ---- validation cases of the users the filter left out (unseen_user_valid) -----------------------------------------
+# KNOWN plus f (train-period interactions, then two in validation) and g (validation only); neither has a test one
+UNSEEN = make_ds(list(KNOWN.interactions.itertuples(index=False, name=None)) + [
+    ("f", "i2", 1), ("f", "i6", 2), ("f", "i3", 8), ("f", "i1", 8.2),
+    ("g", "i9", 8.1),
+], extra_items=("i9",))
+
+
+def test_unseen_user_valid_known_truth():
+    cfg = replace(KNOWN_CFG, valid_quantile=0.6, test_quantile=0.8)  # t1 = 7.8, t2 = 8.52
+    split = make_split(UNSEEN, cfg)
+    assert split.user_ids == ["a", "b", "d", "e"] and split.info["t1"] < 8 < 8.2 < split.info["t2"] < 9
+    extra = unseen_user_valid(UNSEEN, split, cfg)
+    named = [(u, tuple(split.item_ids[i] for i in h if i != P), split.item_ids[t], float(ts))
+             for u, h, t, ts in zip(extra.users, extra.histories, extra.targets, extra.timestamps)]
+    # f's earlier interactions are history only (never a training sample); c has no validation interaction
+    assert named == [(4, ("i2", "i6"), "i3", 8.0), (4, ("i2", "i6", "i3"), "i1", 8.2), (5, (), "i9", 8.1)]
+    assert not np.isin(split.train.users, extra.users).any()  # numbered past the split's users
+    # nothing of theirs was trained on: i6 (c's and f's only) stays cold
+    assert not split.warm[split.item_ids.index("i6")]
+    # every user in the split, or no filter: nothing to add; loo has no period cutoffs
+    for other in (replace(cfg, filter_test_users=False), SplitConfig(protocol="loo", max_history=3)):
+        assert len(unseen_user_valid(UNSEEN, make_split(UNSEEN, other), other)) == 0
+    with pytest.raises(ConfigError, match="catalog"):
+        unseen_user_valid(make_ds(list(UNSEEN.interactions.itertuples(index=False, name=None)),
+                                  extra_items=("i9", "j1")), make_split(UNSEEN, cfg), cfg)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.lists(st.tuples(st.integers(0, 7), st.integers(0, 7), st.integers(0, 12)), min_size=1, max_size=60),
+    protocol=st.sampled_from(["time", "holdout"]),
+    drops_valid=st.booleans(),
+    max_history=st.integers(1, 6),
+)
+def test_property_unseen_user_valid_matches_brute_force(rows, protocol, drops_valid, max_history):
+    """Per left-out user: every validation-period interaction, its history the user's preceding interactions less
+    those the holdout dropped (a held item's before t1, or before t2 when the holdout drops validation too)."""
+    ds = make_ds([(f"u{u}", f"i{i}", float(t)) for u, i, t in rows])
+    cfg = SplitConfig(protocol=protocol, max_history=max_history, holdout_fraction=0.5,
+                      holdout_drops_valid=drops_valid)
+    split = make_split(ds, cfg)
+    extra = unseen_user_valid(ds, split, cfg)
+    t1, t2 = split.info["t1"], split.info["t2"]
+    held = set(split.info.get("holdout_items", []))
+    cut = t2 if drops_valid else t1
+    expected, n = [], len(split.user_ids)
+    for u in sorted(set(ds.interactions["user_id"]) - set(split.user_ids)):
+        seq = [(i, t) for uu, i, t in ds.interactions.itertuples(index=False, name=None)
+               if uu == u and not (i in held and t < cut)]
+        assert all(t < t2 for _, t in seq)  # a left-out user has no test interaction
+        cases = [(n, tuple(x for x, _ in seq[:k][-max_history:]), i, t) for k, (i, t) in enumerate(seq) if t >= t1]
+        expected += cases
+        n += bool(cases)
+    got = [(int(u), tuple(split.item_ids[i] for i in h if i != P), split.item_ids[t], float(ts))
+           for u, h, t, ts in zip(extra.users, extra.histories, extra.targets, extra.timestamps)]
+    assert got == expected

@@ -29,7 +29,8 @@ from genrecedit.data.dataset import PAD_ITEM, CaseSet, RecDataset, Split
 from genrecedit.data.summary import format_split_summary, save_split_summary, split_summary
 from genrecedit.errors import ConfigError
 
-__all__ = ["SplitConfig", "make_split", "split_summary", "save_split_summary", "format_split_summary"]
+__all__ = ["SplitConfig", "make_split", "unseen_user_valid", "split_summary", "save_split_summary",
+           "format_split_summary"]
 
 Protocol = Literal["time", "loo", "holdout"]
 DROPPED, TRAIN, VALID, TEST = -1, 0, 1, 2
@@ -216,3 +217,35 @@ def make_split(ds: RecDataset, cfg: SplitConfig) -> Split:
         train_sequences=train_sequences, train=train, valid=valid, test=test, warm=warm,
         max_history=cfg.max_history, info=info,
     )
+
+
+def unseen_user_valid(ds: RecDataset, split: Split, cfg: SplitConfig) -> CaseSet:
+    """The validation cases of the users ``filter_test_users`` left out of ``split`` (``time``, ``holdout``): each
+    interaction of theirs in the validation period, its history their preceding interactions (the same cutoffs; a
+    held-out item's dropped interactions stay dropped). None of their interactions is a training sample, and they
+    have no test interaction by definition, so no model has learnt them and nothing of the test period is read
+    (the users are told apart by ``split.user_ids``, not by test cases). The users with a case are numbered
+    from ``len(split.user_ids)`` on, in id order. Empty for ``loo`` or without the filter (then every user is in ``split``)."""
+    empty = CaseSet(np.zeros(0, np.int64), np.zeros((0, cfg.max_history), np.int64), np.zeros(0, np.int64),
+                    np.zeros(0, np.float64))
+    if cfg.protocol == "loo" or not cfg.filter_test_users or "t1" not in split.info:
+        return empty
+    catalog, inter = _encode(ds)
+    if list(catalog) != list(split.item_ids):
+        raise ConfigError(f"{ds.name}: the dataset's catalog is not the split's; was the split made from it?")
+    t1, t2 = float(split.info["t1"]), float(split.info["t2"])
+    outside = ~np.isin(inter.user_ids, np.asarray(split.user_ids, dtype=object))
+    keep = outside[inter.users] & (inter.times < t2)
+    if cfg.protocol == "holdout":
+        held = np.isin(np.asarray(catalog, dtype=object), np.asarray(split.info.get("holdout_items", []), dtype=object))
+        dropped = inter.times < (t2 if cfg.holdout_drops_valid else t1)
+        keep &= ~(held[inter.items] & dropped)
+    if not keep.any():
+        return empty
+    codes, users = np.unique(inter.users[keep], return_inverse=True)
+    items, times = inter.items[keep], inter.times[keep]
+    pos = _positions(users.astype(np.int64), codes.size)
+    rows = np.flatnonzero(times >= t1)
+    numbers = np.unique(users[rows], return_inverse=True)[1].astype(np.int64)  # users with a case, in id order
+    return CaseSet(numbers + len(split.user_ids), _histories(items, pos, rows, cfg.max_history),
+                   items[rows].astype(np.int64), times[rows])
