@@ -238,3 +238,28 @@ def test_stratified_settings_load_from_plain_mappings_and_refuse_nesting():
         PriorConfig(novel_only=True)
     with pytest.raises(ConfigError, match="unknown"):
         _build(RunConfig, {"prior": {"novel": {"bugdet": 0.6}}}, "")
+
+
+def test_settings_mixed_from_one_preparation_equal_each_mixed_alone():
+    """A grid mixes many settings from one ``prepare``; what the new items' pass caches (per temperature,
+    threshold and k) must give each setting exactly its own mixture, whichever setting came first."""
+    trie = PrefixTrie(CODES, (2, 2, 4))
+    beams = _beams(trie)
+    hist = np.array([[-1, 0], [0, 3], [-1, -1], [2, 1]])
+    beams = Beams(beams.items.repeat(4, 1), beams.scores.repeat(4, 1), beams.sids.repeat(4, 1, 1),
+                  [(n.repeat(4, 1), s.repeat(4, 1)) for n, s in beams.levels])
+    base = PriorConfig(enabled=True, budget=0.2, temperature=0.1, threshold=0.5, scope=1)
+    settings = [base, PriorConfig(**{**base.__dict__, "budget": 0.6}),
+                PriorConfig(**{**base.__dict__, "threshold": 0.2}),
+                PriorConfig(**{**base.__dict__, "temperature": 0.2}),
+                PriorConfig(**{**base.__dict__, "novel_budget": 0.9})]
+    prior = ContentPrior(base, EMB, CODES, NEW, trie)
+    shared = prior.prepare(hist, beams)
+    for k in (6, 2):
+        for cfg in settings + settings[::-1]:
+            got = prior.mix(shared, k, cfg)
+            alone = prior.mix(prior.prepare(hist, beams), k, cfg)
+            assert torch.equal(got.items, alone.items) and torch.equal(got.scores, alone.scores)
+    assert len(shared[0].ranked) == 3 * 2  # (τ, θ) pairs × k values: the budgets shared a pass
+    moved = prior.mix(shared, 6, settings[1])
+    assert not torch.equal(moved.scores, prior.mix(shared, 6, settings[0]).scores)  # the budget still matters

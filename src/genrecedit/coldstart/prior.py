@@ -31,7 +31,7 @@ which new item of that kind. Nothing here is trained; the new items' interaction
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -127,6 +127,8 @@ class _Rows:
     col: torch.Tensor
     is_new: torch.Tensor
     novelty: torch.Tensor  # [n] float64: the share of new items among the history's last `recent` items
+    # per (temperature, threshold, k): what the mixture computes over every new item (``ContentPrior._ranked_new``)
+    ranked: dict = field(default_factory=dict)
 
 
 class ContentPrior:
@@ -238,7 +240,15 @@ class ContentPrior:
         novelty = novel.double() / valid.sum(1).clamp(min=1)
         return _Rows(sims, slot, prefix_scores, items, scores, item_slot, col, is_new, novelty)
 
-    def _mix_rows(self, r: "_Rows", cfg: PriorConfig, k: int, heads: tuple[int, ...]) -> dict[int, tuple]:
+    def _ranked_new(self, r: "_Rows", cfg: PriorConfig, k: int) -> tuple:
+        """What the mixture computes over all m new items, which the budget does not change (it adds log β, one
+        constant per row, to every candidate of the row): each prefix's log normaliser lse [n, W], and per row
+        the ``k`` best new items not in the beam (their columns [n, k]) with the terms of their score (the prefix's
+        log-probability, z, the prefix's lse; [n, k] each) and those terms for each beam item's own column [n, K].
+        Cached on ``r`` per (τ, θ, k): a grid's budgets share one pass over the new items."""
+        key = (cfg.temperature, cfg.threshold, k)
+        if key in r.ranked:
+            return r.ranked[key]
         z = r.sims.double() / cfg.temperature
         n, width = r.prefix_scores.shape
         slot = r.slot.long()
@@ -246,25 +256,37 @@ class ContentPrior:
         mass = torch.zeros((n, width + 1), dtype=torch.float64).scatter_add_(1, slot, torch.exp(z - top))[:, :width]
         none = cfg.threshold / cfg.temperature
         lse = top + torch.log(math.exp(none - top) + mass)  # [n, W] log of the prefix's softmax normaliser
+        safe = slot.clamp(max=width - 1)
+        base, lse_at = r.prefix_scores.gather(1, safe), lse.gather(1, safe)
+        reachable = (slot < width) & torch.isfinite(base)
+        # a new item the beam also found is counted once, in the beam's entry
+        found = torch.zeros(z.shape, dtype=torch.long).scatter_add_(1, r.col, r.is_new.long()) > 0
+        order = torch.where(reachable & ~found, base + z - lse_at, float("-inf"))  # the candidates' order
+        idx = order.topk(min(k, order.shape[1]), dim=1).indices
+        own = torch.where(reachable.gather(1, r.col), 0.0, float("-inf"))  # a beam item's column: -inf unreachable
+        out = (lse, idx, torch.isfinite(order.gather(1, idx)), base.gather(1, idx), z.gather(1, idx),
+               lse_at.gather(1, idx), base.gather(1, r.col) + own, z.gather(1, r.col), lse_at.gather(1, r.col))
+        r.ranked[key] = out
+        return out
+
+    def _mix_rows(self, r: "_Rows", cfg: PriorConfig, k: int, heads: tuple[int, ...]) -> dict[int, tuple]:
+        lse, c_idx, ok, base, z, lse_at, own_base, own_z, own_lse = self._ranked_new(r, cfg, k)
+        n, width = r.prefix_scores.shape
+        none = cfg.threshold / cfg.temperature
         budget = torch.full((n, 1), cfg.budget, dtype=torch.float64)
         if cfg.novel_budget is not None:
             budget = budget + (cfg.novel_budget - cfg.budget) * r.novelty[:, None]
         moved = budget * (1.0 - torch.exp(none - lse))  # share of each prefix's probability that moves
-        safe = slot.clamp(max=width - 1)
-        base = r.prefix_scores.gather(1, safe)
-        cand = base + torch.log(budget) + z - lse.gather(1, safe)
-        cand = torch.where((slot < width) & torch.isfinite(base), cand, float("-inf"))
+        log_budget = torch.log(budget)
+        # a candidate's score: its prefix's log-probability + log β + z − the prefix's lse (a prefix's mixture)
+        c_scores = torch.where(ok, base + log_budget + z - lse_at, float("-inf"))
         # the beams' own items: scaled by what their prefix gave away; a new item also found by the beam keeps
         # both shares (the mixture adds them)
         present = r.items >= 0
         give = torch.where(r.item_slot >= 0, moved.gather(1, r.item_slot.clamp(min=0)), torch.zeros_like(r.scores))
         kept = r.scores + torch.log1p(-give)
-        from_prior = torch.where(r.is_new, cand.gather(1, r.col), float("-inf"))
+        from_prior = torch.where(r.is_new, own_base + log_budget + own_z - own_lse, float("-inf"))
         kept = torch.where(r.is_new, torch.logaddexp(kept, from_prior), kept)
-        found = torch.zeros(cand.shape, dtype=torch.long).scatter_add_(1, r.col, r.is_new.long()) > 0
-        cand = cand.masked_fill(found, float("-inf"))  # counted once, in the beam's entry
-        take = min(k, cand.shape[1])
-        c_scores, c_idx = cand.topk(take, dim=1)
         all_items = torch.cat([r.items, self.new_items[c_idx]], dim=1)
         all_scores = torch.cat([torch.where(present, kept, float("-inf")), c_scores], dim=1)
         all_scores = torch.where(all_items >= 0, all_scores, float("-inf"))

@@ -3,6 +3,7 @@ request mix it is held at (``WarmPlan``), the warm drop per kind of history (``s
 choose a prior's setting per kind (``choose_strata``, ``allocate_strata``). Used by ``runs.coldstart``."""
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -133,14 +134,36 @@ def mixed_drop(strata: list[tuple[np.ndarray, np.ndarray, float]], below: float 
     point = drop(sum(w * a.mean() for a, _, w in strata), sum(w * b.mean() for _, b, w in strata))
     if point > below:
         return float(point), None
-    rng = np.random.default_rng(seed)
     num, den = np.zeros(n_boot), np.zeros(n_boot)
-    for a, b, w in strata:
-        for start in range(0, n_boot, 100):
-            idx = rng.integers(0, len(a), size=(min(100, n_boot - start), len(a)))
-            num[start:start + len(idx)] += w * a[idx].mean(1)
-            den[start:start + len(idx)] += w * b[idx].mean(1)
+    for (a, b, w), counts in zip(strata, resample_counts(tuple(len(a) for a, _, _ in strata), n_boot, seed)):
+        num += w * _resampled_mean(counts, a)
+        den += w * _resampled_mean(counts, b)
     return float(point), float(np.quantile(drop(num, den), 0.975))
+
+
+@functools.lru_cache(maxsize=8)
+def resample_counts(sizes: tuple[int, ...], n_boot: int, seed: int) -> tuple[np.ndarray, ...]:
+    """Per stratum of ``sizes`` cases, [n_boot, size] uint8: how often each case is drawn in each bootstrap
+    resample (``rng.integers`` draws, stratum after stratum, in chunks of 100 resamples). Every cell of a grid is
+    scored on the same cases with the same seed, so one set of draws serves all its intervals (cached)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for n in sizes:
+        counts = np.zeros((n_boot, n), np.uint8)
+        for start in range(0, n_boot, 100):
+            rows = min(100, n_boot - start)
+            idx = rng.integers(0, n, size=(rows, n)) + n * np.arange(rows)[:, None]
+            counts[start:start + rows] = np.bincount(idx.ravel(), minlength=rows * n).reshape(rows, n)
+        counts.flags.writeable = False
+        out.append(counts)
+    return tuple(out)
+
+
+def _resampled_mean(counts: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """[n_boot] the mean of ``values`` [n] in each resample of ``counts``: per-case NDCG is mostly 0, so only the
+    cases with a value are read."""
+    nz = np.flatnonzero(values)
+    return counts[:, nz].astype(np.float64) @ values[nz] / max(len(values), 1)
 
 
 STRATA = ("rest", "novel")  # the history's last item warm (or none) / new
