@@ -130,6 +130,10 @@ def coldstart(run_dir: RunDir, overrides: Overrides = None,
               name: str = "coldstart",
               valid_max_cases: Annotated[Optional[int], typer.Option(
                   help="select on a seeded sample of this many validation cases (default: all)")] = None,
+              valid_users: Annotated[str, typer.Option(
+                  help="whose validation cases select: 'test', the split's users (with filter_test_users, those "
+                       "with a test interaction), or 'all', also the users the filter left out (never trained on; "
+                       "more evidence where few users reach the test period)")] = "test",
               max_warm_drop: float = 0.03, max_item_share: float = 0.05,
               upper: Annotated[bool, typer.Option(
                   "--upper/--point", help="hold the warm-drop bound at the upper end of its 95 % interval on "
@@ -191,7 +195,7 @@ def coldstart(run_dir: RunDir, overrides: Overrides = None,
                              insertion=InsertionGrid(objective=objective,
                                                      popularity=(False, True) if popularity else (False,),
                                                      cap=exposure_cap, **rules),
-                             valid_max_cases=valid_max_cases)
+                             valid_max_cases=valid_max_cases, valid_users=valid_users)
         report = run_coldstart(run, out or run_dir, spec, artifact, name, echo=typer.echo)
         if adopt and report["recipe"] is not None:
             from genrecedit.runs.coldstart import adopt
@@ -324,12 +328,16 @@ def baselines(run_dir: RunDir, baseline: Annotated[list[str], typer.Option("--ba
 
 @app.command()
 def demo(config: ConfigArg = "demo", overrides: Overrides = None, run_dir: RunDir = Path("runs/demo"),
+         upper_bound: Annotated[bool, typer.Option(
+             "--upper-bound/--no-upper-bound", help="also edit with the held-out items' true test histories and "
+                                                    "score that Upper Bound row (an analysis that reads test; about "
+                                                    "a minute more)")] = False,
          device: Device = None) -> None:
     """ML-100k end to end: train a small TIGER, inject the held-out items, print before/after metrics."""
     from genrecedit.runs.demo import run_demo
 
     try:
-        run_demo(_config(config, overrides, device), run_dir, echo=typer.echo)
+        run_demo(_config(config, overrides, device), run_dir, echo=typer.echo, upper_bound=upper_bound)
     except GenRecEditError as err:
         _fail(err)
 

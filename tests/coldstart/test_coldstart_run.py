@@ -382,3 +382,21 @@ def test_the_rule_and_cap_options_set_the_insertion_grid_coldstart_selects_with(
     for args in ([], ["--no-exposure-cap"]):
         assert CliRunner().invoke(app, ["coldstart", "-r", str(tmp_path), *args]).exit_code == 0
     assert caps == [True, False]
+
+
+def test_the_valid_users_option_reaches_the_spec_and_a_bad_one_exits_with_an_error(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    import genrecedit.runs.backbone as backbone
+    import genrecedit.runs.coldstart as cs
+    from genrecedit.cli import app
+
+    seen = []
+    monkeypatch.setattr(backbone, "load_run", lambda *a, **k: None)
+    monkeypatch.setattr(cs, "coldstart", lambda run, out, spec, *a, **k: seen.append(spec.valid_users) or
+                        {"recipe": None})
+    for args in ([], ["--valid-users", "all"]):
+        assert CliRunner().invoke(app, ["coldstart", "-r", str(tmp_path), *args]).exit_code == 0
+    assert seen == ["test", "all"]
+    result = CliRunner().invoke(app, ["coldstart", "-r", str(tmp_path), "--valid-users", "everyone"])
+    assert result.exit_code != 0 and "valid_users" in result.output and len(seen) == 2

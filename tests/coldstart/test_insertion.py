@@ -448,6 +448,12 @@ def test_without_spending_the_rerank_gain_a_cell_keeps_the_bound_against_its_own
     spent = insertion_selection(run, cases, beams, dataclasses.replace(
         spec, insertion=spec.insertion.rule(1.0, True)), progress=False)
     assert not any("warm_drop_planned_rerank" in c["metrics"] for c in spent["cells"])
+    # both rules from one pass over the grid: each the very selection it makes alone
+    from genrecedit.runs.coldstart import select_on_window
+
+    both = select_on_window(run, cases, beams, spec, False, spends=(True, False))
+    for spend, alone in ((False, sel), (True, spent)):
+        assert both[spend] == {k: v for k, v in alone.items() if k != "rule_check"}
 
 
 def test_the_forward_check_scores_each_rule_on_later_cases_than_it_chose_on(sequel_run, monkeypatch):
@@ -489,8 +495,9 @@ def test_the_forward_check_scores_each_rule_on_later_cases_than_it_chose_on(sequ
     assert check["n_held"] == held.sum() and check["n_fit"] == (~held).sum()
     assert [tuple(r["rule"]) for r in check["rules"]] == list(spec.insertion.rules)
     cut = cases.timestamps[held].min()
-    assert len(seen) == 5 and all(t.max() <= cut and len(t) == (~held).sum() for t in seen[:4])
-    assert len(seen[4]) == len(cases)  # the chosen rule, on every validation case
+    # one pass over the grid per window (its spend and no-spend rules together), then the chosen rule on all
+    assert len(seen) == 3 and all(t.max() <= cut and len(t) == (~held).sum() for t in seen[:2])
+    assert len(seen[2]) == len(cases)
     assert check["kept"] and [sel["window"], sel["spend_rerank"]] == check["chosen"]
     chosen, _ = cs.choose_rule(check["rules"], spec.bounds, "cold", check["floor"])
     assert chosen["rule"] == check["chosen"] == [1.0, True]  # every rule keeps bounds this loose: the first stays
@@ -521,3 +528,38 @@ def test_the_forward_check_keeps_the_first_rule_unless_it_breaks_a_bound_one_win
         assert choose_rule([broken, safe], bounds, "overall", 0.0) == (safe, True)
     worse = rule("worse", 0.10, 0.01, 0.09, 0.04)
     assert choose_rule([rule("first", 0.20, 0.01, 0.1, 0.05), worse], bounds, "cold", 0.0) == (worse, False)
+
+
+def test_selection_can_add_the_validation_cases_of_users_the_filter_left_out(sequel_run):
+    """``valid_users="all"``: the split's validation cases, then those of the users with no test interaction
+    (never trained on), still without reading the test split; a sample and the observed-knowledge half apply to
+    both; an unknown choice is refused."""
+    from genrecedit.data.protocols import unseen_user_valid
+    from genrecedit.errors import ConfigError
+    from genrecedit.runs import coldstart as cs
+    from genrecedit.runs.coldstart import selection_cases
+    from genrecedit.runs.selection import validation_midpoint
+
+    run = load_run(sequel_run)
+    split = run.prepared.split
+    extra = unseen_user_valid(run.prepared.dataset, split, run.config.split)
+    assert len(extra) > 0 and not np.isin(extra.users, split.valid.users).any()
+    guarded = without_test(run)
+    cases = selection_cases(guarded, None, whole=True, users="all")
+    assert len(cases) == len(split.valid) + len(extra)
+    assert np.array_equal(cases.targets, np.concatenate([split.valid.targets, extra.targets]))
+    assert np.array_equal(cases.histories[len(split.valid):], extra.histories)
+    assert len(selection_cases(guarded, 50, whole=True, users="all")) == 50
+    observed = without_test(load_run(sequel_run, ["knowledge.source=observed"]))
+    half = selection_cases(observed, None, whole=False, users="all")
+    assert (half.timestamps >= validation_midpoint(split)).all()
+    assert len(half) == len(selection_cases(observed, None, whole=False)) + \
+        (extra.timestamps >= validation_midpoint(split)).sum()
+    spec = ColdstartSpec(grid=PriorGrid(scope=(0,), recent=(1,), threshold=(0.5,), temperature=(0.1,),
+                                        budget=(0.1,), novel_budget=(None,), head=(0,)),
+                         insertion=None, slots=(1,), recent=(1,), valid_users="all")
+    assert cs.select_coldstart(guarded, spec, progress=False)["n_cases"] == len(cases)
+    with pytest.raises(ConfigError, match="valid_users"):
+        ColdstartSpec(valid_users="everyone")
+    with pytest.raises(ConfigError, match="valid_users"):
+        selection_cases(run, None, whole=True, users="everyone")

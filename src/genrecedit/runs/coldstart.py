@@ -24,7 +24,7 @@ from genrecedit.data.dataset import CaseSet
 from genrecedit.edit.artifact import EditArtifact
 from genrecedit.errors import ConfigError
 from genrecedit.evaluation.bootstrap import paired_bootstrap_diff
-from genrecedit.evaluation.report import EvalResult, format_table, write_metrics
+from genrecedit.evaluation.report import EvalResult, evaluate_topk, format_table, write_metrics
 from genrecedit.model.beam import Beams
 from genrecedit.config import RunConfig, load_config
 from genrecedit.runs.backbone import CONFIG_FILE, LoadedRun
@@ -125,6 +125,9 @@ class InsertionGrid:
         return replace(self, rules=((window, spend_rerank),))
 
 
+VALID_USERS = ("test", "all")  # ColdstartSpec.valid_users
+
+
 def check_objective(objective: str) -> None:
     if objective not in OBJECTIVES:
         raise ConfigError(f"insertion objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
@@ -136,8 +139,15 @@ class ColdstartSpec:
     insertion: InsertionGrid | None = field(default_factory=InsertionGrid)  # None: calibrated insertion not tried
     bounds: Bounds = field(default_factory=Bounds)
     valid_max_cases: int | None = None  # a seeded sample of validation cases for selection (None: all of them)
+    # whose validation cases select: "test", the split's users (those with a test interaction, where the split
+    # filters them); "all", also the users the filter left out (``selection_cases``)
+    valid_users: str = "test"
     slots: tuple[int, ...] = tuple(range(1, CUT))  # reserved-slot hybrid: s tried on validation
     recent: tuple[int, ...] = (1, 3)  # the baselines' history content: last item, mean of the last 3
+
+    def __post_init__(self) -> None:
+        if self.valid_users not in VALID_USERS:
+            raise ConfigError(f"valid_users must be one of {', '.join(VALID_USERS)}, got {self.valid_users!r}")
 
 
 def new_items(run: LoadedRun) -> np.ndarray:
@@ -159,20 +169,47 @@ def item_counts(run: LoadedRun, recent: float = 0.25) -> np.ndarray:
     return np.stack([train_counts(split), lately], 1).astype(np.int64)
 
 
-def selection_cases(run: LoadedRun, limit: int | None, whole: bool) -> CaseSet:
+def selection_cases(run: LoadedRun, limit: int | None, whole: bool, users: str = "test") -> CaseSet:
     """Validation cases (a seeded sample of ``limit``). ``whole``: the whole validation period — right for the prior
     alone, whose knowledge is text only; else, with observed knowledge configured (an edit that learnt from the
-    period's first half), its second half only."""
+    period's first half), its second half only. ``users="all"``: also the validation cases of the users the split's
+    ``filter_test_users`` left out (``data.protocols.unseen_user_valid``: never trained on, no test interaction),
+    after the split's own — where few users reach the test period (the demo: 166 of 943) they hold most of the
+    period's evidence."""
+    from genrecedit.data.protocols import unseen_user_valid
     from genrecedit.runs.evaluate import evaluation_cases
+    from genrecedit.runs.selection import uses_observed, validation_midpoint
 
+    if users not in VALID_USERS:
+        raise ConfigError(f"valid_users must be one of {', '.join(VALID_USERS)}, got {users!r}")
     if whole:  # the prior reads no interaction of a new item: no half of the period is knowledge
         run = run.with_settings("knowledge", source="pseudo")
-    return evaluation_cases(run.with_settings("eval", cases="valid", max_cases=limit))
+    run = run.with_settings("eval", cases="valid", max_cases=limit)
+    if users == "test":
+        return evaluation_cases(run)
+    split = run.prepared.split
+    extra = unseen_user_valid(run.prepared.dataset, split, run.config.split)
+    if uses_observed(run):  # as evaluation_cases: the period's second half only
+        extra = extra.subset(np.flatnonzero(extra.timestamps >= validation_midpoint(split)))
+    cases = evaluation_cases(run.with_settings("eval", max_cases=None))
+    cases = CaseSet(*(np.concatenate([getattr(cases, f), getattr(extra, f)])
+                      for f in ("users", "histories", "targets", "timestamps")))
+    if limit is not None and limit < len(cases):
+        idx = np.random.default_rng(run.config.eval.seed).choice(len(cases), limit, replace=False)
+        cases = cases.subset(np.sort(idx))
+    return cases
 
 
 def decode(run: LoadedRun, cases: CaseSet, artifact: EditArtifact | None, desc: str) -> Beams:
     schedule = artifact.schedule(run.config.eval.trigger, run.recommender.device) if artifact is not None else None
     return run.recommender.recommend(cases.histories, run.config.decode, schedule, progress=desc, record_levels=True)
+
+
+def score_valid(run: LoadedRun, topk: np.ndarray, cases: CaseSet) -> EvalResult:
+    """A selection list scored for what a cell's row reads (``_row``, ``strata_rows``): @10 only, no prefix-NDCG
+    (a grid scores hundreds of lists; the report's lists are scored in full by ``score_topk``)."""
+    split = run.prepared.split
+    return evaluate_topk(topk, cases.targets, split.is_cold(cases), split.warm, None, (CUT,))
 
 
 def make_prior(run: LoadedRun, cfg: PriorConfig) -> ContentPrior:
@@ -188,20 +225,20 @@ def select_coldstart(run: LoadedRun, spec: ColdstartSpec, artifact: EditArtifact
     the overall NDCG@10 the ``"cold"`` objective must beat). Decodes validation only (``cases``:
     a subset of it chosen by the caller, e.g. an early window to check a rule on the later one)."""
     if cases is None:
-        cases = selection_cases(run, spec.valid_max_cases, whole=artifact is None)
+        cases = selection_cases(run, spec.valid_max_cases, whole=artifact is None, users=spec.valid_users)
     new = new_items(run)
     t0 = time.perf_counter()
     beams = decode(run, cases, None, "coldstart: validation beams" if progress else False)
     decode_s = time.perf_counter() - t0
     items = beams.items.numpy()  # the unedited beams: the base every warm drop is measured against
-    base = score_topk(run, items, cases)
+    base = score_valid(run, items, cases)
     base_row = _row(base, items, new, base)
     plan = WarmPlan.of(cases, new, base.cold_mask, spec.bounds.plan_window, spec.bounds.plan_trend)
     masks = strata_masks(cases.histories, new)
     edited_row = None
     if artifact is not None:  # the prior then mixes into the edited beams
         beams = decode(run, cases, artifact, "coldstart: validation beams, edited" if progress else False)
-        edited_row = _row(score_topk(run, beams.items.numpy(), cases), beams.items.numpy(), new, base)
+        edited_row = _row(score_valid(run, beams.items.numpy(), cases), beams.items.numpy(), new, base)
 
     cells = []
     mixtures = spec.grid.mixtures(run.prepared.codes.shape[1])
@@ -214,7 +251,7 @@ def select_coldstart(run: LoadedRun, spec: ColdstartSpec, artifact: EditArtifact
         for cfg in group:
             for head, mixed in prior.mix_heads(prepared, items.shape[1], cfg, spec.grid.head).items():
                 topk = mixed.items.numpy()
-                result = score_topk(run, topk, cases)
+                result = score_valid(run, topk, cases)
                 row = _row(result, topk, new, base)
                 row["warm_drop_planned"] = plan.drop(result, base, below=spec.bounds.max_warm_drop)
                 cell = {"prior": asdict(replace(cfg, head=head)), "metrics": row}
@@ -232,7 +269,7 @@ def select_coldstart(run: LoadedRun, spec: ColdstartSpec, artifact: EditArtifact
         chosen = None
         if prior is not None:  # the two strata's settings together, on the same validation cases
             topk = make_prior(run, PriorConfig.of(prior)).apply(cases.histories, beams).items.numpy()
-            result = score_topk(run, topk, cases)
+            result = score_valid(run, topk, cases)
             row = _row(result, topk, new, base)
             row["warm_drop_planned"] = plan.drop(result, base)
             chosen = {"prior": prior, "metrics": row,
@@ -245,7 +282,8 @@ def select_coldstart(run: LoadedRun, spec: ColdstartSpec, artifact: EditArtifact
     floor = baseline_floor(baselines, spec.bounds)
     insertion = None if spec.insertion is None else \
         insertion_selection(run, cases, beams, spec, progress, base, floor, items)
-    return {"cases": "valid", "n_cases": len(cases), "decode_seconds": decode_s, "bounds": asdict(spec.bounds),
+    return {"cases": "valid", "valid_users": spec.valid_users, "n_cases": len(cases), "decode_seconds": decode_s,
+            "bounds": asdict(spec.bounds),
             "plan": {"novel_share_planned": plan.share, "novel_share_valid": float(plan.novel.mean())
                      if len(plan.novel) else 0.0},
             "base": base_row, "edited": edited_row, "cells": cells,
@@ -277,9 +315,10 @@ def insertion_selection(run: LoadedRun, cases: CaseSet, beams: Beams, spec: Cold
 
 def select_on_window(run: LoadedRun, cases: CaseSet, beams: Beams, spec: ColdstartSpec, progress: bool = True,
                      base: EvalResult | None = None, floor: float | None = None,
-                     items: np.ndarray | None = None) -> dict:
+                     items: np.ndarray | None = None, spends: tuple[bool, ...] | None = None) -> dict:
     """``select_insertion`` with ``spec.insertion``'s first rule: on the latest ``window`` of ``cases``, with that
-    window's own base, planned mix (the trend's) and baseline floor, re-ranking gains spent or not."""
+    window's own base, planned mix (the trend's) and baseline floor, re-ranking gains spent or not. ``spends``:
+    the window's selection for each of these spend_rerank values from one pass over the grid, {spend: selection}."""
     grid = spec.insertion
     window, spend = grid.rules[0]
     items = beams.items.numpy() if items is None else items
@@ -287,12 +326,14 @@ def select_on_window(run: LoadedRun, cases: CaseSet, beams: Beams, spec: Coldsta
         keep = latest(cases.timestamps, window)
         cases, beams = cases.subset(keep), beams.rows(keep)
         items, base, floor = items[keep], None, None
-    base = score_topk(run, items, cases) if base is None else base
+    base = score_valid(run, items, cases) if base is None else base
     if floor is None:
         floor = baseline_floor(baseline_cells(run, cases, items, base, spec), spec.bounds)
     plan = WarmPlan.of(cases, new_items(run), base.cold_mask, spec.bounds.plan_window, trend=True)
-    out = select_insertion(run, cases, beams, base, plan, spec.bounds, grid, progress, floor, spend)
-    return {**out, "n_cases": len(cases), "window": window, "spend_rerank": spend}
+    outs = select_insertion(run, cases, beams, base, plan, spec.bounds, grid, progress, floor,
+                            (spend,) if spends is None else spends)
+    outs = {s: {**out, "n_cases": len(cases), "window": window, "spend_rerank": s} for s, out in outs.items()}
+    return outs[spend] if spends is None else outs
 
 
 def rule_check(run: LoadedRun, cases: CaseSet, beams: Beams, items: np.ndarray, spec: ColdstartSpec,
@@ -310,15 +351,22 @@ def rule_check(run: LoadedRun, cases: CaseSet, beams: Beams, items: np.ndarray, 
     new = new_items(run)
     fit_cases, held_cases = cases.subset(~held), cases.subset(held)
     held_beams, held_items = beams.rows(held), items[held]
-    held_base = score_topk(run, held_items, held_cases)
+    held_base = score_valid(run, held_items, held_cases)
     fit_beams, fit_items = beams.rows(~held), items[~held]
-    fit_base = score_topk(run, fit_items, fit_cases)  # once for every rule that fits on all of them
+    fit_base = score_valid(run, fit_items, fit_cases)  # once for every rule that fits on all of them
     fit_floor = baseline_floor(baseline_cells(run, fit_cases, fit_items, fit_base, spec), spec.bounds)
     held_floor = baseline_floor(baseline_cells(run, held_cases, held_items, held_base, spec), spec.bounds)
+    windows: dict[float, tuple[bool, ...]] = {}  # the rules sharing a window share one pass over the grid
+    for window, spend in grid.rules:
+        windows[window] = windows.get(window, ()) + (spend,)
+    picks = {}
+    for window, spends in tqdm(windows.items(), desc="coldstart: insertion rules", disable=not progress):
+        outs = select_on_window(run, fit_cases, fit_beams, replace(spec, insertion=grid.rule(window, spends[0])),
+                                False, fit_base, fit_floor, fit_items, spends=spends)
+        picks.update({(window, s): out for s, out in outs.items()})
     proposed, rows = {}, []
-    for window, spend in tqdm(grid.rules, desc="coldstart: insertion rules", disable=not progress):
-        sel = select_on_window(run, fit_cases, fit_beams, replace(spec, insertion=grid.rule(window, spend)), False,
-                               fit_base, fit_floor, fit_items)
+    for window, spend in grid.rules:
+        sel = picks[(window, spend)]
         topk = held_items
         if sel["chosen"] is not None:
             fitted = CalibratedInsertion.of(sel["chosen"])
@@ -329,7 +377,7 @@ def rule_check(run: LoadedRun, cases: CaseSet, beams: Beams, items: np.ndarray, 
             # served as the recipe would be: through its exposure cap, the held-out cases in time order
             topk = fitted.rank(proposed[key], held_items.shape[1], cap=fitted.cfg.exposure_cap(), new_items=new,
                                order=np.argsort(held_cases.timestamps, kind="stable"))[0]
-        row = _row(score_topk(run, topk, held_cases), topk, new, held_base)
+        row = _row(score_valid(run, topk, held_cases), topk, new, held_base)
         rows.append({"rule": [window, spend], "pick": None if sel["chosen"] is None else sel["chosen"]["config"],
                      "held_out": row})
     best, kept = choose_rule(rows, spec.bounds, grid.objective, held_floor)
@@ -369,7 +417,7 @@ def baseline_cells(run: LoadedRun, cases: CaseSet, items: np.ndarray, base: Eval
     new, width = new_items(run), items.shape[1]
 
     def scored(topk: np.ndarray, **what) -> dict:
-        return {**what, "metrics": _row(score_topk(run, topk, cases), topk, new, base)}
+        return {**what, "metrics": _row(score_valid(run, topk, cases), topk, new, base)}
 
     retrieved = {r: retrieve(run.prepared.embeddings, cases.histories, new, width, r) for r in spec.recent}
     return {
@@ -414,7 +462,7 @@ def prefer(options: list, metrics, objective: str, floor: float):
 
 def select_insertion(run: LoadedRun, cases: CaseSet, beams: Beams, base: EvalResult, plan: WarmPlan,
                      bounds: Bounds, grid: InsertionGrid, progress: bool = True,
-                     floor: float = -float("inf"), spend_rerank: bool = True) -> dict:
+                     floor: float = -float("inf"), spend_rerank: bool | tuple[bool, ...] = True) -> dict:
     """Calibrated insertion on validation: per (recent, rerank, popularity, margin) the cross-fitted lists
     (``cross_fitted``; ``popularity``: the warm model reads the training counts of ``item_counts``)
     scored, the cell ``grid.objective`` picks (``pick_insertion``: among those within ``bounds`` that beat the
@@ -425,7 +473,9 @@ def select_insertion(run: LoadedRun, cases: CaseSet, beams: Beams, base: EvalRes
     bounds); ``other``: the other objective's, where it picks another cell; ``without_counts``: where the chosen
     cell's warm model reads training counts, the objective's pick among the cells that read none.
     ``spend_rerank`` False: a re-ranking cell must also keep the warm bound against its own re-ranked beams
-    (``warm_drop_planned_rerank``; ``_admissible``)."""
+    (``warm_drop_planned_rerank``; ``_admissible``). A tuple of values: {value: selection}, from one pass over the
+    grid (each value's selection as it would be alone)."""
+    spends = spend_rerank if isinstance(spend_rerank, tuple) else (spend_rerank,)
     if run.config.decode.k < CUT:
         raise ConfigError(f"calibrated insertion ranks {CUT} items: decode.k must be ≥ {CUT}")
     new, width = new_items(run), beams.items.shape[1]
@@ -441,53 +491,66 @@ def select_insertion(run: LoadedRun, cases: CaseSet, beams: Beams, base: EvalRes
         if recent not in proposals:
             proposals[recent] = propose(run.prepared.embeddings, run.prepared.codes, new, cases.histories, beams,
                                         recent, grid.candidates)
-        held = rerank and not spend_rerank  # the bound also against the cell's own re-ranked beams
+        held = rerank and not all(spends)  # the bound also against the cell's own re-ranked beams
         try:
             lists = cross_fitted(proposals[recent], cases.targets, cases.timestamps, cfg,
                                  grid.bias + ((float("inf"),) if held else ()), width, counts)
         except ConfigError as err:  # e.g. no validation case's next item among one half's proposals
-            return {"plan_share": plan.share, "objective": grid.objective, "floor": floor, "cells": cells,
-                    "chosen": None, "chosen_metrics": None, "other": None, "without_counts": None,
-                    "unavailable": str(err)}
-        reranked = score_topk(run, lists.pop(float("inf")), cases) if held else None
+            out = {"plan_share": plan.share, "objective": grid.objective, "floor": floor, "cells": cells,
+                   "chosen": None, "chosen_metrics": None, "other": None, "without_counts": None,
+                   "unavailable": str(err)}
+            return {s: out for s in spends} if isinstance(spend_rerank, tuple) else out
+        reranked = score_valid(run, lists.pop(float("inf")), cases) if held else None
         for bias, topk in lists.items():
-            result = score_topk(run, topk, cases)
+            result = score_valid(run, topk, cases)
             row = _row(result, topk, new, base)
             row["warm_drop_planned"] = plan.drop(result, base, below=bounds.max_warm_drop)
             if reranked is not None:
                 row["warm_drop_planned_rerank"] = plan.drop(result, reranked, below=bounds.max_warm_drop)
             cells.append({"insertion": asdict(replace(cfg, bias=float(bias))), "metrics": row})
 
-    refits: dict[int, dict] = {}  # per picked cell: its models refitted on every validation case, once
+    refits: dict[tuple, dict] = {}  # per picked cell: its models refitted on every validation case, once
 
     def fitted(cell: dict | None) -> dict | None:
         if cell is None:
             return None
-        if id(cell) not in refits:
+        key = tuple(sorted(cell["insertion"].items()))
+        if key not in refits:
             cfg = InsertionConfig(**cell["insertion"])
-            refits[id(cell)] = CalibratedInsertion.fit(proposals[cfg.recent], cases.targets, cfg, counts).to_dict()
-        return refits[id(cell)]
+            refits[key] = CalibratedInsertion.fit(proposals[cfg.recent], cases.targets, cfg, counts).to_dict()
+        return refits[key]
 
-    best = pick_insertion(cells, base_ndcg, bounds, grid.objective, floor)
-    other_objective = next(o for o in OBJECTIVES if o != grid.objective)
-    other = pick_insertion(cells, base_ndcg, bounds, other_objective, floor)
-    plain = None  # the objective's pick among the cells whose warm model reads no count
-    if best is not None and best["insertion"]["popularity"]:
-        plain = pick_insertion([c for c in cells if not c["insertion"]["popularity"]], base_ndcg, bounds,
-                               grid.objective, floor)
-    return {"plan_share": plan.share, "objective": grid.objective, "floor": floor, "cells": cells,
-            "chosen": fitted(best), "chosen_metrics": None if best is None else best["metrics"],
-            "other": None if other is None or other is best else {
-                "objective": other_objective, "chosen": fitted(other), "chosen_metrics": other["metrics"]},
-            "without_counts": None if plain is None else {"chosen": fitted(plain),
-                                                          "chosen_metrics": plain["metrics"]}}
+    def chosen(spend: bool) -> dict:
+        view = cells  # a spending rule does not hold the drop against the re-ranked beams: as if never computed
+        if spend and not all(spends):
+            view = [{**c, "metrics": {k: v for k, v in c["metrics"].items() if k != "warm_drop_planned_rerank"}}
+                    for c in cells]
+        best = pick_insertion(view, base_ndcg, bounds, grid.objective, floor)
+        other_objective = next(o for o in OBJECTIVES if o != grid.objective)
+        other = pick_insertion(view, base_ndcg, bounds, other_objective, floor)
+        plain = None  # the objective's pick among the cells whose warm model reads no count
+        if best is not None and best["insertion"]["popularity"]:
+            plain = pick_insertion([c for c in view if not c["insertion"]["popularity"]], base_ndcg, bounds,
+                                   grid.objective, floor)
+        return {"plan_share": plan.share, "objective": grid.objective, "floor": floor, "cells": view,
+                "chosen": fitted(best), "chosen_metrics": None if best is None else best["metrics"],
+                "other": None if other is None or other is best else {
+                    "objective": other_objective, "chosen": fitted(other), "chosen_metrics": other["metrics"]},
+                "without_counts": None if plain is None else {"chosen": fitted(plain),
+                                                              "chosen_metrics": plain["metrics"]}}
+
+    if isinstance(spend_rerank, tuple):
+        return {s: chosen(s) for s in spends}
+    return chosen(spend_rerank)
 
 
 def coldstart(run: LoadedRun, out_dir: Path, spec: ColdstartSpec | None = None,
-              artifact: EditArtifact | None = None, name: str = "coldstart", echo=print) -> dict:
+              artifact: EditArtifact | None = None, name: str = "coldstart", echo=print,
+              test_beams: Beams | None = None) -> dict:
     """``select_coldstart`` on validation, then the test cases (all, or ``eval.max_cases``) scored for TIGER (the
     run's beams, with ``artifact``'s edits when given), the chosen prior on those beams, and every baseline at its
-    validation setting; writes ``<out_dir>/<name>.json|md|png`` and ``<name>_selection.json``."""
+    validation setting; writes ``<out_dir>/<name>.json|md|png`` and ``<name>_selection.json``. ``test_beams``: the
+    unedited beams of those test cases (``decode``), when the caller decoded them already."""
     spec = spec or ColdstartSpec()
     if run.config.eval.cases != "test":
         raise ConfigError("coldstart selects on validation and reports on test: leave eval.cases=test")
@@ -498,7 +561,9 @@ def coldstart(run: LoadedRun, out_dir: Path, spec: ColdstartSpec | None = None,
 
     cases = evaluation_cases(run)
     new = new_items(run)
-    beams = decode(run, cases, None, "coldstart: test beams")
+    if test_beams is not None and len(test_beams.items) != len(cases):
+        raise ConfigError(f"coldstart: {len(test_beams.items)} test beams given for {len(cases)} test cases")
+    beams = decode(run, cases, None, "coldstart: test beams") if test_beams is None else test_beams
     items = beams.items.numpy()
     width = items.shape[1]
     lists: dict[str, np.ndarray] = {"TIGER": items}
