@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from genrecedit.config import load_config
+from genrecedit.runs.backbone import load_run
 from genrecedit.runs.demo import run_demo
 
 SUBSETS = ("overall", "warm", "cold")
@@ -44,6 +45,9 @@ def test_demo_writes_the_report(tmp_path, synthetic_dir, tiny_overrides):
     assert set(early["exposure"]) == {"new_item_slot_share", "max_item_share", "unreached_items"}
     selection = json.loads((tmp_path / "demo" / "coldstart_selection.json").read_text())
     coldstart = json.loads((tmp_path / "demo" / "coldstart.json").read_text())
+    # the demo selects on every user's validation cases (here every user reaches test: no case is added)
+    assert selection["valid_users"] == "all" and selection["n_cases"] == len(
+        load_run(tmp_path / "demo").prepared.split.valid)
     assert text["recipe"]["prior"] == selection["chosen"]
     assert text["recipe"]["served"] == coldstart["recipe"]
     adopted = load_config(tmp_path / "demo" / "config.yaml")
@@ -64,3 +68,20 @@ def test_demo_writes_the_report(tmp_path, synthetic_dir, tiny_overrides):
     expected = max(above, key=lambda k: (cold[k] or 0.0, valid[k])) if above else max(valid, key=valid.get,
                                                                                      default=None)
     assert coldstart["objective"] == text["recipe"]["objective"] == "cold" and coldstart["recipe"] == expected
+
+
+def test_the_demo_scores_the_upper_bound_only_when_asked(monkeypatch, tmp_path):
+    """The Upper Bound row reads the test histories (an analysis): `genrecedit demo` leaves it out unless
+    ``--upper-bound`` is given."""
+    from typer.testing import CliRunner
+
+    import genrecedit.runs.demo as demo
+    from genrecedit.cli import app
+
+    seen = []
+    monkeypatch.setattr(demo, "run_demo", lambda cfg, run_dir, echo=print, upper_bound=False, **_:
+                        seen.append(upper_bound))
+    for args in ([], ["--upper-bound"]):
+        result = CliRunner().invoke(app, ["demo", "--run-dir", str(tmp_path / "demo"), *args])
+        assert result.exit_code == 0, result.output
+    assert seen == [False, True]
