@@ -19,13 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from common import hardware, md_table, write_result
+from common import drop_with_ci, hardware, md_table, write_result
 from genrecedit.coldstart.exposure import exposure
 from genrecedit.coldstart.insertion import CalibratedInsertion, propose
 from genrecedit.coldstart.prior import PriorConfig
 from genrecedit.data.dataset import CaseSet
 from genrecedit.data.protocols import unseen_user_valid
-from genrecedit.evaluation.bootstrap import paired_bootstrap_diff
 from genrecedit.runs.backbone import load_run
 from genrecedit.runs.coldstart import (ColdstartSpec, decode, latest, make_prior, new_items, score_valid,
                                        select_coldstart, selection_cases)
@@ -33,18 +32,13 @@ from genrecedit.runs.coldstart import (ColdstartSpec, decode, latest, make_prior
 NAME = "valid_users"
 
 
-def concat(a: CaseSet, b: CaseSet) -> CaseSet:
-    return CaseSet(*(np.concatenate([getattr(a, f), getattr(b, f)]) for f in ("users", "histories", "targets",
-                                                                             "timestamps")))
-
-
 def scored(run, topk: np.ndarray, cases: CaseSet, base, new: np.ndarray) -> dict:
     res = score_valid(run, topk, cases)
-    s, b = res.summary(), base.summary()
-    warm = paired_bootstrap_diff(res.per_case("ndcg@10", "warm"), base.per_case("ndcg@10", "warm"))
-    bw = b["warm"]["ndcg@10"] or 1e-12
+    s = res.summary()
+    warm = drop_with_ci(res.per_case("ndcg@10", "warm"), base.per_case("ndcg@10", "warm"))
     e = exposure(topk, new, 10)
-    return {"overall_ndcg@10": s["overall"]["ndcg@10"], "warm_change": [float(w) / bw for w in warm],
+    change = [None if d is None else -d for d in (warm["drop"], warm["ci95"][1], warm["ci95"][0])]
+    return {"overall_ndcg@10": s["overall"]["ndcg@10"], "warm_change": change,
             "cold_recall@10": s["cold"]["recall@10"], "new_item_slot_share": e["new_item_slot_share"],
             "max_item_share": e["max_item_share"], "unreached_items": e["unreached_items"]}
 
@@ -70,7 +64,7 @@ def main() -> None:
     order = np.argsort(check.timestamps, kind="stable")
     out, rows = {"run": str(args.run), "check": args.check, "n_held": len(check), "variants": {}}, []
     out["base"] = scored(run, items, check, base, new)
-    for variant, cases in (("test", fit), ("all", concat(fit, extra))):
+    for variant, cases in (("test", fit), ("all", fit.concat(extra))):
         t0 = time.perf_counter()
         sel = select_coldstart(run, ColdstartSpec(), progress=False, cases=cases)
         row = {"n_cases": len(cases), "seconds": time.perf_counter() - t0}

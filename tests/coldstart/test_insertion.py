@@ -563,3 +563,7 @@ def test_selection_can_add_the_validation_cases_of_users_the_filter_left_out(seq
         ColdstartSpec(valid_users="everyone")
     with pytest.raises(ConfigError, match="valid_users"):
         selection_cases(run, None, whole=True, users="everyone")
+    from genrecedit.runs.evaluate import evaluation_cases
+
+    with pytest.raises(ConfigError, match="validation only"):  # extra cases never join the test split
+        evaluation_cases(run, extra)

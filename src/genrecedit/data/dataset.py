@@ -81,6 +81,11 @@ class CaseSet:
         """[n] number of real (non-pad) items in each history."""
         return (self.histories != PAD_ITEM).sum(axis=1)
 
+    def concat(self, other: "CaseSet") -> "CaseSet":
+        """These cases, then ``other``'s (same history length)."""
+        return CaseSet(*(np.concatenate([getattr(self, f), getattr(other, f)])
+                         for f in ("users", "histories", "targets", "timestamps")))
+
     @staticmethod
     def empty(max_history: int) -> "CaseSet":
         return CaseSet(

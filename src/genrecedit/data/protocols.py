@@ -226,10 +226,8 @@ def unseen_user_valid(ds: RecDataset, split: Split, cfg: SplitConfig) -> CaseSet
     have no test interaction by definition, so no model has learnt them and nothing of the test period is read
     (the users are told apart by ``split.user_ids``, not by test cases). The users with a case are numbered
     from ``len(split.user_ids)`` on, in id order. Empty for ``loo`` or without the filter (then every user is in ``split``)."""
-    empty = CaseSet(np.zeros(0, np.int64), np.zeros((0, cfg.max_history), np.int64), np.zeros(0, np.int64),
-                    np.zeros(0, np.float64))
     if cfg.protocol == "loo" or not cfg.filter_test_users or "t1" not in split.info:
-        return empty
+        return CaseSet.empty(cfg.max_history)
     catalog, inter = _encode(ds)
     if list(catalog) != list(split.item_ids):
         raise ConfigError(f"{ds.name}: the dataset's catalog is not the split's; was the split made from it?")
@@ -241,7 +239,7 @@ def unseen_user_valid(ds: RecDataset, split: Split, cfg: SplitConfig) -> CaseSet
         dropped = inter.times < (t2 if cfg.holdout_drops_valid else t1)
         keep &= ~(held[inter.items] & dropped)
     if not keep.any():
-        return empty
+        return CaseSet.empty(cfg.max_history)
     codes, users = np.unique(inter.users[keep], return_inverse=True)
     items, times = inter.items[keep], inter.times[keep]
     pos = _positions(users.astype(np.int64), codes.size)

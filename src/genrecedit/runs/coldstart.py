@@ -178,26 +178,14 @@ def selection_cases(run: LoadedRun, limit: int | None, whole: bool, users: str =
     period's evidence."""
     from genrecedit.data.protocols import unseen_user_valid
     from genrecedit.runs.evaluate import evaluation_cases
-    from genrecedit.runs.selection import uses_observed, validation_midpoint
 
     if users not in VALID_USERS:
         raise ConfigError(f"valid_users must be one of {', '.join(VALID_USERS)}, got {users!r}")
     if whole:  # the prior reads no interaction of a new item: no half of the period is knowledge
         run = run.with_settings("knowledge", source="pseudo")
-    run = run.with_settings("eval", cases="valid", max_cases=limit)
-    if users == "test":
-        return evaluation_cases(run)
-    split = run.prepared.split
-    extra = unseen_user_valid(run.prepared.dataset, split, run.config.split)
-    if uses_observed(run):  # as evaluation_cases: the period's second half only
-        extra = extra.subset(np.flatnonzero(extra.timestamps >= validation_midpoint(split)))
-    cases = evaluation_cases(run.with_settings("eval", max_cases=None))
-    cases = CaseSet(*(np.concatenate([getattr(cases, f), getattr(extra, f)])
-                      for f in ("users", "histories", "targets", "timestamps")))
-    if limit is not None and limit < len(cases):
-        idx = np.random.default_rng(run.config.eval.seed).choice(len(cases), limit, replace=False)
-        cases = cases.subset(np.sort(idx))
-    return cases
+    extra = None if users == "test" else unseen_user_valid(run.prepared.dataset, run.prepared.split,
+                                                            run.config.split)
+    return evaluation_cases(run.with_settings("eval", cases="valid", max_cases=limit), extra)
 
 
 def decode(run: LoadedRun, cases: CaseSet, artifact: EditArtifact | None, desc: str) -> Beams:

@@ -7,17 +7,23 @@ import numpy as np
 
 from genrecedit.data.dataset import CaseSet
 from genrecedit.evaluation.baselines import most_popular, recent_popular
+from genrecedit.errors import ConfigError
 from genrecedit.evaluation.report import EvalResult, evaluate_topk
 from genrecedit.model.beam import EditSchedule
 from genrecedit.runs.backbone import LoadedRun
 from genrecedit.runs.selection import uses_observed, validation_midpoint
 
 
-def evaluation_cases(run: LoadedRun) -> CaseSet:
+def evaluation_cases(run: LoadedRun, extra: CaseSet | None = None) -> CaseSet:
     """The cases of ``eval.cases`` (test by default; valid for selecting λ and n — its second half when the edit
-    learns from observed validation interactions), or a seeded sample of ``eval.max_cases`` of them."""
+    learns from observed validation interactions), or a seeded sample of ``eval.max_cases`` of them. ``extra``:
+    more validation cases after the split's own, halved and sampled with them (valid only)."""
     split = run.prepared.split
     cases = split.valid if run.config.eval.cases == "valid" else split.test
+    if extra is not None:
+        if run.config.eval.cases != "valid":
+            raise ConfigError("extra cases join validation only: set eval.cases=valid")
+        cases = cases.concat(extra)
     if run.config.eval.cases == "valid" and uses_observed(run):
         # the first half of the validation period is the observed knowledge: select on the second half only
         cases = cases.subset(np.flatnonzero(cases.timestamps >= validation_midpoint(split)))
