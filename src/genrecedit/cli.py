@@ -159,7 +159,7 @@ def coldstart(run_dir: RunDir, overrides: Overrides = None,
                        "(overall NDCG@10)")] = "cold",
               popularity: Annotated[bool, typer.Option(
                   "--popularity/--no-popularity", help="also try calibrated insertions whose re-ranking warm model "
-                                                       "reads the beam items' training counts")] = True,
+                                                       "reads the beam items' interaction counts")] = True,
               insertion_window: Annotated[Optional[float], typer.Option(
                   help="fit and choose the calibrated insertion on this latest share of the validation period "
                        "(by time; 1: all of it) instead of the rule the forward check chooses")] = None,

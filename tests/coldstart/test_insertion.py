@@ -171,9 +171,9 @@ def test_a_popularity_warm_model_reads_the_counts_it_was_fitted_with_and_keeps_t
     again = CalibratedInsertion.of(data)
     np.testing.assert_array_equal(again.counts, counts)
     np.testing.assert_array_equal(again.rank(p, 4)[0], [[2, 1, 0, 6]])
-    with pytest.raises(ConfigError, match="training counts"):  # saved without its counts
+    with pytest.raises(ConfigError, match="interaction counts"):  # saved without its counts
         CalibratedInsertion.of({k: v for k, v in data.items() if k != "counts"})
-    with pytest.raises(ConfigError, match="training counts"):
+    with pytest.raises(ConfigError, match="interaction counts"):
         p.warm_x(cfg)
     with pytest.raises(ConfigError, match="rerank"):
         InsertionConfig(popularity=True)
@@ -199,7 +199,7 @@ def test_fit_with_popularity_learns_from_the_counts_and_keeps_only_them():
     blind = CalibratedInsertion.fit(p, targets, InsertionConfig(bias=1e6, rerank=True), counts)
     assert blind.counts is None
     np.testing.assert_array_equal(blind.rank(p, 1)[0][:, 0], beam_items[:, 0])
-    with pytest.raises(ConfigError, match="training counts"):
+    with pytest.raises(ConfigError, match="interaction counts"):
         CalibratedInsertion.fit(p, targets, cfg)
 
 
@@ -339,8 +339,65 @@ def test_the_counts_come_from_the_training_split_only(sequel_run):
         InsertionGrid(recent_counts=0.0)
 
 
+def test_counts_as_of_a_time_add_the_validation_interactions_of_warm_items_known_by_then(sequel_run):
+    """``item_counts(asof=t)``: the validation cases' targets up to t count too (a new item's never), and the
+    "lately" window keeps its length but ends at t; checked against a case-by-case count, with the test split
+    unreadable."""
+    from genrecedit.evaluation.baselines import train_counts
+    from genrecedit.runs.coldstart import item_counts
+
+    run = without_test(load_run(sequel_run))
+    split = run.prepared.split
+    t_train, v_times = split.train.timestamps, split.valid.timestamps
+    assert v_times.min() > t_train.max()  # a time split: validation follows training
+    np.testing.assert_array_equal(item_counts(run, 0.25, float(t_train.max())), item_counts(run, 0.25))
+    length = t_train.max() - np.quantile(t_train, 0.75)
+    for asof in (float(np.median(v_times)), float(v_times.max())):
+        counts = item_counts(run, 0.25, asof)
+        whole, lately = train_counts(split).copy(), np.zeros(split.n_items, np.int64)
+        for t, item in zip(t_train, split.train.targets):
+            lately[item] += t >= asof - length
+        for t, item in zip(v_times, split.valid.targets):
+            if t <= asof and split.warm[item]:
+                whole[item] += 1
+                lately[item] += t >= asof - length
+        np.testing.assert_array_equal(counts, np.stack([whole, lately], 1))
+        assert counts.sum() > item_counts(run, 0.25).sum()  # validation's warm interactions were counted
+    cold = split.valid.targets[~split.warm[split.valid.targets]]
+    assert len(cold) and not (item_counts(run, 0.25, float(v_times.max())) - item_counts(run, 0.25))[cold].any()
+
+
+def test_a_fitted_insertion_carries_the_counts_known_by_its_last_case(sequel_run, monkeypatch):
+    """Fitted on validation cases with training's counts (known before any of them), a chosen insertion is served
+    with the counts known by its last case: the forward check's picks with those before its cut (no held-out
+    interaction), the final pick with all of validation's."""
+    from genrecedit.runs import coldstart as cs
+
+    run = load_run(sequel_run)
+    cases = cs.selection_cases(run, None, whole=True)
+    beams = cs.decode(run, cases, None, False)
+    known, count = [], cs.item_counts
+
+    def spy(run_, recent=0.25, asof=None):
+        known.append(asof)
+        return count(run_, recent, asof)
+
+    monkeypatch.setattr(cs, "item_counts", spy)
+    spec = ColdstartSpec(bounds=Bounds(max_warm_drop=1.0, max_item_share=0.999), slots=(1,), recent=(1,),
+                         insertion=InsertionGrid(recent=(1,), bias=(0.0, 1.0, 50.0), candidates=3, rerank=(True,),
+                                                 popularity=(True,), check=0.3))
+    sel = cs.insertion_selection(without_test(run), cases, beams, spec, progress=False)
+    assert sel["chosen"] is not None and sel["chosen"]["config"]["popularity"]
+    cut = cases.timestamps[cs.latest(cases.timestamps, 0.3)].min()
+    served = [t for t in known if t is not None]
+    assert None in known and len(served) >= 2  # the grids read training's counts, each fit those known by then
+    assert all(t < cut for t in served[:-1]) and served[-1] == cases.timestamps.max()
+    np.testing.assert_array_equal(sel["chosen"]["counts"], count(run, 0.25, float(cases.timestamps.max())))
+    assert not np.array_equal(sel["chosen"]["counts"], count(run, 0.25))
+
+
 def test_a_chosen_insertion_with_counts_is_scored_beside_the_best_without_them(sequel_run, tmp_path, monkeypatch):
-    """Where the chosen cell's warm model reads training counts, the report scores the objective's pick among the
+    """Where the chosen cell's warm model reads interaction counts, the report scores the objective's pick among the
     cells that read none on the same test cases, paired; the saved insertion keeps its counts."""
     from genrecedit.runs import coldstart as cs
 
@@ -409,8 +466,10 @@ def test_a_window_fits_and_chooses_the_insertion_on_the_latest_validation_cases_
     cfg = InsertionConfig(**sel["chosen"]["config"])
     props = propose(run.prepared.embeddings, run.prepared.codes, new_items(run), cases.histories[later],
                     beams.rows(later), cfg.recent, cfg.candidates)
-    refit = CalibratedInsertion.fit(props, cases.targets[later], cfg, item_counts(run, 0.25)).to_dict()
-    assert sel["chosen"] == refit
+    refit = CalibratedInsertion.fit(props, cases.targets[later], cfg, item_counts(run, 0.25))
+    if refit.counts is not None:  # served with the counts known by the window's last case
+        refit = dataclasses.replace(refit, counts=item_counts(run, 0.25, float(cases.timestamps[later].max())))
+    assert sel["chosen"] == refit.to_dict()
     whole = insertion_selection(guarded, cases, beams, dataclasses.replace(
         spec, insertion=spec.insertion.rule(1.0, True)), progress=False)
     assert whole["n_cases"] == len(cases)

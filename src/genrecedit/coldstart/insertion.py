@@ -17,9 +17,12 @@ The beam's items keep their order (their log-odds are made non-increasing down t
 warm model also reads each beam item's own similarity to h's content and whether h holds it already
 (``RERANK_FEATURES``) and the beam's items are ordered by their log-odds: a warm item the text supports rises from
 the beam's lower ranks. With ``popularity`` as well, the re-ranking warm model reads each beam item's log-count of
-training interactions, over the whole training period and its last quarter (``POPULARITY_FEATURES``; the counts
-travel with the fitted model, so the service and ``evaluate`` read the very counts it was fitted with, and an item
-added later counts 0): a beam item the backbone ranks low but many users have lately taken rises.
+interactions, over the whole period and its latest stretch (``POPULARITY_FEATURES``): a beam item the backbone ranks
+low but many users have lately taken rises. It is fitted on validation cases with the training period's counts (what
+was known before any of them), and the fitted model carries the counts known by its last validation case (the
+validation period's warm interactions added, the "lately" stretch moved to its end): what it is served with, by the
+service and ``evaluate`` alike; an item added later counts 0. Counts that stop at training would grow a period staler
+between fitting and serving (a forward check inside validation: ``bench/count_refresh.py``).
 
 A proposal is placed above the first beam item whose log-odds is below its own minus a margin (``bias``): the
 larger the margin, the surer the text must be before a warm item gives up its place. The margin is chosen on
@@ -54,7 +57,7 @@ WARM_FEATURES = ("score", "score_rel", "log_rank", "first", "novel_last", "novel
 # whether the item is in h already
 RERANK_FEATURES = ("sim", "sim_gap", "novel_last_sim", "seen")
 # what a re-ranking warm model with ``InsertionConfig.popularity`` reads besides: the beam item's log(1 + count) of
-# training interactions, whole period and its last quarter (the columns of ``runs.coldstart.item_counts``)
+# interactions, whole period and its latest stretch (the columns of ``runs.coldstart.item_counts``)
 POPULARITY_FEATURES = ("log_count", "log_count_recent")
 CHUNK_ROWS = 1024  # histories whose similarities to every new item are computed at once
 FLOOR = -50.0  # the log-probability feature of an empty beam slot (which is never ranked)
@@ -155,7 +158,7 @@ class Proposals:
                          None if self.beam_content is None else self.beam_content[mask])
 
     def warm_x(self, cfg: InsertionConfig, counts: np.ndarray | None = None) -> np.ndarray:
-        """[n, K, f] what the warm model of ``cfg`` reads (``counts``: the items' training counts [n_items, 2],
+        """[n, K, f] what the warm model of ``cfg`` reads (``counts``: the items' interaction counts [n_items, 2],
         needed with ``cfg.popularity``)."""
         if not cfg.rerank:
             return self.beam_features
@@ -164,7 +167,7 @@ class Proposals:
         parts = [self.beam_features, self.beam_content]
         if cfg.popularity:
             if counts is None:
-                raise ConfigError("an insertion with popularity needs the items' training counts")
+                raise ConfigError("an insertion with popularity needs the items' interaction counts")
             parts.append(popularity_features(counts, self.beam_items))
         return np.concatenate(parts, -1)
 
@@ -247,8 +250,8 @@ def _subtree_mass(codes: np.ndarray, items: np.ndarray, score: np.ndarray, cand:
 
 @dataclass
 class CalibratedInsertion:
-    """Fitted calibrated insertion: its settings, the two log-odds models and, with ``cfg.popularity``, the training
-    counts [n_items, 2] its warm model reads (whole period, last quarter)."""
+    """Fitted calibrated insertion: its settings, the two log-odds models and, with ``cfg.popularity``, the
+    interaction counts [n_items, 2] its warm model reads when it ranks (whole period, latest stretch)."""
 
     cfg: InsertionConfig
     new_odds: LogOdds
@@ -259,7 +262,8 @@ class CalibratedInsertion:
     def fit(proposals: Proposals, targets: np.ndarray, cfg: InsertionConfig,
             counts: np.ndarray | None = None) -> "CalibratedInsertion":
         """Fit both models on validation ``proposals`` and their cases' next items ``targets`` [n] (``counts``:
-        the items' training counts, needed with ``cfg.popularity``, kept with the model)."""
+        the items' counts known before those cases, needed with ``cfg.popularity``, kept with the model; the
+        counts it is served with may replace them: ``dataclasses.replace``)."""
         is_new, is_warm = proposals.labels(np.asarray(targets))
         have = proposals.items >= 0
         present = proposals.beam_items >= 0
@@ -340,7 +344,7 @@ class CalibratedInsertion:
         if cfg.popularity:
             counts = np.asarray(data.get("counts", []), np.int64)
             if counts.ndim != 2 or counts.shape[1] != len(POPULARITY_FEATURES) or (counts < 0).any():
-                raise ConfigError(f"an insertion with popularity needs its items' training counts [n_items, "
+                raise ConfigError(f"an insertion with popularity needs its items' interaction counts [n_items, "
                                   f"{len(POPULARITY_FEATURES)}], got shape {counts.shape}")
         return CalibratedInsertion(cfg, LogOdds(**data["new_odds"]), LogOdds(**data["warm_odds"]), counts)
 

@@ -7,6 +7,7 @@ used (no interaction of a new item is read anywhere here).
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -37,8 +38,8 @@ PRIOR, INSERTION = "content prior (chosen)", "calibrated insertion (chosen)"  # 
 RERANK_ONLY = "calibrated insertion, beam re-rank only (chosen)"
 # the insertion the other objective chooses, fitted on the same validation cases (the trade-off, side by side)
 OTHER_OBJECTIVE = "calibrated insertion, {objective} objective (chosen)"
-# where the chosen insertion's warm model reads training counts: the best cell without them, to tell what they add
-WITHOUT_COUNTS = "calibrated insertion, no training counts (chosen)"
+# where the chosen insertion's warm model reads interaction counts: the best cell without them, to tell what they add
+WITHOUT_COUNTS = "calibrated insertion, no interaction counts (chosen)"
 # the chosen insertion's lists without its exposure cap, to tell what the cap changed
 UNCAPPED = "calibrated insertion, no exposure cap (chosen)"
 OBJECTIVES = ("cold", "overall")  # what selection maximises within the bounds (InsertionGrid.objective)
@@ -83,9 +84,10 @@ class InsertionGrid:
     bias: tuple[float, ...] = tuple(0.25 * i for i in range(-8, 25))  # −2 … 6 log-odds
     candidates: int = 10
     rerank: tuple[bool, ...] = (False, True)  # the beam's order kept, or re-ordered by the warm model
-    # a re-ranking warm model without and with the beam items' training counts (tried with rerank cells only)
+    # a re-ranking warm model without and with the beam items' interaction counts (tried with rerank cells only)
     popularity: tuple[bool, ...] = (False, True)
-    recent_counts: float = 0.25  # the "lately" count: the training period's last share, by time (item_counts)
+    # the "lately" count: the training period's last share by time, a stretch as long later on (item_counts)
+    recent_counts: float = 0.25
     objective: str = "cold"
     # the rules tried, each (window, spend_rerank): ``window`` the latest share of the validation period (by time)
     # the insertion is fitted and chosen on (1: all of it; the cases nearest the period it will serve, farthest
@@ -156,17 +158,30 @@ def new_items(run: LoadedRun) -> np.ndarray:
     return np.flatnonzero(~run.prepared.split.warm)
 
 
-def item_counts(run: LoadedRun, recent: float = 0.25) -> np.ndarray:
-    """[n_items, 2] int64 each item's training interactions: its occurrences in the training sequences
-    (``train_counts``) and its occurrences as a training target in the period's last ``recent`` share (by time).
-    Read from the training split only; a new item counts 0 in both."""
+def item_counts(run: LoadedRun, recent: float = 0.25, asof: float | None = None) -> np.ndarray:
+    """[n_items, 2] int64 each warm item's interactions: its occurrences in the training sequences
+    (``train_counts``) and its occurrences as a target in the training period's last ``recent`` share (by time).
+    ``asof`` (a timestamp): what is known by then — the validation cases' targets up to ``asof`` count too, and the
+    "lately" window keeps its length and ends at ``asof``; a new item's validation interactions are never read (the
+    text-only setting). Never reads the test split."""
     from genrecedit.evaluation.baselines import train_counts
 
     split = run.prepared.split
-    times = np.asarray(split.train.timestamps)
-    late = times >= np.quantile(times, 1 - recent) if len(times) else np.zeros(0, bool)
-    lately = np.bincount(np.asarray(split.train.targets)[late], minlength=split.n_items)
-    return np.stack([train_counts(split), lately], 1).astype(np.int64)
+    times, targets = np.asarray(split.train.timestamps), np.asarray(split.train.targets)
+    whole = train_counts(split)
+    if not len(times):
+        lately = np.zeros(split.n_items, np.int64)
+    elif asof is None:
+        lately = np.bincount(targets[times >= np.quantile(times, 1 - recent)], minlength=split.n_items)
+    else:
+        end = max(float(times.max()), float(asof))
+        start = np.quantile(times, 1 - recent) + (end - float(times.max()))  # the same length, ending at ``end``
+        v_times, v_targets = np.asarray(split.valid.timestamps), np.asarray(split.valid.targets)
+        known = (v_times <= asof) & np.asarray(split.warm)[v_targets]  # a new item's interactions stay unread
+        whole = whole + np.bincount(v_targets[known], minlength=split.n_items)
+        lately = (np.bincount(targets[times >= start], minlength=split.n_items)
+                  + np.bincount(v_targets[known & (v_times >= start)], minlength=split.n_items))
+    return np.stack([whole, lately], 1).astype(np.int64)
 
 
 def selection_cases(run: LoadedRun, limit: int | None, whole: bool, users: str = "test") -> CaseSet:
@@ -452,14 +467,15 @@ def select_insertion(run: LoadedRun, cases: CaseSet, beams: Beams, base: EvalRes
                      bounds: Bounds, grid: InsertionGrid, progress: bool = True,
                      floor: float = -float("inf"), spend_rerank: bool | tuple[bool, ...] = True) -> dict:
     """Calibrated insertion on validation: per (recent, rerank, popularity, margin) the cross-fitted lists
-    (``cross_fitted``; ``popularity``: the warm model reads the training counts of ``item_counts``)
+    (``cross_fitted``; ``popularity``: the warm model reads the counts of ``item_counts``, training's for every
+    validation case, and a fitted model keeps those known by its last case, the counts it is served with)
     scored, the cell ``grid.objective`` picks (``pick_insertion``: among those within ``bounds`` that beat the
     beams — the warm drop held at the upper end (``bounds.upper``) at the share of histories ending with a new item
     where its trend is heading (the insertion spends its warm drop there) — the most cold recall above ``floor``,
     the baselines' best overall NDCG@10 within the bounds, or the best overall NDCG@10) and the models refitted on
     every validation case. ``chosen``: the fitted ``CalibratedInsertion.to_dict()`` (None: no cell within the
     bounds); ``other``: the other objective's, where it picks another cell; ``without_counts``: where the chosen
-    cell's warm model reads training counts, the objective's pick among the cells that read none.
+    cell's warm model reads interaction counts, the objective's pick among the cells that read none.
     ``spend_rerank`` False: a re-ranking cell must also keep the warm bound against its own re-ranked beams
     (``warm_drop_planned_rerank``; ``_admissible``). A tuple of values: {value: selection}, from one pass over the
     grid (each value's selection as it would be alone)."""
@@ -499,13 +515,20 @@ def select_insertion(run: LoadedRun, cases: CaseSet, beams: Beams, base: EvalRes
 
     refits: dict[tuple, dict] = {}  # per picked cell: its models refitted on every validation case, once
 
+    @functools.cache
+    def served_counts() -> np.ndarray:
+        return item_counts(run, grid.recent_counts, float(np.max(cases.timestamps)))
+
     def fitted(cell: dict | None) -> dict | None:
         if cell is None:
             return None
         key = tuple(sorted(cell["insertion"].items()))
         if key not in refits:
             cfg = InsertionConfig(**cell["insertion"])
-            refits[key] = CalibratedInsertion.fit(proposals[cfg.recent], cases.targets, cfg, counts).to_dict()
+            model = CalibratedInsertion.fit(proposals[cfg.recent], cases.targets, cfg, counts)
+            if model.counts is not None:  # served after its cases: with the counts known by the last of them
+                model = replace(model, counts=served_counts())
+            refits[key] = model.to_dict()
         return refits[key]
 
     def chosen(spend: bool) -> dict:
@@ -587,7 +610,7 @@ def coldstart(run: LoadedRun, out_dir: Path, spec: ColdstartSpec | None = None,
         if fitted.cfg.cap is not None:  # the same lists without the cap: what the cap changed
             lists[UNCAPPED] = fitted.rank(proposals(fitted.cfg), width)[0]
         other, plain = selection["insertion"].get("other"), selection["insertion"].get("without_counts")
-        extra = {}  # the other objective's cell and the best without training counts, where they exist
+        extra = {}  # the other objective's cell and the best without interaction counts, where they exist
         if other is not None:
             extra[OTHER_OBJECTIVE.format(objective=other["objective"])] = other
         if plain is not None:
