@@ -391,7 +391,7 @@ def test_a_fitted_insertion_carries_the_counts_known_by_its_last_case(sequel_run
     cut = cases.timestamps[cs.latest(cases.timestamps, 0.3)].min()
     served = [t for t in known if t is not None]
     assert None in known and len(served) >= 2  # the grids read training's counts, each fit those known by then
-    assert all(t < cut for t in served[:-1]) and served[-1] == cases.timestamps.max()
+    assert all(t < cut for t in served[:-1]) and served[-1] == cases.timestamps.max() == sel["counts_asof"]
     np.testing.assert_array_equal(sel["chosen"]["counts"], count(run, 0.25, float(cases.timestamps.max())))
     assert not np.array_equal(sel["chosen"]["counts"], count(run, 0.25))
 
@@ -417,6 +417,11 @@ def test_a_chosen_insertion_with_counts_is_scored_beside_the_best_without_them(s
     assert selection["chosen"]["config"]["popularity"] and len(selection["chosen"]["counts"]) > 0
     saved = json.loads((tmp_path / "coldstart_insertion.json").read_text())
     assert saved["counts"] == selection["chosen"]["counts"]
+    run = load_run(sequel_run)  # served with the counts known at validation's last case, and the report says when
+    last = float(run.prepared.split.valid.timestamps.max())
+    assert report["insertion_counts_asof"] == selection["counts_asof"] == last
+    np.testing.assert_array_equal(saved["counts"], cs.item_counts(run, 0.25, last))
+    assert "the insertion's item counts: as known at" in cs.format_coldstart(report)
     plain = selection["without_counts"]
     assert plain is not None and not plain["chosen"]["config"]["popularity"] and "counts" not in plain["chosen"]
     cells = [c for c in selection["cells"] if not c["insertion"]["popularity"]]

@@ -11,6 +11,7 @@ import functools
 import itertools
 import time
 from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -544,6 +545,8 @@ def select_insertion(run: LoadedRun, cases: CaseSet, beams: Beams, base: EvalRes
             plain = pick_insertion([c for c in view if not c["insertion"]["popularity"]], base_ndcg, bounds,
                                    grid.objective, floor)
         return {"plan_share": plan.share, "objective": grid.objective, "floor": floor, "cells": view,
+                # the time the served counts are as of (item_counts), where the grid reads counts
+                "counts_asof": None if counts is None else float(np.max(cases.timestamps)),
                 "chosen": fitted(best), "chosen_metrics": None if best is None else best["metrics"],
                 "other": None if other is None or other is best else {
                     "objective": other_objective, "chosen": fitted(other), "chosen_metrics": other["metrics"]},
@@ -645,6 +648,8 @@ def coldstart(run: LoadedRun, out_dir: Path, spec: ColdstartSpec | None = None,
               "chosen_prior": selection["chosen"], "chosen_insertion": None if insertion is None else
               insertion["config"], "insertion_rule": insertion_rule(selection.get("insertion")),
               "bounds": asdict(spec.bounds), "systems": rows, "best_baseline": best_baseline}
+    if insertion is not None and insertion["config"]["popularity"]:  # when the counts it serves were known
+        report["insertion_counts_asof"] = selection["insertion"].get("counts_asof")
     if PRIOR in results:
         report["prior_vs_best_baseline"] = _paired(results[PRIOR], results[best_baseline])
     # the recipe to serve: of the two text-only recipes chosen within the bounds, the better on validation (the
@@ -757,6 +762,9 @@ def format_coldstart(report: dict) -> str:
     lines.append(f"chosen prior (validation): {report['chosen_prior']}; best baseline: {report['best_baseline']}")
     if report.get("chosen_insertion") is not None:
         lines.append(f"chosen calibrated insertion (validation): {report['chosen_insertion']}")
+    if report.get("insertion_counts_asof") is not None:
+        asof = datetime.fromtimestamp(report["insertion_counts_asof"], timezone.utc)
+        lines.append(f"the insertion's item counts: as known at {asof:%Y-%m-%d %H:%M} UTC (validation's last case)")
     rule = report.get("insertion_rule")
     if rule is not None:
         how = "given" if rule["check"] is None else \
