@@ -160,7 +160,7 @@ def new_items(run: LoadedRun) -> np.ndarray:
 
 
 def item_counts(run: LoadedRun, recent: float = 0.25, asof: float | None = None) -> np.ndarray:
-    """[n_items, 2] int64 each warm item's interactions: its occurrences in the training sequences
+    """[n_items, 2] int64 each item's interactions: its occurrences in the training sequences
     (``train_counts``) and its occurrences as a target in the training period's last ``recent`` share (by time).
     ``asof`` (a timestamp): what is known by then — the validation cases' targets up to ``asof`` count too, and the
     "lately" window keeps its length and ends at ``asof``; a new item's validation interactions are never read (the
