@@ -25,8 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import hardware, md_table, write_result
-from genrecedit.coldstart.exposure import exposure
+from common import exposure_fields, hardware, md_table, write_result
 from genrecedit.coldstart.insertion import CalibratedInsertion
 from genrecedit.coldstart.prior import PriorConfig
 from genrecedit.runs.backbone import load_run
@@ -51,11 +50,9 @@ def later_scores(run, cases, prior: dict | None, beams, base, insertion: dict | 
         topk = make_prior(run, PriorConfig.of(prior)).apply(cases.histories, beams).items.numpy()
     res = score_topk(run, topk, cases).summary()
     b = base.summary()
-    e = exposure(topk, new, CUT)
     return {"overall_ndcg@10": res["overall"][f"ndcg@{CUT}"],
             "warm_drop": 1 - res["warm"][f"ndcg@{CUT}"] / b["warm"][f"ndcg@{CUT}"],
-            "cold_recall@10": res["cold"][f"recall@{CUT}"], "new_item_slot_share": e["new_item_slot_share"],
-            "max_item_share": e["max_item_share"], "unreached_items": e["unreached_items"]}
+            "cold_recall@10": res["cold"][f"recall@{CUT}"], **exposure_fields(topk, new, CUT)}
 
 
 def main() -> None:

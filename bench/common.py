@@ -17,6 +17,7 @@ import torch
 import yaml
 
 from genrecedit.atomic import write_bytes, write_json
+from genrecedit.coldstart.exposure import exposure
 from genrecedit.config import load_config
 from genrecedit.data.dataset import CaseSet
 from genrecedit.errors import ConfigError
@@ -24,6 +25,7 @@ from genrecedit.evaluation.bootstrap import paired_bootstrap_diff
 from genrecedit.evaluation.report import EvalResult
 from genrecedit.model.beam import Beams, EditSchedule
 from genrecedit.runs.backbone import LoadedRun, load_run, train_backbone
+from genrecedit.runs.demo import EXPOSURE_KEYS
 from genrecedit.runs.evaluate import score_topk
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # quiets the bars that do not set ``disable`` themselves (log noise)
@@ -142,6 +144,13 @@ def drop_with_ci(edited: np.ndarray, base: np.ndarray) -> dict:
     scale = -1.0 / base.mean()  # a drop is a negative difference
     return {"drop": diff * scale + 0.0, "ci95": [hi * scale + 0.0, lo * scale + 0.0], "n_cases": int(len(base)),
             "base_ndcg10": float(base.mean()), "edited_ndcg10": float(edited.mean())}
+
+
+def exposure_fields(topk: np.ndarray, new: np.ndarray, k: int = 10) -> dict:
+    """The exposure a benchmark row reports of lists ``topk`` (``EXPOSURE_KEYS``: the new items' share of the top-k
+    slots, the largest share of lists one new item enters, the new items in no list)."""
+    e = exposure(topk, new, k)
+    return {key: e[key] for key in EXPOSURE_KEYS}
 
 
 def md_table(headers: list[str], rows: list[list]) -> str:

@@ -24,8 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import hardware, md_table, write_result
-from genrecedit.coldstart.exposure import exposure
+from common import exposure_fields, hardware, md_table, write_result
 from genrecedit.coldstart.insertion import CalibratedInsertion, InsertionConfig, propose
 from genrecedit.evaluation.bootstrap import paired_bootstrap_diff
 from genrecedit.runs.backbone import load_run
@@ -66,7 +65,7 @@ def main() -> None:
     beams = decode(run, own, None, False)
     new, before = new_items(run), item_counts(run, recent)
     out = {"run": str(args.run), "selection": str(args.selection), "checks": {}}
-    rows, orders = [], set()
+    rows = []
     t0 = time.perf_counter()
     for share in (float(s) for s in args.check.split(",")):
         held = latest(own.timestamps, share)
@@ -77,27 +76,38 @@ def main() -> None:
         order = np.argsort(check.timestamps, kind="stable")
         after = item_counts(run, recent, float(fit.timestamps.max()))
         entry = {"n_fit": len(fit), "n_held": len(check), "days_training_end_to_cut": float(
-            (check.timestamps.min() - run.prepared.split.train.timestamps.max()) / 86400), "cells": []}
+            (check.timestamps.min() - run.prepared.split.train.timestamps.max()) / 86400), "cells": [], "scores": {}}
+        fits, reranked = {}, {}  # per model (a cell but its margin): its fit; its re-ranked order's scores
         for config in cells:
             cfg = InsertionConfig(**config)
-            props = {name: propose(run.prepared.embeddings, run.prepared.codes, new, c.histories, b, cfg.recent,
-                                   cfg.candidates) for name, c, b in (("fit", fit, fit_beams),
-                                                                      ("held", check, check_beams))}
-            fitted = CalibratedInsertion.fit(props["fit"], fit.targets, cfg, before)
-            scored = {}
+            key = json.dumps({**config, "bias": 0.0, "cap": None}, sort_keys=True)  # the margin and cap fit nothing
+            if key not in fits:
+                props = {name: propose(run.prepared.embeddings, run.prepared.codes, new, c.histories, b, cfg.recent,
+                                       cfg.candidates) for name, c, b in (("fit", fit, fit_beams),
+                                                                          ("held", check, check_beams))}
+                fits[key] = props["held"], CalibratedInsertion.fit(props["fit"], fit.targets, cfg, before)
+            held_props, fitted = fits[key]
+            lists = (("insertion", None, True),) + (() if key in reranked else (("rerank_only", float("inf"), False),))
+            scored, cells_out = {}, {}
             for counts_name, counts in (("training", before), ("refreshed", after)):
-                model = replace(fitted, counts=counts)
-                for what, bias, cap in (("insertion", None, cfg.exposure_cap()), ("rerank_only", float("inf"), None)):
-                    topk = model.rank(props["held"], items.shape[1], bias=bias, cap=cap, new_items=new,
-                                      order=order)[0]
+                model = replace(fitted, cfg=cfg, counts=counts)
+                for what, bias, capped in lists:  # each list set served through a fresh cap of its own
+                    cap = cfg.exposure_cap() if capped else None
+                    topk = model.rank(held_props, items.shape[1], bias=bias, cap=cap, new_items=new, order=order)[0]
                     result = score_valid(run, topk, check)
                     s = result.summary()
                     scored[(counts_name, what)] = result
-                    e = exposure(topk, new, 10)
-                    cell = {"overall_ndcg@10": s["overall"]["ndcg@10"], "warm_ndcg@10": s["warm"]["ndcg@10"],
-                            "cold_recall@10": s["cold"]["recall@10"], "max_item_share": e["max_item_share"]}
-                    entry.setdefault("scores", {}).setdefault(json.dumps(config, sort_keys=True), {})[
-                        f"{counts_name}/{what}"] = cell
+                    cells_out[f"{counts_name}/{what}"] = {
+                        "overall_ndcg@10": s["overall"]["ndcg@10"], "warm_ndcg@10": s["warm"]["ndcg@10"],
+                        "cold_recall@10": s["cold"]["recall@10"],
+                        "max_item_share": exposure_fields(topk, new)["max_item_share"]}
+            new_order = key not in reranked
+            if new_order:
+                reranked[key] = ({k: v for k, v in scored.items() if k[1] == "rerank_only"},
+                                 {k: v for k, v in cells_out.items() if k.endswith("/rerank_only")})
+            scored.update(reranked[key][0])
+            cells_out.update(reranked[key][1])
+            entry["scores"][json.dumps(config, sort_keys=True)] = cells_out
             diffs = {}
             for what in ("insertion", "rerank_only"):
                 for part in ("overall", "warm"):
@@ -105,11 +115,9 @@ def main() -> None:
                                               scored[("training", what)].per_case("ndcg@10", part))
                     diffs[f"{what}/{part}"] = list(d)
             entry["cells"].append({"config": config, "refreshed_minus_training": diffs})
-            sc = entry["scores"][json.dumps(config, sort_keys=True)]
-            # the margin changes no fit: one re-ranked order per (recent, candidates)
-            n_rows, model_key = len(rows), (share, cfg.recent, cfg.candidates)
-            for what in ("insertion",) + (() if model_key in orders else ("rerank_only",)):
-                a, b = sc[f"training/{what}"], sc[f"refreshed/{what}"]
+            n_rows = len(rows)
+            for what in ("insertion",) + (("rerank_only",) if new_order else ()):  # one row per re-ranked order
+                a, b = cells_out[f"training/{what}"], cells_out[f"refreshed/{what}"]
                 o, w = diffs[f"{what}/overall"], diffs[f"{what}/warm"]
                 rows.append([f"{share:.2f}", f"recent {cfg.recent}, margin {cfg.bias}", what.replace("_", " "),
                              f"{a['overall_ndcg@10']:.4f} → {b['overall_ndcg@10']:.4f}",
@@ -118,7 +126,6 @@ def main() -> None:
                              f"{w[0]:+.4f} [{w[1]:+.4f}, {w[2]:+.4f}]",
                              f"{a['cold_recall@10']:.4f} → {b['cold_recall@10']:.4f}",
                              f"{100 * a['max_item_share']:.1f} → {100 * b['max_item_share']:.1f} %"])
-            orders.add(model_key)
             print(*rows[n_rows:], sep="\n", flush=True)
         out["checks"][f"{share}"] = entry
     out["seconds"] = time.perf_counter() - t0

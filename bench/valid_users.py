@@ -19,8 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import drop_with_ci, hardware, md_table, write_result
-from genrecedit.coldstart.exposure import exposure
+from common import drop_with_ci, exposure_fields, hardware, md_table, write_result
 from genrecedit.coldstart.insertion import CalibratedInsertion, propose
 from genrecedit.coldstart.prior import PriorConfig
 from genrecedit.data.dataset import CaseSet
@@ -36,11 +35,9 @@ def scored(run, topk: np.ndarray, cases: CaseSet, base, new: np.ndarray) -> dict
     res = score_valid(run, topk, cases)
     s = res.summary()
     warm = drop_with_ci(res.per_case("ndcg@10", "warm"), base.per_case("ndcg@10", "warm"))
-    e = exposure(topk, new, 10)
     change = [None if d is None else -d for d in (warm["drop"], warm["ci95"][1], warm["ci95"][0])]
     return {"overall_ndcg@10": s["overall"]["ndcg@10"], "warm_change": change,
-            "cold_recall@10": s["cold"]["recall@10"], "new_item_slot_share": e["new_item_slot_share"],
-            "max_item_share": e["max_item_share"], "unreached_items": e["unreached_items"]}
+            "cold_recall@10": s["cold"]["recall@10"], **exposure_fields(topk, new)}
 
 
 def main() -> None:

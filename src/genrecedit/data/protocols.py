@@ -225,7 +225,8 @@ def unseen_user_valid(ds: RecDataset, split: Split, cfg: SplitConfig) -> CaseSet
     held-out item's dropped interactions stay dropped). None of their interactions is a training sample, and they
     have no test interaction by definition, so no model has learnt them and nothing of the test period is read
     (the users are told apart by ``split.user_ids``, not by test cases). The users with a case are numbered
-    from ``len(split.user_ids)`` on, in id order. Empty for ``loo`` or without the filter (then every user is in ``split``)."""
+    from ``len(split.user_ids)`` on, in id order. Empty for ``loo`` or without the filter (then every user is in
+    ``split``)."""
     if cfg.protocol == "loo" or not cfg.filter_test_users or "t1" not in split.info:
         return CaseSet.empty(cfg.max_history)
     catalog, inter = _encode(ds)

@@ -515,10 +515,11 @@ def select_insertion(run: LoadedRun, cases: CaseSet, beams: Beams, base: EvalRes
             cells.append({"insertion": asdict(replace(cfg, bias=float(bias))), "metrics": row})
 
     refits: dict[tuple, dict] = {}  # per picked cell: its models refitted on every validation case, once
+    asof = None if counts is None else float(np.max(cases.timestamps))  # when the served counts are known
 
     @functools.cache
     def served_counts() -> np.ndarray:
-        return item_counts(run, grid.recent_counts, float(np.max(cases.timestamps)))
+        return item_counts(run, grid.recent_counts, asof)
 
     def fitted(cell: dict | None) -> dict | None:
         if cell is None:
@@ -545,8 +546,7 @@ def select_insertion(run: LoadedRun, cases: CaseSet, beams: Beams, base: EvalRes
             plain = pick_insertion([c for c in view if not c["insertion"]["popularity"]], base_ndcg, bounds,
                                    grid.objective, floor)
         return {"plan_share": plan.share, "objective": grid.objective, "floor": floor, "cells": view,
-                # the time the served counts are as of (item_counts), where the grid reads counts
-                "counts_asof": None if counts is None else float(np.max(cases.timestamps)),
+                "counts_asof": asof,
                 "chosen": fitted(best), "chosen_metrics": None if best is None else best["metrics"],
                 "other": None if other is None or other is best else {
                     "objective": other_objective, "chosen": fitted(other), "chosen_metrics": other["metrics"]},

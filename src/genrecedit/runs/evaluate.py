@@ -6,8 +6,8 @@ import time
 import numpy as np
 
 from genrecedit.data.dataset import CaseSet
-from genrecedit.evaluation.baselines import most_popular, recent_popular
 from genrecedit.errors import ConfigError
+from genrecedit.evaluation.baselines import most_popular, recent_popular
 from genrecedit.evaluation.report import EvalResult, evaluate_topk
 from genrecedit.model.beam import EditSchedule
 from genrecedit.runs.backbone import LoadedRun
